@@ -1,0 +1,268 @@
+"""Draft pool and the five training variants: which draft sits in which prompt.
+
+  python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl --out pool.jsonl
+  python drafts.py import --src drafts_qwen25_math_1.5b.json --out pool.jsonl       # the author's released pool
+  python drafts.py stats --drafts pool.jsonl [--model M]                              # the referee's table
+
+A pool line: the problem's fields + "drafts": [{text, pred, correct_strict, correct_quasi, length}].
+build_variant() picks ONE draft per problem by the recipe's priority chains (shared by matched and mismatched),
+and the mismatched variants move exactly those drafts along one seeded derangement.
+"""
+import argparse
+import json
+import os
+import random
+import statistics
+import sys
+
+from reward import extract_boxed, lenient_answer, reward
+
+VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
+TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. Solve the math "
+            "problem step by step. Write your own correct solution. Put your final answer within \\boxed{{}}."
+            "\n\nCorrect Solution:")
+DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your final answer within \\boxed{{}}."
+                        "\n\nProblem:\n{problem}\n\nSolution:")
+
+
+# ----------------------------------------------------------------------------- data
+def load_jsonl(path, required=("id", "problem", "answer")):
+    """Rows of a JSONL file; a missing file, a bad line or a missing field is an error naming file and line."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path}: no such file")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            missing = [k for k in required if k not in row] if isinstance(row, dict) else ["(not an object)"]
+            if missing:
+                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+            row["_line"] = lineno
+            rows.append(row)
+    return rows
+
+
+def training_problems(rows, levels=(3, 4, 5)):
+    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500)."""
+    return [r for r in rows if r.get("level") in levels and r["answer"].strip()]
+
+
+def load_pool(path):
+    rows = load_jsonl(path, required=("id", "problem", "answer", "drafts"))
+    for r in rows:
+        if not r["drafts"]:
+            raise ValueError(f"{path}:{r['_line']}: problem {r['id']} has no drafts")
+        for k, d in enumerate(r["drafts"]):
+            missing = [f for f in ("text", "correct_strict", "correct_quasi") if f not in d]
+            if missing:
+                raise ValueError(f"{path}:{r['_line']}: draft {k} of {r['id']} lacks {missing}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- prompts
+def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
+    """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only the draft (keep its beginning)
+    to fit max_prompt_tokens; if problem + instruction alone do not fit, the draft becomes 'N/A'."""
+    draft = "N/A" if draft is None else draft.strip()
+    prompt = TEMPLATE.format(problem=problem, draft=draft)
+    if tokenizer is None or len(tokenizer(prompt)["input_ids"]) <= max_prompt_tokens:
+        return prompt
+    frame = len(tokenizer(TEMPLATE.format(problem=problem, draft=""))["input_ids"])
+    budget = max_prompt_tokens - frame
+    if budget <= 0:
+        return TEMPLATE.format(problem=problem, draft="N/A")
+    ids = tokenizer(draft, add_special_tokens=False)["input_ids"]
+    while budget > 0:              # tokens can merge across the cut: shrink until the whole prompt fits
+        prompt = TEMPLATE.format(problem=problem, draft=tokenizer.decode(ids[:budget]).strip())
+        over = len(tokenizer(prompt)["input_ids"]) - max_prompt_tokens
+        if over <= 0:
+            return prompt
+        budget -= over
+    return TEMPLATE.format(problem=problem, draft="N/A")
+
+
+# ----------------------------------------------------------------------------- variants
+def select_draft(drafts, want_correct, rng):
+    """(index, tier) by the recipe's priority chain; tier 1 is the preferred kind, tier 3 is 'any draft'."""
+    if want_correct:
+        tiers = [[i for i, d in enumerate(drafts) if d["correct_strict"]],
+                 [i for i, d in enumerate(drafts) if d["correct_quasi"] and not d["correct_strict"]]]
+    else:
+        tiers = [[i for i, d in enumerate(drafts) if not d["correct_quasi"]],
+                 [i for i, d in enumerate(drafts) if not d["correct_strict"] and d["correct_quasi"]]]
+    tiers.append(list(range(len(drafts))))
+    tier = next(t for t in range(3) if tiers[t])
+    return rng.choice(tiers[tier]), tier + 1
+
+
+def derangement(n, rng):
+    """A seeded shuffle of range(n) repaired so that no index maps to itself (one pass of neighbour swaps)."""
+    if n < 2:
+        raise ValueError(f"a derangement needs at least 2 problems, got {n}")
+    perm = list(range(n))
+    rng.shuffle(perm)
+    for i in range(n):
+        if perm[i] == i:
+            j = (i + 1) % n
+            perm[i], perm[j] = perm[j], perm[i]
+    return perm
+
+
+def build_variant(pool, variant, seed=0):
+    """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and the shown
+    draft's labels and tier. Mismatched-X shows, for problem i, the draft matched-X selected for perm[i]."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    rows = [{"id": p["id"], "problem": p["problem"], "answer": p["answer"], "level": p.get("level"),
+             "subject": p.get("subject"), "draft": None, "draft_source": None} for p in pool]
+    if variant == "no-draft":
+        return rows
+    rng = random.Random(seed)
+    want_correct = variant.endswith("-correct")
+    picks = [select_draft(p["drafts"], want_correct, rng) for p in pool]
+    source = derangement(len(pool), random.Random(seed)) if variant.startswith("mismatched") else range(len(pool))
+    for row, s in zip(rows, source):
+        k, tier = picks[s]
+        d = pool[s]["drafts"][k]
+        row.update(draft=d["text"].strip(), draft_source=pool[s]["id"], draft_index=k, draft_tier=tier,
+                   draft_correct_strict=d["correct_strict"], draft_correct_quasi=d["correct_quasi"])
+    return rows
+
+
+# ----------------------------------------------------------------------------- commands
+def grade_draft(text, gold, length):
+    return {"text": text, "pred": lenient_answer(text), "correct_strict": reward(text, gold, strict=True) == 1.0,
+            "correct_quasi": reward(text, gold, strict=False) == 1.0, "length": length}
+
+
+def cmd_generate(args):
+    from tqdm import tqdm
+    from generation import generate, load_model
+    problems = load_jsonl(args.data)
+    problems = [r for r in problems if r.get("level") in args.levels and r["answer"].strip()][:args.limit]
+    done = set()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    if os.path.exists(args.out):                # resume: keep complete lines, drop a torn last line
+        with open(args.out, encoding="utf-8") as f:
+            lines = f.readlines()
+        good = []
+        for line in lines:
+            try:
+                done.add(json.loads(line)["id"])
+                good.append(line)
+            except (json.JSONDecodeError, KeyError):
+                break
+        if len(good) != len(lines):
+            with open(args.out, "w", encoding="utf-8") as f:
+                f.writelines(good)
+    todo = [r for r in problems if r["id"] not in done]
+    print(f"{len(problems)} problems, {len(done)} already in {args.out}, {len(todo)} to draft")
+    model, tokenizer = load_model(args.model)
+    per_batch = max(1, args.batch_size // args.num_drafts)
+    bar = tqdm(total=len(todo) * args.num_drafts, unit="draft", desc="drafts")
+    with open(args.out, "a", encoding="utf-8") as out:
+        for start in range(0, len(todo), per_batch):
+            chunk = todo[start:start + per_batch]
+            ids = [tokenizer(DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]))["input_ids"] for r in chunk]
+            samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
+                               temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id, seed=args.seed + start,
+                               batch_size=args.batch_size)
+            for r, outs in zip(chunk, samples):
+                row = {k: v for k, v in r.items() if k != "_line"}
+                row["drafts"] = [grade_draft(tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o))
+                                 for o in outs]
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            out.flush()
+            bar.update(len(chunk) * args.num_drafts)
+    bar.close()
+
+
+def cmd_import(args):
+    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts."""
+    with open(args.src, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{args.src}: not valid JSON at line {e.lineno} ({e.msg})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"{args.src}: expected a JSON list of problems")
+    with open(args.out, "w", encoding="utf-8") as out:
+        for k, p in enumerate(data):
+            missing = [f for f in ("unique_id", "problem", "answer", "drafts") if f not in p]
+            if missing:
+                raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
+            level = p.get("level")
+            if isinstance(level, str):
+                level = int(level.split()[-1]) if level.split()[-1].isdigit() else None
+            row = {"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"], "level": level,
+                   "subject": p.get("subject"), "split": p.get("split"),
+                   "drafts": [{"text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
+                               "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")}
+                              for d in p["drafts"]]}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(f"imported {len(data)} problems into {args.out}")
+
+
+def cmd_stats(args):
+    pool = load_pool(args.drafts)
+    tokenizer = None
+    if args.model:
+        from generation import load_model
+        tokenizer = load_model(args.model)[1]
+    unit = "tokens" if tokenizer else "chars"
+    print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
+    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'same subj':>9s} {'same lvl':>8s} "
+          f"prompt {unit} mean ± std")
+    by_id = {p["id"]: p for p in pool}
+    for variant in VARIANTS:
+        rows = build_variant(pool, variant, seed=args.seed)
+        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
+        lengths = [len(tokenizer(p)["input_ids"]) if tokenizer else len(p) for p in prompts]
+        shown = [r for r in rows if r["draft"] is not None]
+        tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
+        frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
+        wrong = frac([not r["draft_correct_quasi"] for r in shown])
+        subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
+        lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
+        sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
+        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {subj:>9s} {lvl:>8s} {statistics.mean(lengths):.1f} ± {sd:.1f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    g = sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model")
+    g.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B", help="draft model: hub id, local dir or 'tiny'")
+    g.add_argument("--data", default="data/math_train.jsonl", help="problems JSONL (id, problem, answer, level)")
+    g.add_argument("--out", default="pool.jsonl", help="pool JSONL; appended to, and problems in it are skipped")
+    g.add_argument("--num-drafts", type=int, default=32, help="drafts per problem K (recipe: 32)")
+    g.add_argument("--max-new-tokens", type=int, default=2560, help="draft length cap (recipe: 2560)")
+    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (recipe: 0.8)")
+    g.add_argument("--top-p", type=float, default=0.95, help="nucleus top_p (recipe: 0.95)")
+    g.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="MATH levels kept (recipe: 3 4 5)")
+    g.add_argument("--limit", type=int, default=None, help="only the first N problems (smoke tests)")
+    g.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    i = sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL")
+    i.add_argument("--src", required=True, help="drafts_qwen25_math_1.5b.json (a JSON list)")
+    i.add_argument("--out", default="pool.jsonl", help="pool JSONL to write")
+    s = sub.add_parser("stats", help="per-variant tiers, wrong rates, pairing and prompt lengths")
+    s.add_argument("--drafts", required=True, help="pool JSONL")
+    s.add_argument("--model", default=None, help="tokenizer for lengths in tokens (else characters)")
+    s.add_argument("--seed", type=int, default=0, help="variant seed")
+    s.add_argument("--max-prompt-tokens", type=int, default=3072, help="prompt budget (recipe: 3072)")
+    args = ap.parse_args(argv)
+    {"generate": cmd_generate, "import": cmd_import, "stats": cmd_stats}[args.cmd](args)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        sys.exit(f"error: {e}")

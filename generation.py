@@ -1,0 +1,152 @@
+"""Model loading and batched sampling, shared by drafts.py, grpo.py and evaluate.py.
+
+generate() prefills each prompt once and shares its KV cache among its n samples, drops finished samples from the
+batch (so a step costs what the live samples cost, and the loop ends with the longest one), and samples with a
+seeded torch.Generator (same seed, same batch -> same tokens). `--model tiny` everywhere builds a random
+Mistral-architecture model and a BPE tokenizer on the spot, so the whole pipeline runs offline on a CPU.
+"""
+import functools
+import json
+import os
+
+import torch
+from tqdm import tqdm
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------- models
+@functools.lru_cache(maxsize=1)
+def tiny_tokenizer(vocab_size=2000, corpus=os.path.join(HERE, "data", "math_train.jsonl"), lines=2000):
+    """A byte-level BPE tokenizer trained on MATH problems in a second (deterministic), BOS prepended like Mistral."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+    texts = []
+    with open(corpus, encoding="utf-8") as f:
+        for i, line in enumerate(f):
+            if i >= lines:
+                break
+            row = json.loads(line)
+            texts += [row["problem"], row.get("solution", "")]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>")
+
+
+def tiny_model(vocab_size, seed=0, hidden=64, layers=2, heads=4, kv_heads=2):
+    """Random MistralForCausalLM with Mathstral's layout (GQA, SwiGLU, RoPE) at a few hundred thousand params."""
+    from transformers import MistralConfig, MistralForCausalLM
+    config = MistralConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
+                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                           max_position_embeddings=16384, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                           sliding_window=None, tie_word_embeddings=False)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MistralForCausalLM(config)
+    model.name_or_path = "tiny"
+    return model
+
+
+def load_model(name, device=None, dtype=None, trust_remote_code=False):
+    """(model, tokenizer) from a hub id or local directory, or 'tiny'. bf16 on CUDA, fp32 on CPU by default."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    if name == "tiny":
+        tokenizer = tiny_tokenizer()
+        model = tiny_model(len(tokenizer)).to(device=device, dtype=dtype)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = model.to(device)
+        model.name_or_path = name
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    model.eval()
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- sampling
+def sample_next(logits, temperature, top_p, generator):
+    """logits [R, V] -> next tokens [R]. temperature 0 = greedy; nucleus (top_p) filtering before sampling."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p                      # keep the smallest nucleus
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def _plan(num_prompts, n, batch_size):
+    """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
+    jobs = [(p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)]
+    batches, current, size = [], [], 0
+    for job in jobs:
+        if size + job[1] > batch_size:
+            batches.append(current)
+            current, size = [], 0
+        current.append(job)
+        size += job[1]
+    return batches + ([current] if current else [])
+
+
+@torch.no_grad()
+def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
+             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None):
+    """prompt_ids: list of token-id lists. Returns, per prompt, n completions as token-id lists (EOS kept).
+
+    Stops at EOS, at max_new_tokens, or (with a tokenizer) once the decoded tail contains a stop string."""
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    results = [[] for _ in prompt_ids]
+    bar = tqdm(total=len(prompt_ids) * n, desc=desc, disable=desc is None, unit="seq")
+    for batch in _plan(len(prompt_ids), n, batch_size):
+        prompts = [prompt_ids[p] for p, _ in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # [J, P]
+        mask = (torch.arange(width, device=device)[None] >= torch.tensor(
+            [width - len(p) for p in prompts], device=device)[:, None]).long()                             # [J, P]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=True, logits_to_keep=1)
+        expand = torch.repeat_interleave(torch.arange(len(batch), device=device),
+                                         torch.tensor([c for _, c in batch], device=device))                # [R]
+        cache = out.past_key_values
+        cache.batch_select_indices(expand)            # the prompt is prefilled once, its cache shared by n samples
+        logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
+        position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
+        owner = [p for p, c in batch for _ in range(c)]
+        tokens = [[] for _ in owner]
+        live = torch.arange(len(owner), device=device)                                                     # [R]
+        for _ in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_p, generator)                                        # [R]
+            keep = []
+            for row, tok in zip(live.tolist(), nxt.tolist()):
+                tokens[row].append(tok)
+                done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
+                    s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
+                keep.append(not done)
+            if not any(keep):
+                break
+            if not all(keep):                                                  # drop finished rows from the batch
+                sel = torch.tensor(keep, device=device)
+                live, nxt, mask, position = live[sel], nxt[sel], mask[sel], position[sel]
+                cache.batch_select_indices(sel.nonzero().squeeze(-1))
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                                   # [R, L+1]
+            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
+                        past_key_values=cache, use_cache=True)
+            logits, position = out.logits[:, -1], position + 1
+        for row, p in enumerate(owner):
+            results[p].append(tokens[row])
+        bar.update(len(owner))
+    bar.close()
+    return results

@@ -1,0 +1,301 @@
+"""Dr. GRPO with LoRA on MATH, one process, one GPU: the trainer of "Weak-to-Strong Elicitation via Mismatched
+Wrong Drafts" (arXiv 2605.17314). Read top to bottom: config, the two formulas, log-probs, the loop, checkpoints.
+
+  python grpo.py --variant mismatched-wrong --drafts pool.jsonl          # the paper's headline run
+  python grpo.py --model tiny --variant no-draft --max-steps 4 ...       # a CPU smoke run
+
+Each step: 4 prompts x 16 rollouts are sampled (LoRA merged), graded 0/1 by reward.py, turned into group-relative
+advantages, and ONE AdamW step is taken on the LoRA weights. Lines tagged `# Dr. GRPO:` depart from vanilla GRPO.
+"""
+import argparse
+import functools
+import json
+import os
+import re
+import shutil
+import sys
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from drafts import VARIANTS, build_prompt, build_variant, load_jsonl, load_pool, training_problems
+from generation import generate, load_model
+from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
+from reward import reward
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = ap.add_argument
+    a("--variant", default="mismatched-wrong", choices=VARIANTS, help="which draft the training prompt shows")
+    a("--model", default="mistralai/Mathstral-7B-v0.1", help="learner: hub id, local dir, or 'tiny' (CPU smoke)")
+    a("--data", default=None, help="problems JSONL (enough for no-draft; default data/math_train.jsonl)")
+    a("--drafts", default=None, help="draft pool JSONL from drafts.py (carries the problems)")
+    a("--exclude", default="data/math500.jsonl", help="ids never trained on (the test set); '' for none")
+    a("--output-dir", default="runs/mismatched-wrong", help="checkpoints step-N/ and metrics.jsonl")
+    a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
+    a("--prompts-per-step", type=int, default=4, help="B: prompts per optimizer step (paper: 4)")
+    a("--num-generations", type=int, default=16, help="G: rollouts per prompt (paper: 16)")
+    a("--max-new-tokens", type=int, default=4096, help="L_max: rollout cap and the loss normaliser (paper: 4096)")
+    a("--max-prompt-tokens", type=int, default=3072, help="prompt budget; only the draft is cut (paper: 3072)")
+    a("--temperature", type=float, default=1.0, help="rollout temperature (paper: 1.0)")
+    a("--top-p", type=float, default=1.0, help="rollout top_p (paper: 1.0)")
+    a("--lr", type=float, default=5e-6, help="AdamW learning rate, constant, no warmup (paper: 5e-6)")
+    a("--beta1", type=float, default=0.9, help="AdamW beta1 (paper: 0.9)")
+    a("--beta2", type=float, default=0.99, help="AdamW beta2 (paper: 0.99)")
+    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper: 0.01, TRL default)")
+    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (paper: 1.0, TRL default)")
+    a("--clip-eps", type=float, default=0.2, help="PPO clip; inert with one update per batch (ratio = 1)")
+    a("--lora-r", type=int, default=16, help="LoRA rank (paper: 16)")
+    a("--lora-alpha", type=float, default=32, help="LoRA alpha, scale alpha/r = 2 (paper: 32)")
+    a("--lora-dropout", type=float, default=0.0, help="LoRA dropout (paper: 0)")
+    a("--save-every", type=int, default=50, help="checkpoint every N steps, and at the last step (paper: 50)")
+    a("--seed", type=int, default=0, help="seeds LoRA init, data order, draft selection and every rollout")
+    a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
+    a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
+    a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
+    a("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (faster, more memory)")
+    return ap.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- the two formulas
+def group_advantages(rewards):
+    """rewards [B, G] -> advantages [B, G]: reward minus its group's mean."""
+    return rewards - rewards.mean(dim=1, keepdim=True)            # Dr. GRPO: no division by the group std
+
+
+def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_eps=0.2):
+    """-(1/(N*L_max)) * sum mask * min(rho*A, clip(rho)*A).  logprobs/old/mask [N, T], advantages [N]."""
+    ratio = torch.exp(logprobs - old_logprobs)                                             # [N, T], 1 on-policy
+    adv = advantages[:, None]                                                              # [N, 1]
+    per_token = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)      # [N, T]
+    return -(per_token * mask).sum() / (logprobs.shape[0] * max_new_tokens)  # Dr. GRPO: constant N*L_max, no 1/|o|
+
+
+# ----------------------------------------------------------------------------- log-probs without [N, T, V] in fp32
+def _token_logprobs(weight, hidden, targets):
+    logits = (hidden @ weight.T).float()                                                   # [K, V] one chunk
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
+
+
+def completion_logprobs(model, input_ids, attention_mask, completion_mask, chunk=1024):
+    """log pi(x_t | x_<t) at completion positions, [N, T-1] aligned with input_ids[:, 1:] (0 elsewhere).
+    The LM head runs only on completion positions, a chunk at a time, recomputed in backward."""
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
+    sel = completion_mask[:, 1:].bool()                                                    # [N, T-1]
+    h, y = hidden[:, :-1][sel], input_ids[:, 1:][sel]                                      # [K, H], [K]
+    weight = model.get_output_embeddings().weight                                          # [V, H]
+    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], use_reentrant=False)
+             for i in range(0, len(y), chunk)]
+    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T-1]
+    out[sel] = torch.cat(parts) if parts else out[sel]
+    return out
+
+
+def micro_batches(lengths, budget):
+    """Indices grouped longest-first so that (rows x longest row) stays under the token budget."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, current = [], []
+    for i in order:
+        if current and (len(current) + 1) * lengths[current[0]] > budget:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+# ----------------------------------------------------------------------------- data order
+@functools.lru_cache(maxsize=4)
+def _epoch_order(n, seed, epoch):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+
+
+def step_rows(rows, step, batch, seed):
+    """The prompts of optimizer step `step` (1-based): a fixed seeded shuffle per epoch, so resume needs no state."""
+    picks = []
+    for pos in range((step - 1) * batch, step * batch):
+        epoch, k = divmod(pos, len(rows))
+        picks.append(rows[_epoch_order(len(rows), seed, epoch)[k]])
+    return picks
+
+
+def load_rows(args):
+    """Training rows for args.variant, restricted to the recipe's universe (levels 3-5, not in --exclude)."""
+    excluded = {r["id"] for r in load_jsonl(args.exclude)} if args.exclude else set()
+    if args.drafts:
+        pool = [p for p in training_problems(load_pool(args.drafts)) if p["id"] not in excluded]
+        if args.data:
+            have = {p["id"] for p in pool}
+            wanted = [r["id"] for r in training_problems(load_jsonl(args.data)) if r["id"] not in excluded]
+            missing = [i for i in wanted if i not in have]
+            if missing:
+                raise ValueError(f"{args.drafts}: the pool lacks {len(missing)} problem(s) of {args.data}, "
+                                 f"e.g. {missing[:3]}")
+            pool = [p for p in pool if p["id"] in set(wanted)]
+    elif args.variant == "no-draft":
+        pool = [r for r in training_problems(load_jsonl(args.data or "data/math_train.jsonl"))
+                if r["id"] not in excluded]
+    else:
+        raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL (see drafts.py)")
+    if not pool:
+        raise ValueError("no training problems left (levels 3-5, non-empty answer, not in --exclude)")
+    return build_variant(pool, args.variant, seed=args.seed)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def save_checkpoint(args, step, model, optimizer):
+    """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place (atomic)."""
+    final = os.path.join(args.output_dir, f"step-{step}")
+    tmp = final + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_lora(model, tmp, base_model_name_or_path=args.model)
+    state = optimizer.state_dict()["state"]
+    tensors = {f"state.{i}.{k}": v.detach().reshape(-1).contiguous().cpu() if k == "step" else v.contiguous().cpu()
+               for i, s in state.items() for k, v in s.items()}
+    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+        json.dump({"step": step, "args": vars(args)}, f, indent=2)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in _checkpoints(args.output_dir)[:-1]:      # only the newest checkpoint needs optimizer state
+        path = os.path.join(args.output_dir, f"step-{old}", "optimizer.safetensors")
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def _checkpoints(output_dir):
+    steps = [int(m.group(1)) for d in os.listdir(output_dir) if (m := re.fullmatch(r"step-(\d+)", d))
+             and os.path.exists(os.path.join(output_dir, d, "trainer_state.json"))]
+    return sorted(steps)
+
+
+def resume(args, model, optimizer):
+    """Load the newest complete checkpoint; return its step (0 if none)."""
+    steps = [s for s in _checkpoints(args.output_dir)
+             if os.path.exists(os.path.join(args.output_dir, f"step-{s}", "optimizer.safetensors"))]
+    if not steps:
+        print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
+        return 0
+    path = os.path.join(args.output_dir, f"step-{steps[-1]}")
+    load_lora(model, path)
+    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+    state = {}
+    for key, value in tensors.items():
+        _, i, name = key.split(".")
+        state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
+    device = next(p for p in model.parameters() if p.requires_grad).device
+    state = {i: {k: v.to(device) if k != "step" else v for k, v in s.items()} for i, s in state.items()}
+    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+    print(f"resumed from {path}")
+    return steps[-1]
+
+
+def _keep_metrics_upto(path, step):
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(lines)
+        os.replace(path + ".tmp", path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(args, rows, model, tokenizer, reward_fn=None):
+    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float (reward.py's
+    lenient training reward by default)."""
+    reward_fn = reward_fn or reward
+    os.makedirs(args.output_dir, exist_ok=True)
+    device = next(model.parameters()).device
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
+                                  weight_decay=args.weight_decay)
+    for p in params:
+        p.grad = torch.zeros_like(p)            # every step is an optimizer step, even with all-zero advantages
+    if not args.no_grad_ckpt:                   # recompute layer activations in backward: memory for compute
+        if hasattr(model, "activation_checkpointing_enable"):                      # transformers >= 5.x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    start = resume(args, model, optimizer) if args.resume else 0
+    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    _keep_metrics_upto(metrics_path, start)
+    B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
+    bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
+               initial=start, total=args.max_steps)
+    for step in bar:
+        t0 = time.time()
+        batch = step_rows(rows, step, B, args.seed)
+        prompt_ids = [tokenizer(build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens))[
+                          "input_ids"] for r in batch]
+        model.eval()
+        with merged(model):                     # rollouts at base-model speed; exact base weights restored after
+            completions = generate(model, prompt_ids, n=G, max_new_tokens=L, temperature=args.temperature,
+                                   top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
+                                   pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
+                                   batch_size=args.rollout_batch_size)
+        t1 = time.time()
+        texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in completions]
+        rewards = torch.tensor([[reward_fn(t, r["answer"]) for t in group] for group, r in zip(texts, batch)],
+                               dtype=torch.float32)                                        # [B, G]
+        advantages = group_advantages(rewards)                                             # [B, G]
+        zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
+
+        # One update on this batch of rollouts: rho = 1, so PPO clipping never acts and old logprobs = detached.
+        model.train()
+        optimizer.zero_grad(set_to_none=False)
+        live = [(b, g) for b in range(B) for g in range(G) if not zero_std[b]]   # zero-std groups: no gradient
+        lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in live]
+        loss_sum = 0.0
+        for mb in micro_batches(lengths, args.micro_batch_tokens):
+            rows_mb = [live[i] for i in mb]
+            width = max(lengths[i] for i in mb)
+            ids = torch.full((len(mb), width), tokenizer.pad_token_id, dtype=torch.long)  # [n, T] right-padded
+            attn = torch.zeros(len(mb), width, dtype=torch.long)                           # [n, T]
+            comp = torch.zeros(len(mb), width, dtype=torch.long)                           # [n, T] completion mask
+            for k, (b, g) in enumerate(rows_mb):
+                p, c = prompt_ids[b], completions[b][g]
+                ids[k, :len(p) + len(c)] = torch.tensor(p + c)
+                attn[k, :len(p) + len(c)] = 1
+                comp[k, len(p):len(p) + len(c)] = 1           # prompt and draft tokens get no loss
+            ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+            logprobs = completion_logprobs(model, ids, attn, comp)                         # [n, T-1]
+            adv = torch.stack([advantages[b, g] for b, g in rows_mb]).to(device)           # [n]
+            loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), L, args.clip_eps)
+            loss = loss * len(mb) / (B * G)     # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+            loss.backward()
+            loss_sum += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+        optimizer.step()
+        lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
+        record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
+                  "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
+                  "clipped_ratio": (lens >= L).float().mean().item(),
+                  "prompt_length": sum(map(len, prompt_ids)) / B, "loss": loss_sum,
+                  "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
+                  "rollout_time": t1 - t0, "update_time": time.time() - t1, "step_time": time.time() - t0}
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+        if step % args.save_every == 0 or step == args.max_steps:
+            save_checkpoint(args, step, model, optimizer)
+    return model
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    rows = load_rows(args)                      # fail on bad data before loading a 7B model
+    model, tokenizer = load_model(args.model)
+    torch.manual_seed(args.seed)                # LoRA A init
+    apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS)
+    print(f"{len(rows)} training prompts, variant {args.variant}, output {args.output_dir}")
+    return train(args, rows, model, tokenizer)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        sys.exit(f"error: {e}")

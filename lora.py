@@ -1,0 +1,154 @@
+"""Hand-written LoRA for nn.Linear with PEFT's semantics and file format (loadable by PEFT, vLLM, SGLang).
+
+y = W x + (alpha / r) * B(A(dropout(x))),  A: [r, in] Kaiming-uniform(a=sqrt5), B: [out, r] zeros -> equals the
+base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16 base. Saved keys are
+PEFT's: `base_model.model.<module path>.lora_A.weight`.
+"""
+import json
+import math
+import os
+from contextlib import contextmanager
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+PREFIX = "base_model.model."        # PeftModel -> LoraModel -> the transformers model
+
+
+class LoRALinear(nn.Module):
+    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=base_layer.weight.device,
+                                dtype=torch.float32)
+        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=base_layer.weight.device,
+                                dtype=torch.float32)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scaling = alpha / r
+        self.merged_from = None          # a copy of the base weight while the adapter is merged into it
+
+    def delta_weight(self):
+        return (self.lora_B.weight @ self.lora_A.weight) * self.scaling              # [out, in]
+
+    def forward(self, x):
+        out = self.base_layer(x)
+        if self.merged_from is not None:
+            return out
+        x = x.to(self.lora_A.weight.dtype)
+        return out + (self.lora_B(self.lora_A(self.dropout(x))) * self.scaling).to(out.dtype)
+
+
+def lora_modules(model):
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
+
+
+def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS, verbose=True):
+    """Wrap every nn.Linear whose attribute name is in `targets`, freeze everything else, return the model."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    wrapped = []
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if child_name in targets and isinstance(child, nn.Linear):
+                setattr(module, child_name, LoRALinear(child, r, alpha, dropout))
+                wrapped.append(child_name)
+    if not wrapped:
+        raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in {type(model).__name__}")
+    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+                         "target_modules": sorted(set(wrapped))}
+    if verbose:
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+    return model
+
+
+def lora_state_dict(model):
+    return {PREFIX + name + f".{ab}.weight": getattr(m, ab).weight.detach().contiguous()
+            for name, m in lora_modules(model) for ab in ("lora_A", "lora_B")}
+
+
+def save_lora(model, directory, base_model_name_or_path=None):
+    """Write adapter_config.json + adapter_model.safetensors exactly as PEFT would."""
+    os.makedirs(directory, exist_ok=True)
+    cfg = dict(model.lora_config)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
+              "lora_dropout": cfg["lora_dropout"], "target_modules": cfg["target_modules"], "bias": "none",
+              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
+              "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
+              "use_rslora": False, "use_dora": False, "layers_to_transform": None, "layers_pattern": None,
+              "rank_pattern": {}, "alpha_pattern": {}, "revision": None}
+    with open(os.path.join(directory, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file(lora_state_dict(model), os.path.join(directory, "adapter_model.safetensors"),
+              metadata={"format": "pt"})
+
+
+def load_lora(model, directory):
+    """Load a PEFT-format LoRA directory (ours, PEFT's or Unsloth's) into model; wraps it first if needed."""
+    config_path = os.path.join(directory, "adapter_config.json")
+    weights_path = os.path.join(directory, "adapter_model.safetensors")
+    for path in (config_path, weights_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"load_lora: {path} not found")
+    with open(config_path) as f:
+        cfg = json.load(f)
+    unsupported = {k: cfg.get(k) for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern",
+                                             "alpha_pattern", "layers_to_transform") if cfg.get(k)}
+    if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("bias", "none") != "none" or unsupported:
+        raise ValueError(f"{config_path}: unsupported adapter settings {unsupported or cfg.get('peft_type')}")
+    targets = cfg["target_modules"]
+    if isinstance(targets, str):
+        raise ValueError(f"{config_path}: target_modules as a regex ({targets!r}) is not supported; list them")
+    if not lora_modules(model):
+        apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), tuple(targets), verbose=False)
+    tensors = load_file(weights_path)
+    tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
+               for k, v in tensors.items()}
+    own = lora_state_dict(model)
+    missing, unexpected = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
+    if missing or unexpected:
+        raise KeyError(f"{weights_path}: missing keys {missing[:5]} ({len(missing)}), "
+                       f"unexpected keys {unexpected[:5]} ({len(unexpected)})")
+    params = {PREFIX + n + f".{ab}.weight": getattr(m, ab).weight for n, m in lora_modules(model) for ab in ("lora_A", "lora_B")}
+    for key, value in tensors.items():
+        if value.shape != params[key].shape:
+            raise ValueError(f"{weights_path}: {key} has shape {tuple(value.shape)}, model expects "
+                             f"{tuple(params[key].shape)}")
+        with torch.no_grad():
+            params[key].copy_(value)
+    for _, m in lora_modules(model):
+        m.scaling = cfg["lora_alpha"] / cfg["r"]
+    return model
+
+
+def merge_lora(model):
+    """Fold B@A into the base weights (rollouts then run at base-model speed); keeps a CPU copy to restore."""
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            if m.merged_from is None:
+                w = m.base_layer.weight
+                m.merged_from = w.detach().to("cpu", copy=True)
+                w.add_(m.delta_weight().to(w.dtype))
+
+
+def unmerge_lora(model):
+    """Restore the exact base weights (bf16 add-then-subtract is not exact, so copy back)."""
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            if m.merged_from is not None:
+                m.base_layer.weight.copy_(m.merged_from)
+                m.merged_from = None
+
+
+@contextmanager
+def merged(model):
+    merge_lora(model)
+    try:
+        yield model
+    finally:
+        unmerge_lora(model)

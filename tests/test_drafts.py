@@ -1,0 +1,167 @@
+import json
+import random
+
+import pytest
+
+import drafts
+from drafts import TEMPLATE, VARIANTS, build_prompt, build_variant, derangement, load_pool, select_draft
+
+
+def d(strict, quasi, text="draft"):
+    return {"text": text, "pred": None, "correct_strict": strict, "correct_quasi": quasi, "length": 3}
+
+
+def synthetic_pool(n=40, seed=0):
+    rng = random.Random(seed)
+    pool = []
+    for i in range(n):
+        drafts_ = [d(s, s or rng.random() < 0.3, f"draft {k} for problem {i}")
+                   for k, s in enumerate(rng.random() < 0.4 for _ in range(6))]
+        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 3 + i % 3,
+                     "subject": ["Algebra", "Geometry"][i % 2], "drafts": drafts_})
+    return pool
+
+
+def test_template_is_byte_exact():
+    expected = ("Problem: What is 2+2?\n\nThinking: N/A\n\nThe thinking section may contain errors. Solve the math "
+                "problem step by step. Write your own correct solution. Put your final answer within \\boxed{}."
+                "\n\nCorrect Solution:")
+    assert build_prompt("What is 2+2?", None) == expected
+    assert build_prompt("What is 2+2?", "  my draft \n") == expected.replace("N/A", "my draft")
+    assert build_prompt("Q", None).endswith("Correct Solution:")
+    assert drafts.DRAFT_MODEL_TEMPLATE.format(problem="Q") == (
+        "Solve the following math problem step by step. Put your final answer within \\boxed{}.\n\n"
+        "Problem:\nQ\n\nSolution:")
+
+
+@pytest.mark.parametrize("n", [2, 3, 5, 17, 1000])
+def test_derangement_is_a_permutation_without_fixed_points(n):
+    for seed in range(20):
+        perm = derangement(n, random.Random(seed))
+        assert sorted(perm) == list(range(n))
+        assert all(p != i for i, p in enumerate(perm))
+
+
+def test_derangement_rejects_one_problem():
+    with pytest.raises(ValueError):
+        derangement(1, random.Random(0))
+
+
+def test_chains_pick_the_right_tier():
+    rng = random.Random(0)
+    mixed = [d(True, True), d(False, True), d(False, False)]
+    assert select_draft(mixed, False, rng) == (2, 1)                      # quasi-wrong first
+    assert select_draft(mixed, True, rng) == (0, 1)                       # strict-right first
+    right_no_box = [d(True, True), d(False, True)]
+    assert select_draft(right_no_box, False, rng) == (1, 2)               # wrong chain tier 2
+    all_right = [d(True, True), d(True, True)]
+    assert select_draft(all_right, False, rng)[1] == 3                    # wrong chain falls to "any"
+    all_wrong = [d(False, False)] * 3
+    assert select_draft(all_wrong, True, rng)[1] == 3                     # correct chain falls to "any"
+    quasi_only = [d(False, False), d(False, True)]
+    assert select_draft(quasi_only, True, rng) == (1, 2)                  # correct chain tier 2
+
+
+def test_variants_share_selection_and_mismatch_moves_it():
+    pool = synthetic_pool()
+    for kind in ("wrong", "correct"):
+        matched = build_variant(pool, f"matched-{kind}", seed=3)
+        mismatched = build_variant(pool, f"mismatched-{kind}", seed=3)
+        by_id = {r["id"]: r for r in matched}
+        for r in matched:
+            assert r["draft_source"] == r["id"]
+        sources = [r["draft_source"] for r in mismatched]
+        assert sorted(sources) == sorted(by_id)                           # every selected draft shown once
+        for r in mismatched:
+            assert r["draft_source"] != r["id"]                           # no problem keeps its own draft
+            src = by_id[r["draft_source"]]
+            assert (r["draft"], r["draft_tier"], r["draft_index"]) == (src["draft"], src["draft_tier"], src["draft_index"])
+            assert r["problem"] == f"What is {r['id'][1:]}+1?"              # problem and answer stay
+    for r in build_variant(pool, "matched-wrong", seed=3):
+        assert r["draft_tier"] != 1 or not r["draft_correct_quasi"]
+    assert all(r["draft"] is None and r["draft_source"] is None for r in build_variant(pool, "no-draft"))
+
+
+def test_seeds():
+    pool = synthetic_pool()
+    a = build_variant(pool, "mismatched-wrong", seed=0)
+    assert a == build_variant(pool, "mismatched-wrong", seed=0)
+    b = build_variant(pool, "mismatched-wrong", seed=1)
+    assert [r["draft_source"] for r in a] != [r["draft_source"] for r in b]
+
+
+def test_unknown_variant_is_a_clear_error():
+    with pytest.raises(ValueError, match="mismatched-wrogn"):
+        build_variant(synthetic_pool(), "mismatched-wrogn")
+
+
+class CharTokenizer:
+    """One token per character (+ BOS), enough to pin the truncation rule."""
+    def __call__(self, text, add_special_tokens=True):
+        return {"input_ids": ([1] if add_special_tokens else []) + [ord(c) for c in text]}
+
+    def decode(self, ids):
+        return "".join(chr(i) for i in ids)
+
+
+def test_truncation_cuts_only_the_draft():
+    tok = CharTokenizer()
+    problem, draft = "P" * 50, "D" * 500
+    full = build_prompt(problem, draft)
+    assert build_prompt(problem, draft, tok, max_prompt_tokens=len(full) + 1) == full
+    cut = build_prompt(problem, draft, tok, max_prompt_tokens=300)
+    assert len(tok(cut)["input_ids"]) <= 300 and cut.startswith("Problem: " + problem + "\n\nThinking: DDD")
+    assert cut == build_prompt(problem, draft[:cut.count("D")])                        # the beginning is kept
+    frame = len(tok(build_prompt(problem, ""))["input_ids"])
+    assert build_prompt(problem, draft, tok, max_prompt_tokens=frame - 5) == build_prompt(problem, None)
+    long_problem = "Q" * 400
+    assert build_prompt(long_problem, draft, tok, max_prompt_tokens=300) == build_prompt(long_problem, None)
+
+
+def test_bad_pool_lines_name_the_line(tmp_path):
+    path = tmp_path / "pool.jsonl"
+    good = json.dumps(synthetic_pool(1)[0])
+    path.write_text(good + "\n{not json\n")
+    with pytest.raises(ValueError, match=r"pool.jsonl:2"):
+        load_pool(str(path))
+    empty = dict(synthetic_pool(1)[0], drafts=[])
+    path.write_text(good + "\n" + json.dumps(empty) + "\n")
+    with pytest.raises(ValueError, match=r"pool.jsonl:2: problem p0 has no drafts"):
+        load_pool(str(path))
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        load_pool(str(tmp_path / "nope.jsonl"))
+
+
+def test_generate_grades_and_resumes_without_duplicates(tmp_path):
+    data = tmp_path / "problems.jsonl"
+    with open(data, "w") as f:
+        for i in range(5):
+            f.write(json.dumps({"id": f"q{i}", "problem": f"What is {i}?", "answer": str(i), "level": 4}) + "\n")
+        f.write(json.dumps({"id": "easy", "problem": "1?", "answer": "1", "level": 1}) + "\n")
+    out = tmp_path / "pool.jsonl"
+    args = ["generate", "--model", "tiny", "--data", str(data), "--out", str(out), "--num-drafts", "3",
+            "--max-new-tokens", "8", "--batch-size", "6"]
+    drafts.main(args + ["--limit", "2"])
+    first = out.read_text().splitlines()
+    with open(out, "a") as f:
+        f.write('{"id": "q2", "problem": "torn')                          # a crash mid-write
+    drafts.main(args)
+    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]      # level 1 filtered, no duplicates
+    assert out.read_text().splitlines()[:2] == first                      # done problems untouched
+    for r in rows:
+        assert len(r["drafts"]) == 3
+        for dr in r["drafts"]:
+            assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi", "length"} and 0 < dr["length"] <= 8
+    assert len(load_pool(str(out))) == 5
+
+
+def test_import_author_schema(tmp_path):
+    src = tmp_path / "drafts_qwen25_math_1.5b.json"
+    src.write_text(json.dumps([{"unique_id": "test/algebra/1.json", "problem": "P", "answer": "2", "level": "Level 4",
+                                "subject": "Algebra", "split": "test",
+                                "drafts": [{"text": "t", "pred": "2", "correct_strict": 1, "correct_quasi": 1,
+                                            "length": 5}]}]))
+    drafts.main(["import", "--src", str(src), "--out", str(tmp_path / "pool.jsonl")])
+    row = load_pool(str(tmp_path / "pool.jsonl"))[0]
+    assert row["id"] == "test/algebra/1.json" and row["level"] == 4 and row["drafts"][0]["correct_strict"] is True

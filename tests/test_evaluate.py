@@ -1,0 +1,104 @@
+import json
+from fractions import Fraction
+from math import comb
+
+import pytest
+import torch
+
+import evaluate
+from evaluate import betainc, maj_at_k, pass_at_k, vote_clusters, welch_t_test
+from generation import generate
+
+
+def exact_pass_at_k(n, c, k):
+    return 1 - Fraction(comb(n - c, k), comb(n, k))
+
+
+@pytest.mark.parametrize("n,c,k", [(10, 0, 1), (10, 10, 1), (10, 3, 10), (10, 8, 3), (10, 7, 3), (16, 1, 4),
+                                   (256, 1, 128), (2048, 1, 1024), (2048, 5, 1024), (2048, 2047, 1),
+                                   (2048, 0, 1024), (2048, 1000, 1024), (2048, 3, 1)])
+def test_pass_at_k_equals_the_exact_rational(n, c, k):
+    assert abs(pass_at_k(n, c, k) - float(exact_pass_at_k(n, c, k))) < 1e-12
+
+
+def test_welch_matches_reference_values():
+    # references: scipy.stats.ttest_ind(a, b, equal_var=False)
+    a = [71.2, 72.5, 71.9, 72.8, 71.4, 72.0, 72.3, 71.7, 72.6, 71.5]
+    b = [70.1, 70.9, 70.4, 70.8, 69.9, 70.6, 70.2, 70.7, 70.3, 70.5]
+    for x, y, t_ref, p_ref in [(a, b, 7.736044728618026, 1.5916747965535678e-06),
+                               ([1, 2, 3, 4], [2, 4, 6, 8, 10, 12], -2.713602101199873, 0.03182444378084147),
+                               ([0.5, 0.51, 0.49], [0.52, 0.53, 0.5, 0.55], -2.100420126042015, 0.0959962757042303)]:
+        t, p = welch_t_test(x, y)
+        assert abs(t - t_ref) < 1e-6 and abs(p - p_ref) < 1e-6 * max(1, p_ref) and abs(p - p_ref) / p_ref < 1e-6
+    assert abs(betainc(2, 3, 0.4) - 0.5248) < 1e-12                  # I_0.4(2,3) = 0.5248 exactly
+
+
+def test_majority_vote_groups_equivalent_answers():
+    preds = ["\\frac12", "0.5", "1/2", "3", "3", "3", "3", None]
+    clusters = vote_clusters(preds)
+    assert clusters[0] == clusters[1] == clusters[2] != clusters[3] == clusters[4] and clusters[7] == -1
+    correct = [True, True, True, False, False, False, False, False]
+    assert maj_at_k(clusters, correct, 8) == 0.0                      # 4 votes for 3 beat 3 for 1/2
+    assert maj_at_k(clusters[:6], correct[:6], 6) == 1.0             # 3 vs 3: the earliest cluster wins
+    k2 = maj_at_k(clusters[:4], correct[:4], 2, trials=2000)          # subsets of 2: wrong only if {3, x}: tie ->
+    assert 0.99 < k2 <= 1.0 or abs(k2 - 1.0) < 0.01                  # ...earliest, which is always the 1/2 one
+
+
+def eval_args(tmp_path, *extra):
+    return ["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "3", "--max-new-tokens", "12",
+            "--output", str(tmp_path / "r.json"), *extra]
+
+
+def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
+    summary = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
+    assert summary["samples_per_problem"] == 8 and set(summary["strict"]) == {f"pass@{k}" for k in (1, 2, 4, 8)}
+    assert set(summary["maj"]) == {f"maj@{k}" for k in (1, 2, 4, 8)} and summary["num_problems"] == 3
+    records = tmp_path / "r.json.records.jsonl"
+    full = records.read_text().splitlines()
+    assert len(full) == 24 and len({(json.loads(l)["id"], json.loads(l)["sample"]) for l in full}) == 24
+    records.write_text("\n".join(full[:11]) + '\n{"id": "torn')     # interrupted inside problem 2
+    again = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
+    assert records.read_text().splitlines() == full                  # nothing lost, nothing duplicated
+    assert again == summary
+
+
+def test_greedy_is_token_identical_to_hf_generate(tiny):
+    model, tok = tiny
+    prompts = ["Problem: What is 1+1?", "Problem: a longer prompt about \\frac{1}{2} and $x^2$ and more words"]
+    ids = [tok(p)["input_ids"] for p in prompts]
+    ours = generate(model, ids, n=1, max_new_tokens=24, temperature=0, eos_token_id=tok.eos_token_id,
+                    pad_token_id=tok.pad_token_id)
+    for i, x in enumerate(ids):
+        hf = model.generate(torch.tensor([x]), attention_mask=torch.ones(1, len(x), dtype=torch.long),
+                            max_new_tokens=24, do_sample=False, eos_token_id=tok.eos_token_id,
+                            pad_token_id=tok.pad_token_id)
+        assert hf[0, len(x):].tolist() == ours[i][0]
+
+
+def test_sampling_is_reproducible_and_shares_the_prompt(tiny):
+    model, tok = tiny
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
+    kw = dict(n=5, max_new_tokens=16, temperature=1.0, top_p=0.9, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id)
+    a = generate(model, ids, seed=7, **kw)
+    assert a == generate(model, ids, seed=7, **kw)
+    assert a != generate(model, ids, seed=8, **kw)
+    assert [len(x) for x in a] == [5, 5] and len({tuple(s) for s in a[0]}) > 1
+    small = generate(model, ids, seed=7, batch_size=3, **kw)          # n larger than a batch: split per prompt
+    assert [len(x) for x in small] == [5, 5]
+
+
+def test_stop_strings_end_generation(tiny):
+    model, tok = tiny
+    ids = [tok("Problem: x")["input_ids"]]
+    free = generate(model, ids, n=1, max_new_tokens=40, temperature=0, eos_token_id=tok.eos_token_id)[0][0]
+    text = tok.decode(free)
+    stop = text[len(tok.decode(free[:5])):][:3]                      # a string the greedy text reaches
+    stopped = generate(model, ids, n=1, max_new_tokens=40, temperature=0, eos_token_id=tok.eos_token_id,
+                       stop_strings=(stop,), tokenizer=tok)[0][0]
+    assert stopped == free[:len(stopped)] and len(stopped) < len(free) and stop in tok.decode(stopped)
+
+
+def test_missing_data_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+        evaluate.main(["--model", "tiny", "--data", str(tmp_path / "nope.jsonl")])

@@ -1,0 +1,173 @@
+import json
+import os
+
+import pytest
+import torch
+
+import grpo
+from grpo import completion_logprobs, dr_grpo_loss, group_advantages
+
+
+def test_group_advantages_is_reward_minus_group_mean_without_std():
+    r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
+    a = group_advantages(r)
+    assert torch.equal(a, torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4, [-0.5, 0.5, -0.5, 0.5]]))
+
+
+def test_loss_value_and_gradient_match_the_formula():
+    torch.manual_seed(0)
+    N, T, L = 3, 5, 8
+    logprobs = torch.randn(N, T, requires_grad=True)
+    adv = torch.tensor([0.5, -0.25, 1.0])
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]], dtype=torch.float32)
+    loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, mask, L)
+    expected = -(adv[:, None] * mask).sum() / (N * L)                 # rho = 1: -(1/(N*L_max)) sum A
+    assert torch.allclose(loss, expected)
+    loss.backward()
+    assert torch.allclose(logprobs.grad, -adv[:, None] * mask / (N * L))  # d/dlogp = -A*mask/(N*L_max)
+    # not length-normalised: a longer completion gets proportionally more weight, not the same total
+    assert logprobs.grad[1].abs().sum() > logprobs.grad[0].abs().sum() * 1.5 * (0.25 / 0.5) * 1.0
+
+
+def test_loss_clips_off_policy_ratios():
+    old = torch.zeros(1, 2)
+    new = torch.log(torch.tensor([[1.5, 0.5]]))
+    mask = torch.ones(1, 2)
+    pos = dr_grpo_loss(new, old, torch.tensor([1.0]), mask, 2, clip_eps=0.2)
+    assert torch.allclose(pos, -torch.tensor((1.2 + 0.5) / 2))        # min(rho*A, clip(rho)*A) with A > 0
+    neg = dr_grpo_loss(new, old, torch.tensor([-1.0]), mask, 2, clip_eps=0.2)
+    assert torch.allclose(neg, -torch.tensor((-1.5 - 0.8) / 2))       # with A < 0
+
+
+def test_completion_logprobs_match_full_logits_and_ignore_prompt_and_padding(tiny):
+    model, _ = tiny
+    torch.manual_seed(0)
+    ids = torch.randint(4, 500, (2, 12))
+    attn = torch.ones(2, 12, dtype=torch.long)
+    attn[1, 9:] = 0                                                   # right padding
+    comp = torch.zeros(2, 12, dtype=torch.long)
+    comp[0, 5:12] = 1
+    comp[1, 7:9] = 1
+    lp = completion_logprobs(model, ids, attn, comp, chunk=3)        # [2, 11]
+    ref = torch.log_softmax(model(input_ids=ids, attention_mask=attn).logits.float(), -1)[:, :-1]
+    ref = ref.gather(-1, ids[:, 1:, None]).squeeze(-1) * comp[:, 1:]
+    assert torch.allclose(lp, ref, atol=1e-5)
+    # gradient flows only through completion positions: prompt/padding embeddings of later tokens are untouched
+    emb = model.get_input_embeddings().weight
+    emb.requires_grad_(True)
+    try:
+        lp2 = completion_logprobs(model, ids, attn, comp)
+        lp2.sum().backward()
+        assert torch.equal(lp2 == 0, comp[:, 1:] == 0)
+        pad_token = ids[1, 11].item()
+        if pad_token not in ids[:, :9].flatten().tolist() and pad_token not in ids[0].tolist():
+            assert emb.grad[pad_token].abs().sum() == 0               # a padded-out token gets no gradient
+    finally:
+        emb.requires_grad_(False)
+        emb.grad = None
+
+
+def run_args(tmp_path, *extra):
+    return grpo.parse_args(["--model", "tiny", "--output-dir", str(tmp_path), "--exclude", "", *extra])
+
+
+def learnable_task(tmp_path, flip=False, steps=30):
+    """Reward 1 when the first completion token is one of the 10% of the vocabulary whose LM-head rows point along
+    one random direction (so one hidden-state shift favours them all): a random model starts near 0.1, and
+    Dr. GRPO must raise it through the same train() the CLI uses."""
+    from generation import load_model
+    from lora import apply_lora
+    model, tok = load_model("tiny", device="cpu")
+    torch.manual_seed(0)
+    apply_lora(model, r=8, alpha=16, verbose=False)
+    with torch.no_grad():       # a random init's logits are nearly flat (std 0.02): give the frozen head some range
+        model.get_output_embeddings().weight.mul_(6)
+    head = model.get_output_embeddings().weight.detach()                    # [V, H]
+    score = head @ torch.randn(head.shape[1], generator=torch.Generator().manual_seed(0))
+    good = set((score > score.quantile(0.9)).nonzero().squeeze(-1).tolist())
+    reward_fn = lambda text, gold: float(tok(text, add_special_tokens=False)["input_ids"][:1] in [[t] for t in good])
+    rows = [{"id": str(i), "problem": f"Say something {i}", "answer": "x", "draft": None} for i in range(8)]
+    args = run_args(tmp_path, "--variant", "no-draft", "--max-steps", str(steps), "--prompts-per-step", "4",
+                    "--num-generations", "8", "--max-new-tokens", "1", "--lr", "0.02", "--save-every", "1000")
+    if flip:
+        orig = grpo.group_advantages
+        grpo.group_advantages = lambda r: -orig(r)
+    try:
+        grpo.train(args, rows, model, tok, reward_fn=reward_fn)
+    finally:
+        if flip:
+            grpo.group_advantages = orig
+    rewards = [json.loads(l)["reward"] for l in open(tmp_path / "metrics.jsonl")]
+    return sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+
+
+def test_grpo_learns_a_learnable_task(tmp_path):
+    first, last = learnable_task(tmp_path / "up")
+    assert last > 0.5 and last > first + 0.25, (first, last)
+
+
+def test_flipped_advantage_sign_does_not_learn(tmp_path):
+    first, last = learnable_task(tmp_path / "down", flip=True)
+    assert last < 0.1, (first, last)                                 # so the test above catches a sign bug
+
+
+STABLE = ("step", "reward", "reward_std", "frac_reward_zero_std", "completion_length", "loss", "grad_norm",
+          "prompt_length")
+
+
+class Crash(Exception):
+    pass
+
+
+def scripted_rewards(crash_after=None):
+    """A fixed 0/1 reward stream (so groups have non-zero advantages and steps really update), optionally raising
+    after `crash_after` calls to simulate a crash in the middle of a step."""
+    stream = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0] * 100
+    calls = iter(range(10 ** 6))
+
+    def fn(text, gold):
+        i = next(calls)
+        if crash_after is not None and i >= crash_after:
+            raise Crash()
+        return stream[i]
+    return fn
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
+    common = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
+              "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
+              "--save-every", "2", "--max-steps", "6"]
+    monkeypatch.setattr(grpo, "reward", scripted_rewards())
+    grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
+    per_step = 2 * 3
+    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=4 * per_step + 2))   # dies inside step 5
+    with pytest.raises(Crash):
+        grpo.main(["--output-dir", str(tmp_path / "part"), *common])
+    assert sorted(os.listdir(tmp_path / "part")) == ["metrics.jsonl", "step-2", "step-4"]
+    assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")  # newest keeps it
+    rest = scripted_rewards()
+    for _ in range(4 * per_step):                                    # the stream continues at step 5
+        rest("", "")
+    monkeypatch.setattr(grpo, "reward", rest)
+    grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
+    from safetensors.torch import load_file
+    for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(tmp_path / "whole" / "step-6" / name), load_file(tmp_path / "part" / "step-6" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    lines = lambda p: [{k: json.loads(l)[k] for k in STABLE} for l in open(p / "metrics.jsonl")]
+    assert lines(tmp_path / "whole") == lines(tmp_path / "part")
+    assert [l["step"] for l in lines(tmp_path / "part")] == [1, 2, 3, 4, 5, 6]
+    assert all(l["grad_norm"] > 0 for l in lines(tmp_path / "whole"))
+
+
+def test_variant_without_pool_and_pool_without_problems_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="needs a draft pool"):
+        grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong"))
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"id": "t0", "problem": "p", "answer": "1", "level": 3,
+                                "drafts": [{"text": "x", "correct_strict": False, "correct_quasi": False}]}) + "\n")
+    with pytest.raises(ValueError, match="lacks 4 problem"):
+        grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
+                                "--data", "tests/data/tiny_problems.jsonl"))
+    with pytest.raises(SystemExit):
+        grpo.parse_args(["--variant", "mismatched-wrogn"])

@@ -1,0 +1,123 @@
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+from generation import tiny_model
+from lora import LoRALinear, apply_lora, load_lora, lora_modules, merge_lora, merged, save_lora, unmerge_lora
+
+
+def qwen2_tiny():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.manual_seed(0)
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2))
+
+
+def models():
+    return [tiny_model(300), qwen2_tiny()]     # Qwen2 has biases on q/k/v: the wrapper must keep them
+
+
+def randomize_b(model, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.copy_(torch.randn(m.lora_B.weight.shape, generator=g) * 0.1)
+
+
+def test_wraps_seven_projections_and_equals_base_at_init():
+    for model in models():
+        x = torch.randint(0, 300, (2, 9))
+        before = model(x).logits
+        apply_lora(model, r=4, alpha=8)
+        names = {n.rsplit(".", 1)[-1] for n, _ in lora_modules(model)}
+        assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        assert len(lora_modules(model)) == 7 * 2
+        assert torch.equal(model(x).logits, before)
+        m = lora_modules(model)[0][1]
+        assert m.lora_A.weight.shape == (4, m.base_layer.in_features) and m.lora_A.weight.abs().sum() > 0
+        assert m.lora_B.weight.shape == (m.base_layer.out_features, 4) and m.lora_B.weight.abs().sum() == 0
+        assert m.scaling == 2.0
+
+
+def test_only_lora_parameters_train():
+    model = apply_lora(tiny_model(300), r=4, alpha=8)
+    randomize_b(model)
+    model(torch.randint(0, 300, (2, 9))).logits.sum().backward()
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+
+
+def test_save_load_round_trip_is_bit_exact_with_peft_names(tmp_path):
+    for model in models():
+        apply_lora(model, r=4, alpha=8)
+        randomize_b(model)
+        save_lora(model, tmp_path / "a", base_model_name_or_path="some/base")
+        cfg = json.load(open(tmp_path / "a" / "adapter_config.json"))
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["bias"] == "none"
+        assert cfg["task_type"] == "CAUSAL_LM" and not cfg["use_dora"] and cfg["modules_to_save"] is None
+        keys = load_file(tmp_path / "a" / "adapter_model.safetensors").keys()
+        assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
+        assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+                   for k in keys)
+        fresh = models()[0] if model.config.model_type == "mistral" else qwen2_tiny()
+        load_lora(fresh, tmp_path / "a")
+        for (n1, m1), (n2, m2) in zip(lora_modules(model), lora_modules(fresh)):
+            assert n1 == n2
+            assert torch.equal(m1.lora_A.weight, m2.lora_A.weight) and torch.equal(m1.lora_B.weight, m2.lora_B.weight)
+        x = torch.randint(0, 300, (2, 9))
+        assert torch.equal(model(x).logits, fresh(x).logits)
+
+
+def test_load_rejects_missing_unexpected_and_misshaped(tmp_path):
+    model = apply_lora(tiny_model(300), r=4, alpha=8)
+    save_lora(model, tmp_path / "a")
+    path = tmp_path / "a" / "adapter_model.safetensors"
+    tensors = load_file(path)
+    key = next(iter(tensors))
+    for broken, match in [({k: v for k, v in tensors.items() if k != key}, "missing"),
+                          ({**tensors, "base_model.model.extra.lora_A.weight": torch.zeros(1)}, "unexpected"),
+                          ({**tensors, key: torch.zeros(3, 3)}, "shape")]:
+        save_file(broken, path)
+        with pytest.raises((KeyError, ValueError), match=match):
+            load_lora(apply_lora(tiny_model(300), r=4, alpha=8, verbose=False), tmp_path / "a")
+
+
+def test_merge_matches_unmerged_and_unmerge_restores_bit_exactly():
+    model = apply_lora(tiny_model(300).to(torch.bfloat16), r=4, alpha=8)
+    randomize_b(model)
+    x = torch.randint(0, 300, (2, 9))
+    base = {n: m.base_layer.weight.clone() for n, m in lora_modules(model)}
+    unmerged = model(x).logits.float()
+    with merged(model):
+        assert all(m.merged_from is not None for _, m in lora_modules(model))
+        merged_out = model(x).logits.float()
+    assert (merged_out - unmerged).abs().max() < 0.05 * unmerged.abs().max()     # bf16 rounding of W + BA
+    assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in lora_modules(model))
+    merge_lora(model)
+    merge_lora(model)                          # idempotent: a second merge must not add BA twice
+    unmerge_lora(model)
+    assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in lora_modules(model))
+    assert torch.equal(model(x).logits.float(), unmerged)
+
+
+def test_merge_fp32_is_close():
+    model = apply_lora(tiny_model(300), r=4, alpha=8)
+    randomize_b(model)
+    x = torch.randint(0, 300, (2, 9))
+    ref = model(x).logits
+    with merged(model):
+        assert torch.allclose(model(x).logits, ref, atol=1e-5)
+
+
+def test_dropout_applies_to_lora_input_only():
+    layer = LoRALinear(nn.Linear(8, 8), r=2, alpha=4, dropout=0.5)
+    nn.init.ones_(layer.lora_B.weight)
+    layer.eval()
+    x = torch.randn(3, 8)
+    assert torch.equal(layer(x), layer(x))     # no dropout in eval
