@@ -79,12 +79,138 @@ def bench_grader(args):
     save("grader", result)
 
 
+# ----------------------------------------------------------------------------- CPU: training step and generation
+def small_model(tokenizer, hidden=256, layers=4):
+    """A CPU-sized random Mistral (same layout as Mathstral): big enough that the model, not Python, dominates."""
+    from generation import tiny_model
+    return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=8, kv_heads=2)
+
+
+def bench_cpu(args):
+    import torch
+    import grpo
+    from drafts import build_prompt, load_jsonl
+    from generation import generate, tiny_tokenizer
+    from lora import apply_lora, merged
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    tok = tiny_tokenizer()
+    B, G, L, steps = 4, 8, args.new_tokens, args.steps
+    rows = [r for r in load_jsonl(os.path.join(HERE, "data", "math_train.jsonl"))
+            if r.get("level") in (3, 4, 5) and r["answer"]][:B * steps]
+    for r in rows:
+        r["draft"] = None
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B, "G": G,
+              "max_new_tokens": L, "steps_timed": steps - 1, "model": "random Mistral, hidden 256, 4 layers"}
+
+    # generation: ours vs HF generate, same model, 4 prompts x 8 samples, L tokens each (a random model rarely stops)
+    model = small_model(tok).eval()
+    ids = [tok(build_prompt(r["problem"], None))["input_ids"] for r in rows[:B]]
+    t = time.perf_counter()
+    ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    result["ours_generate_s"] = time.perf_counter() - t
+    tokens = sum(len(c) for group in ours for c in group)
+    tok.padding_side = "left"
+    enc = tok([build_prompt(r["problem"], None) for r in rows[:B]], return_tensors="pt", padding=True)
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=L,
+                       min_new_tokens=L, num_return_sequences=G, pad_token_id=tok.pad_token_id)
+    result["hf_generate_s"] = time.perf_counter() - t
+    result["generate_speedup_vs_hf"] = result["hf_generate_s"] / result["ours_generate_s"]
+    result["ours_generate_tok_s"] = tokens / result["ours_generate_s"]
+    lora_model = apply_lora(small_model(tok), verbose=False).eval()
+    t = time.perf_counter()
+    generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    result["lora_unmerged_generate_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    with merged(lora_model):
+        generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
+                 pad_token_id=tok.pad_token_id)
+    result["lora_merged_generate_s"] = time.perf_counter() - t
+
+    # one GRPO step (rollouts + rewards + update), ours vs TRL's GRPOTrainer with the same settings. Two rewards:
+    # the real grader (a random model scores 0: every group is skipped, as early in training on hard problems) and a
+    # deterministic coin flip per completion (every group has variance: the full update runs in both trainers)
+    import shutil
+    import zlib
+    coin = lambda text, gold: float(zlib.crc32(text.encode()) % 2)
+    for label, reward_fn in (("grader", None), ("coin", coin)):
+        out = os.path.join("/tmp", "bench_cpu_ours")
+        shutil.rmtree(out, ignore_errors=True)
+        targs = grpo.parse_args(["--model", "small", "--variant", "no-draft", "--output-dir", out, "--max-steps",
+                                 str(steps), "--prompts-per-step", str(B), "--num-generations", str(G),
+                                 "--max-new-tokens", str(L), "--save-every", "100000", "--exclude", ""])
+        torch.manual_seed(0)
+        grpo.train(targs, rows, apply_lora(small_model(tok), verbose=False), tok, reward_fn=reward_fn)
+        times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
+        result[f"ours_step_s_{label}"] = statistics.mean(times)
+        try:
+            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps, reward_fn).items()})
+            result[f"step_speedup_vs_trl_{label}"] = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
+        except ImportError as e:
+            print(f"TRL not installed ({e}); pip install trl to compare")
+    print(f"CPU ({result['threads']} threads), {B} prompts x {G} rollouts x {L} tokens, {result['model']}")
+    print(f"  generate: ours {result['ours_generate_s']:.2f} s, HF generate {result['hf_generate_s']:.2f} s "
+          f"-> {result['generate_speedup_vs_hf']:.2f}x; LoRA unmerged {result['lora_unmerged_generate_s']:.2f} s, "
+          f"merged {result['lora_merged_generate_s']:.2f} s")
+    for label in ("grader", "coin"):
+        line = f"  GRPO step, {label} reward: ours {result[f'ours_step_s_{label}']:.2f} s"
+        if f"trl_step_s_{label}" in result:
+            line += f", TRL {result[f'trl_version_{label}']} GRPOTrainer {result[f'trl_step_s_{label}']:.2f} s " \
+                    f"-> {result[f'step_speedup_vs_trl_{label}']:.2f}x"
+        print(line)
+    save("cpu", result)
+
+
+def trl_step(rows, tok, B, G, L, steps, reward_fn=None):
+    """TRL's GRPOTrainer on the same model, prompts, reward and hyper-parameters (Dr. GRPO loss, beta 0, LoRA)."""
+    import torch
+    import trl
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import TrainerCallback
+    from drafts import build_prompt
+    from reward import reward
+
+    class Timer(TrainerCallback):
+        def __init__(self):
+            self.marks = []
+
+        def on_step_begin(self, *a, **k):
+            self.marks.append(time.perf_counter())
+
+        def on_step_end(self, *a, **k):
+            self.marks[-1] = time.perf_counter() - self.marks[-1]
+
+    data = Dataset.from_list([{"prompt": build_prompt(r["problem"], None), "answer": r["answer"]} for r in rows])
+    config = trl.GRPOConfig(output_dir="/tmp/bench_cpu_trl", per_device_train_batch_size=B * G, num_generations=G,
+                            max_completion_length=L, loss_type="dr_grpo", scale_rewards="none", beta=0.0,
+                            learning_rate=5e-6, lr_scheduler_type="constant", adam_beta2=0.99, weight_decay=0.01,
+                            max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=steps, use_cpu=True, bf16=False,
+                            save_strategy="no", report_to="none", logging_steps=1, gradient_checkpointing=True,
+                            shuffle_dataset=False, disable_tqdm=True)
+    torch.manual_seed(0)
+    timer = Timer()
+    trainer = trl.GRPOTrainer(model=small_model(tok), args=config, train_dataset=data, processing_class=tok,
+                              reward_funcs=lambda prompts, completions, answer, **kw:
+                              [(reward_fn or reward)(c, a) for c, a in zip(completions, answer)],
+                              peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"]),
+                              callbacks=[timer])
+    trainer.train()
+    return {"trl_step_s": statistics.mean(timer.marks[1:]), "trl_version": trl.__version__}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=["grader", "cpu", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
+    ap.add_argument("--new-tokens", type=int, default=64, help="cpu: tokens per rollout")
+    ap.add_argument("--steps", type=int, default=4, help="cpu: GRPO steps (the first is not timed)")
     args = ap.parse_args()
-    {"grader": bench_grader}[args.section](args)
+    {"grader": bench_grader, "cpu": bench_cpu}[args.section](args)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,24 @@ def load_jsonl(path, required=("id", "problem", "answer")):
     return rows
 
 
+def read_resumable(path):
+    """Records of a JSONL file that is appended to as work is done; a torn last line (a crash mid-write) is
+    removed from the file, so rerunning the same command continues where it stopped."""
+    records, lines = [], []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            lines = f.readlines()
+        for line in lines:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    if len(records) != len(lines):
+        with open(path, "w", encoding="utf-8") as f:
+            f.writelines(lines[:len(records)])
+    return records
+
+
 def training_problems(rows, levels=(3, 4, 5)):
     """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500)."""
     return [r for r in rows if r.get("level") in levels and r["answer"].strip()]
@@ -113,11 +131,24 @@ def derangement(n, rng):
     return perm
 
 
-def build_variant(pool, variant, seed=0):
+def build_variant(pool, variant, seed=0, length_matched=False):
     """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and the shown
-    draft's labels and tier. Mismatched-X shows, for problem i, the draft matched-X selected for perm[i]."""
+    draft's labels and tier. Mismatched-X shows, for problem i, the draft matched-X selected for perm[i].
+
+    length_matched (the referee's control): row i of every draft variant shows its draft cut (beginning kept) to
+    the shortest of the four draft variants' row-i drafts, in characters, so all four train on identical
+    draft-length distributions and differ only in which draft is shown."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    if length_matched and variant != "no-draft":
+        shown = [build_variant(pool, v, seed) for v in VARIANTS[1:]]
+        rows = shown[VARIANTS.index(variant) - 1]
+        for i, row in enumerate(rows):
+            target = min(len(s[i]["draft"]) for s in shown)
+            while target and any(s[i]["draft"][target - 1].isspace() for s in shown):
+                target -= 1                       # build_prompt strips drafts: cut where no variant ends in space
+            row.update(draft=row["draft"][:target], draft_chars_full=len(row["draft"]))
+        return rows
     rows = [{"id": p["id"], "problem": p["problem"], "answer": p["answer"], "level": p.get("level"),
              "subject": p.get("subject"), "draft": None, "draft_source": None} for p in pool]
     if variant == "no-draft":
@@ -145,21 +176,8 @@ def cmd_generate(args):
     from generation import generate, load_model
     problems = load_jsonl(args.data)
     problems = [r for r in problems if r.get("level") in args.levels and r["answer"].strip()][:args.limit]
-    done = set()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    if os.path.exists(args.out):                # resume: keep complete lines, drop a torn last line
-        with open(args.out, encoding="utf-8") as f:
-            lines = f.readlines()
-        good = []
-        for line in lines:
-            try:
-                done.add(json.loads(line)["id"])
-                good.append(line)
-            except (json.JSONDecodeError, KeyError):
-                break
-        if len(good) != len(lines):
-            with open(args.out, "w", encoding="utf-8") as f:
-                f.writelines(good)
+    done = {r.get("id") for r in read_resumable(args.out)}
     todo = [r for r in problems if r["id"] not in done]
     print(f"{len(problems)} problems, {len(done)} already in {args.out}, {len(todo)} to draft")
     model, tokenizer = load_model(args.model)
@@ -221,7 +239,7 @@ def cmd_stats(args):
           f"prompt {unit} mean ± std")
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
-        rows = build_variant(pool, variant, seed=args.seed)
+        rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
         prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
         lengths = [len(tokenizer(p)["input_ids"]) if tokenizer else len(p) for p in prompts]
         shown = [r for r in rows if r["draft"] is not None]
@@ -257,6 +275,7 @@ def main(argv=None):
     s.add_argument("--model", default=None, help="tokenizer for lengths in tokens (else characters)")
     s.add_argument("--seed", type=int, default=0, help="variant seed")
     s.add_argument("--max-prompt-tokens", type=int, default=3072, help="prompt budget (recipe: 3072)")
+    s.add_argument("--length-matched", action="store_true", help="the length-matched control (see build_variant)")
     args = ap.parse_args(argv)
     {"generate": cmd_generate, "import": cmd_import, "stats": cmd_stats}[args.cmd](args)
 

@@ -17,7 +17,7 @@ import random
 import statistics
 import sys
 
-from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, load_jsonl
+from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, load_jsonl, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -154,25 +154,13 @@ def summarize(rows, records, ks):
     return out
 
 
-def read_records(path):
-    records = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break                               # a torn last line from an interrupted run
-    return records
-
-
 # ----------------------------------------------------------------------------- commands
 def run(args):
     rows = load_jsonl(args.data)[:args.limit]
     ks = sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
     n = args.samples
     records_path = args.output + ".records.jsonl"
-    records = [r for r in read_records(records_path) if r.get("config") == _config(args)]
+    records = [r for r in read_resumable(records_path) if r.get("config") == _config(args)]
     done = {}
     for rec in records:
         done[rec["id"]] = done.get(rec["id"], 0) + 1

@@ -35,6 +35,8 @@ def parse_args(argv=None):
     a("--data", default=None, help="problems JSONL (enough for no-draft; default data/math_train.jsonl)")
     a("--drafts", default=None, help="draft pool JSONL from drafts.py (carries the problems)")
     a("--exclude", default="data/math500.jsonl", help="ids never trained on (the test set); '' for none")
+    a("--length-matched", action="store_true", help="referee's control: every draft variant's row i shows a "
+      "draft cut to the shortest of the four variants' row-i drafts (identical draft lengths across variants)")
     a("--output-dir", default="runs/mismatched-wrong", help="checkpoints step-N/ and metrics.jsonl")
     a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
     a("--prompts-per-step", type=int, default=4, help="B: prompts per optimizer step (paper: 4)")
@@ -142,7 +144,7 @@ def load_rows(args):
         raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL (see drafts.py)")
     if not pool:
         raise ValueError("no training problems left (levels 3-5, non-empty answer, not in --exclude)")
-    return build_variant(pool, args.variant, seed=args.seed)
+    return build_variant(pool, args.variant, seed=args.seed, length_matched=args.length_matched)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -47,13 +47,15 @@ def lora_modules(model):
 
 
 def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS, verbose=True):
-    """Wrap every nn.Linear whose attribute name is in `targets`, freeze everything else, return the model."""
+    """Wrap every nn.Linear whose attribute name (q_proj) or full path (model.layers.0.self_attn.q_proj) is in
+    `targets`, freeze everything else, return the model."""
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if child_name in targets and isinstance(child, nn.Linear):
+            path = f"{name}.{child_name}" if name else child_name
+            if (child_name in targets or path in targets) and isinstance(child, nn.Linear):
                 setattr(module, child_name, LoRALinear(child, r, alpha, dropout))
                 wrapped.append(child_name)
     if not wrapped:
@@ -98,17 +100,16 @@ def load_lora(model, directory):
     with open(config_path) as f:
         cfg = json.load(f)
     unsupported = {k: cfg.get(k) for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern",
-                                             "alpha_pattern", "layers_to_transform") if cfg.get(k)}
+                                             "alpha_pattern", "lora_bias", "target_parameters",
+                                             "trainable_token_indices", "layer_replication") if cfg.get(k)}
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("bias", "none") != "none" or unsupported:
         raise ValueError(f"{config_path}: unsupported adapter settings {unsupported or cfg.get('peft_type')}")
-    targets = cfg["target_modules"]
-    if isinstance(targets, str):
-        raise ValueError(f"{config_path}: target_modules as a regex ({targets!r}) is not supported; list them")
-    if not lora_modules(model):
-        apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), tuple(targets), verbose=False)
     tensors = load_file(weights_path)
     tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
                for k, v in tensors.items()}
+    if not lora_modules(model):     # wrap exactly the modules the file has (covers regex target_modules too)
+        paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)}
+        apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths, verbose=False)
     own = lora_state_dict(model)
     missing, unexpected = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
     if missing or unexpected:

@@ -37,15 +37,11 @@ def _brace_group(text, j):
 
 def extract_boxed(text):
     """Argument of the LAST \\boxed / \\fbox: a brace group or a single token (`\\boxed 5`); empty/unclosed -> None."""
-    if not isinstance(text, str):
-        return None
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    i = max(text.rfind("\\boxed"), text.rfind("\\fbox")) if isinstance(text, str) else -1
     if i < 0:
         return None
     j = i + (6 if text.startswith("\\boxed", i) else 5)
-    k = j
-    while k < len(text) and text[k] in " \t":
-        k += 1
+    k = j + len(text[j:j + 100]) - len(text[j:j + 100].lstrip(" \t"))
     if k < len(text) and text[k] == "{":
         group = _brace_group(text, k)
         return (group[0].strip() or None) if group else None
@@ -134,37 +130,30 @@ class _Unevaluable(Exception):
     pass
 
 
-_TOKEN = re.compile(r"\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]|[a-zA-Z]|[-+*/^(){}\[\]!_=,|']")
+_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
 _FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
           "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log, "log": math.log,
           "exp": math.exp, "arcsin": math.asin, "arccos": math.acos, "arctan": math.atan}
 _MUL = {"*", "\\cdot", "\\times"}
 _DIV = {"/", "\\div"}
+_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp"}
 
 
 def _tokens(s):
-    out, pos = [], 0
-    while pos < len(s):
-        if s[pos] == " ":
-            pos += 1
-            continue
+    out, pos, end = [], 0, len(s.rstrip())
+    while pos < end:
         m = _TOKEN.match(s, pos)
         if not m:
             return None
-        out.append(m.group(0))
+        out.append(m.group(1))
         pos = m.end()
     return out
 
 
 def _variables(tokens):
-    names = set()
-    for t in tokens:
-        if len(t) == 1 and t.isalpha():
-            names.add(t)
-        elif t.startswith("\\") and t[1:] not in _FUNCS and t[1:] not in {
-                "frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp"} and t[1:].isalpha():
-            names.add(t)
-    return names
+    """Single letters and unknown commands (\\theta) are variables."""
+    return {t for t in tokens if (len(t) == 1 and t.isalpha()) or (t[0] == "\\" and t[1:].isalpha() and
+                                                                   t[1:] not in _KNOWN)}
 
 
 def _iroot(k, n):
@@ -221,12 +210,6 @@ class _Parser:
         self.i += 1
         return tok
 
-    def parse(self):
-        v = self.expr()
-        if self.peek() is not None:
-            raise _Unevaluable(f"trailing {self.peek()}")
-        return v
-
     def expr(self):
         self.depth += 1
         if self.depth > 60:
@@ -270,7 +253,7 @@ class _Parser:
 
     def exponent(self):
         if self.peek() == "{":
-            return self.group()
+            return self.atom()
         if self.peek() in ("-", "+"):
             return -self.exponent() if self.take() == "-" else self.exponent()
         return self.single()
@@ -284,12 +267,6 @@ class _Parser:
             v = Fraction(math.factorial(int(v)))
         return v
 
-    def group(self):
-        self.take("{")
-        v = self.expr()
-        self.take("}")
-        return v
-
     def single(self):
         """One TeX argument without braces: `\\frac12` reads 1 then 2, `x^23` is x^2 * 3."""
         tok = self.peek()
@@ -299,7 +276,7 @@ class _Parser:
         return self.atom()
 
     def arg(self):
-        return self.group() if self.peek() == "{" else self.single()
+        return self.atom() if self.peek() == "{" else self.single()
 
     def atom(self):
         tok = self.take()
@@ -314,13 +291,9 @@ class _Parser:
                         return v + num / den
                 self.i = save
             return v
-        if tok in ("(", "["):
+        if tok in ("(", "[", "{"):
             v = self.expr()
-            self.take(")" if tok == "(" else "]")
-            return v
-        if tok == "{":
-            v = self.expr()
-            self.take("}")
+            self.take({"(": ")", "[": "]", "{": "}"}[tok])
             return v
         if tok == "\\frac":
             num, den = self.arg(), self.arg()
@@ -355,22 +328,21 @@ class _Parser:
 
 
 def _evaluate(tokens, env):
-    return _Parser(list(tokens), env).parse()
+    parser = _Parser(list(tokens), env)
+    value = parser.expr()
+    if parser.peek() is not None:
+        raise _Unevaluable(f"trailing {parser.peek()}")
+    return value
 
 
 def _close(a, b):
-    if isinstance(a, Fraction) and isinstance(b, Fraction):
+    exact = [x for x in (a, b) if isinstance(x, Fraction)]
+    if len(exact) == 2:
         return a == b
-    for x, y in ((a, b), (b, a)):      # exact vs inexact: only a simple rational can be an inexact value's truth
-        if isinstance(x, Fraction) and not isinstance(y, Fraction) and x.denominator > 1000:
-            return False
-    try:
-        a, b = float(a), float(b)
-    except OverflowError:
+    if exact and exact[0].denominator > 1000:  # exact vs inexact: only a simple rational can be an irrational's truth
         return False
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    a, b = float(a), float(b)                 # OverflowError: caught by the caller
+    return a == b if math.isinf(a) or math.isinf(b) else math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _points(names, count=4):
@@ -391,18 +363,16 @@ def _values_equal(a, b, ratio=False):
     for env in (_points(names) if names else [{}]):
         try:
             va, vb = _evaluate(ta, env), _evaluate(tb, env)
+            close = _close(va, vb)
         except (_Unevaluable, ZeroDivisionError, ValueError, OverflowError, TypeError):
             continue
-        if ratio:
-            if _close(vb, 0) or _close(va, 0):
-                if not (_close(va, 0) and _close(vb, 0)):
-                    return False
-                continue
-            q = va / vb
-            factor = q if factor is None else factor
-            if not _close(q, factor):
-                return False
-        elif not _close(va, vb):
+        if ratio:                                  # equations: the two lhs-rhs proportional at every point
+            if _close(va, 0) or _close(vb, 0):
+                close = _close(va, 0) and _close(vb, 0)
+            else:
+                factor = factor or (va, vb)
+                close = _close(va * factor[1], vb * factor[0])
+        if not close:
             return False
         agree += 1
     return agree >= (2 if names else 1)
@@ -443,15 +413,14 @@ def _wrapper(s):
 
 
 def _expand_pm(items):
+    """1 \\pm \\sqrt2 -> 1+\\sqrt2, 1-\\sqrt2; more than 4 signs (2^k expansions) are left alone."""
     if sum(x.count("\\pm") + x.count("\\mp") for x in items) > 4:
-        return items                                    # 2^k expansions: refuse adversarial inputs
-    out = []
-    for x in items:
-        if "\\pm" in x or "\\mp" in x:
-            out += [x.replace("\\pm", "+", 1).replace("\\mp", "-", 1), x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)]
-        else:
-            out.append(x)
-    return out if len(out) == len(items) else _expand_pm(out)
+        return items
+    while any("\\pm" in x or "\\mp" in x for x in items):
+        items = [y for x in items for y in ((x.replace("\\pm", "+", 1).replace("\\mp", "-", 1),
+                                             x.replace("\\pm", "-", 1).replace("\\mp", "+", 1))
+                                            if "\\pm" in x or "\\mp" in x else (x,))]
+    return items
 
 
 def _strip_var(x):
@@ -465,15 +434,13 @@ def _matrix(s):
 
 
 def _match_unordered(xs, ys, eq):
-    if len(xs) != len(ys):
-        return False
     left = list(ys)
     for x in xs:
         hit = next((k for k, y in enumerate(left) if eq(x, y)), None)
         if hit is None:
             return False
         left.pop(hit)
-    return True
+    return not left
 
 
 def _equiv(p, g, depth=0):
@@ -536,10 +503,8 @@ def is_equiv(pred, gold):
         if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
             return pred.strip() == gold.strip()              # no real answer is this long: don't normalise it
         p, g = normalize(pred), normalize(gold)
-        if not p or not g:
-            return False
-        if p == g:
-            return True
+        if not p or not g or p == g:
+            return bool(p) and p == g
         if len(p) > MAX_PARSE_CHARS or len(g) > MAX_PARSE_CHARS:
             return False
         return _equiv(p, g)

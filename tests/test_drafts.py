@@ -165,3 +165,24 @@ def test_import_author_schema(tmp_path):
     drafts.main(["import", "--src", str(src), "--out", str(tmp_path / "pool.jsonl")])
     row = load_pool(str(tmp_path / "pool.jsonl"))[0]
     assert row["id"] == "test/algebra/1.json" and row["level"] == 4 and row["drafts"][0]["correct_strict"] is True
+
+
+def test_length_matched_control_equalises_lengths_and_keeps_pairing():
+    pool = synthetic_pool()
+    for i, p in enumerate(pool):                       # drafts of very different lengths
+        for k, dr in enumerate(p["drafts"]):
+            dr["text"] = f"draft {k} for {i} " + "x" * ((i * 7 + k * 13) % 50)
+    controls = ("matched-wrong", "mismatched-wrong", "mismatched-correct", "matched-correct")
+    plain = {v: build_variant(pool, v, seed=2) for v in controls}
+    matched = {v: build_variant(pool, v, seed=2, length_matched=True) for v in controls}
+    for i in range(len(pool)):
+        lengths = {len(matched[v][i]["draft"]) for v in controls}
+        assert len(lengths) == 1                                           # identical per row, so per variant
+        prompts = {len(build_prompt(matched[v][i]["problem"], matched[v][i]["draft"])) for v in controls}
+        assert len(prompts) == 1                                           # and so are the prompts
+        for v in controls:
+            assert plain[v][i]["draft"].startswith(matched[v][i]["draft"])  # a cut keeps the beginning
+            assert matched[v][i]["draft_source"] == plain[v][i]["draft_source"]
+    assert any(len(matched["mismatched-wrong"][i]["draft"]) < len(plain["mismatched-wrong"][i]["draft"])
+               for i in range(len(pool)))
+    assert build_variant(pool, "no-draft", length_matched=True) == build_variant(pool, "no-draft")
