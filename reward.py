@@ -122,7 +122,20 @@ def normalize(answer):
         s = s.replace(",", "")
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
-    return s
+    s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))", lambda m: m[0] if int(m[2] or m[3])
+               >= int(m[4] or m[5]) else f"({m[1]}+\\frac{{{m[2] or m[3]}}}{{{m[4] or m[5]}}})", s)  # 2\frac13
+    return _interval(s.split("\\approx")[0])
+
+
+def _interval(s):
+    """Inequalities as intervals: x\\le3 -> (-\\infty,3], x>2 -> (2,\\infty), 1<x\\le3 -> (1,3]."""
+    m = re.fullmatch(r"(?:([^<>]+?)(<|\\leq?))? ?[a-zA-Z](<|>|\\leq?|\\geq?)([^<>]+)", s)
+    if not m or (m[1] and m[3][0] not in "<\\l") or (m[3] in (">", "\\ge", "\\geq") and m[1]):
+        return s
+    if m[3] in (">", "\\ge", "\\geq"):
+        return ("(" if m[3] == ">" else "[") + m[4] + ",\\infty)"
+    low = (("(" if m[2] == "<" else "[") + m[1]) if m[1] else "(-\\infty"
+    return low + "," + m[4] + (")" if m[3] == "<" else "]")
 
 
 # ----------------------------------------------------------------------------- a small exact evaluator
@@ -134,8 +147,6 @@ _TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-
 _FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
           "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log, "log": math.log,
           "exp": math.exp, "arcsin": math.asin, "arccos": math.acos, "arctan": math.atan}
-_MUL = {"*", "\\cdot", "\\times"}
-_DIV = {"/", "\\div"}
 _KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp"}
 
 
@@ -224,10 +235,10 @@ class _Parser:
         v = self.unary()
         while True:
             tok = self.peek()
-            if tok in _MUL:
+            if tok in ("*", "\\cdot", "\\times"):
                 self.take()
                 v = v * self.unary()
-            elif tok in _DIV:
+            elif tok in ("/", "\\div"):
                 self.take()
                 d = self.unary()
                 if d == 0:
@@ -281,16 +292,7 @@ class _Parser:
     def atom(self):
         tok = self.take()
         if tok[0].isdigit() or tok[0] == ".":
-            v = Fraction(tok)
-            if self.peek() == "\\frac" and v.denominator == 1 and "." not in tok:    # mixed number 2\frac13
-                save = self.i
-                self.take()
-                if self.peek() == "{" or (self.peek() or "x")[0].isdigit():
-                    num, den = self.arg(), self.arg()
-                    if isinstance(num, Fraction) and isinstance(den, Fraction) and den and 0 < num / den < 1:
-                        return v + num / den
-                self.i = save
-            return v
+            return Fraction(tok)
         if tok in ("(", "[", "{"):
             v = self.expr()
             self.take({"(": ")", "[": "]", "{": "}"}[tok])
@@ -424,7 +426,7 @@ def _expand_pm(items):
 
 
 def _strip_var(x):
-    m = re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\w)?=([^=]+)", x)
+    m = re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\w|\(\w\))?=([^=]+)", x)     # x=5, x_1=5, f(x)=5
     return m.group(1) if m else x
 
 
@@ -471,8 +473,8 @@ def _equiv(p, g, depth=0):
     if len(ig) > 1 or len(ip) > 1:
         ip, ig = _expand_pm([_strip_var(x) for x in ip]), _expand_pm([_strip_var(x) for x in ig])
         ordered = bool(wg) and wg[0] in "(["                               # tuples and intervals keep order
-        if ordered and (not wp or (wp[0], wp[1]) != (wg[0], wg[1])):
-            return False                                                    # (1,2] is not [1,2] nor 1,2
+        if ordered and (wp[:2] if wp else ("(", ")")) != wg[:2]:
+            return False                              # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
         eq = lambda a, b: _equiv(a, b, depth + 1)
         if ordered:
             return len(ip) == len(ig) and all(eq(a, b) for a, b in zip(ip, ig))
