@@ -203,14 +203,124 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None):
     return {"trl_step_s": statistics.mean(timer.marks[1:]), "trl_version": trl.__version__}
 
 
+# ----------------------------------------------------------------------------- GPU: 7B-shaped model
+MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
+                       max_position_embeddings=32768)            # mistralai/Mathstral-7B-v0.1's config.json
+TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768)
+
+
+def timed(fn, device):
+    import torch
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t, out
+
+
+def bench_gpu(args):
+    """Random weights of Mathstral's exact shape (no download): decode tok/s (ours vs HF generate vs the HBM
+    roofline), prefill, and one paper-config step (4 prompts x 3,072 tokens, 16 x 4,096 new tokens) with peak memory.
+    --shape tiny runs the same code on a tiny model (CPU smoke test of this script)."""
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+    import grpo
+    from generation import generate
+    from lora import apply_lora, merged
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    big = args.shape == "mathstral"
+    config = MistralConfig(**(MATHSTRAL_SHAPE if big else TINY_SHAPE), sliding_window=None, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
+    with torch.device(device):
+        model = MistralForCausalLM(config).eval()
+    torch.set_default_dtype(torch.float32)
+    dtype_bytes = 2 if device == "cuda" else 4
+    weight_bytes = sum(p.numel() for p in model.parameters()) * dtype_bytes
+    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine(),
+              "shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
+    x = torch.empty(2 ** 30 if big else 2 ** 22, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t, _ = timed(lambda: [y.copy_(x) for _ in range(10)], device)
+    result["copy_bandwidth_GBps"] = 2 * x.numel() * 10 / t / 1e9             # bytes read + written
+    del x, y
+    prompt_len, new = (512, 128) if big else (32, 16)
+    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+    rng = torch.Generator().manual_seed(0)
+    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=rng).tolist()
+    result["decode"] = {}
+    for batch in (16, 64, 128):
+        kw = dict(n=batch, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
+        t1, _ = timed(lambda: generate(model, [prompt], max_new_tokens=1, **kw), device)
+        tn, _ = timed(lambda: generate(model, [prompt], max_new_tokens=new, **kw), device)
+        ours = batch * (new - 1) / (tn - t1)
+        ids = torch.tensor([prompt] * batch, device=device)
+        with torch.no_grad():
+            model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=True, top_k=0, pad_token_id=0)
+            h1, _ = timed(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=True, top_k=0,
+                                                 pad_token_id=0), device)
+            hn, _ = timed(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=True,
+                                                 top_k=0, pad_token_id=0), device)
+        hf = batch * (new - 1) / (hn - h1)
+        step_bytes = weight_bytes + batch * (prompt_len + new / 2) * kv_per_token   # weights + KV read per step
+        roof = batch / (step_bytes / (result["copy_bandwidth_GBps"] * 1e9))
+        result["decode"][batch] = {"ours_tok_s": ours, "hf_tok_s": hf, "roofline_tok_s": roof,
+                                   "vs_hf": ours / hf, "of_roofline": ours / roof}
+        print(f"decode batch {batch:3d}: ours {ours:8.0f} tok/s, HF generate {hf:8.0f} tok/s ({ours / hf:.2f}x), "
+              f"roofline {roof:8.0f} tok/s ({100 * ours / roof:.0f}%)")
+    P, B, G, L = (3072, 4, 16, 4096) if big else (64, 4, 4, 32)
+    prompts = [torch.randint(0, config.vocab_size, (P,), generator=rng).tolist() for _ in range(B)]
+    with torch.no_grad():
+        t, _ = timed(lambda: model(torch.tensor(prompts, device=device), logits_to_keep=1), device)
+    result["prefill_s"] = {f"{B}x{P}": t}
+    torch.manual_seed(0)
+    apply_lora(model, verbose=False)
+    targs = grpo.parse_args(["--max-new-tokens", str(L)])
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=5e-6, betas=(0.9, 0.99), weight_decay=0.01)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with merged(model):
+        t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
+                                                     eos_token_id=-1, pad_token_id=0, seed=1), device)
+    rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])       # every group has a gradient
+    model.train()
+
+    def update():
+        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards),
+                                  torch.zeros(B, dtype=torch.bool), targs, 0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        return loss
+    t_upd, _ = timed(update, device)
+    result["paper_step"] = {"prompt_tokens": P, "prompts": B, "generations": G, "new_tokens": L,
+                            "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd,
+                            "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+                            "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
+    s = result["paper_step"]
+    print(f"prefill {B}x{P}: {result['prefill_s'][f'{B}x{P}']:.3f} s; paper step ({B}x{G} rollouts, {P}+{L} tokens, "
+          f"every completion at the cap): rollouts {s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak "
+          f"{s['peak_memory_GB'] or 0:.1f} GB; 2,000 such steps: {s['projected_2000_steps_h']:.1f} h (an upper bound)")
+    if big:
+        save("gpu", result)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section", choices=["grader", "cpu", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu: tokens per rollout")
     ap.add_argument("--steps", type=int, default=4, help="cpu: GRPO steps (the first is not timed)")
+    ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
     args = ap.parse_args()
-    {"grader": bench_grader, "cpu": bench_cpu}[args.section](args)
+    {"grader": bench_grader, "cpu": bench_cpu, "gpu": bench_gpu}[args.section](args)
 
 
 if __name__ == "__main__":

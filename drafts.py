@@ -15,7 +15,7 @@ import random
 import statistics
 import sys
 
-from reward import extract_boxed, lenient_answer, reward
+from reward import lenient_answer, reward
 
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
 TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. Solve the math "

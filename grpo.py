@@ -86,7 +86,8 @@ def _token_logprobs(weight, hidden, targets):
 def completion_logprobs(model, input_ids, attention_mask, completion_mask, chunk=1024):
     """log pi(x_t | x_<t) at completion positions, [N, T-1] aligned with input_ids[:, 1:] (0 elsewhere).
     The LM head runs only on completion positions, a chunk at a time, recomputed in backward."""
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # [N, T, H]
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                 use_cache=False).last_hidden_state                        # [N, T, H]
     sel = completion_mask[:, 1:].bool()                                                    # [N, T-1]
     h, y = hidden[:, :-1][sel], input_ids[:, 1:][sel]                                      # [K, H], [K]
     weight = model.get_output_embeddings().weight                                          # [V, H]
@@ -107,6 +108,35 @@ def micro_batches(lengths, budget):
             current = []
         current.append(i)
     return batches + ([current] if current else [])
+
+
+def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id):
+    """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions), micro-batch by
+    micro-batch; return the loss. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
+    live = [(b, g) for b in range(B) for g in range(G) if not zero_std[b]]       # zero-std groups: no gradient
+    lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in live]
+    loss_sum = 0.0
+    for mb in micro_batches(lengths, args.micro_batch_tokens):
+        rows = [live[i] for i in mb]
+        width = max(lengths[i] for i in mb)
+        ids = torch.full((len(mb), width), pad_token_id, dtype=torch.long)               # [n, T] right-padded
+        attn = torch.zeros(len(mb), width, dtype=torch.long)                               # [n, T]
+        comp = torch.zeros(len(mb), width, dtype=torch.long)                               # [n, T] completion mask
+        for k, (b, g) in enumerate(rows):
+            p, c = prompt_ids[b], completions[b][g]
+            ids[k, :len(p) + len(c)] = torch.tensor(p + c)
+            attn[k, :len(p) + len(c)] = 1
+            comp[k, len(p):len(p) + len(c)] = 1               # prompt and draft tokens get no loss
+        ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
+        logprobs = completion_logprobs(model, ids, attn, comp)                             # [n, T-1]
+        adv = torch.stack([advantages[b, g] for b, g in rows]).to(device)                  # [n]
+        loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), args.max_new_tokens,
+                            args.clip_eps)
+        loss = loss * len(mb) / (B * G)         # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+        loss.backward()
+        loss_sum += loss.item()
+    return loss_sum
 
 
 # ----------------------------------------------------------------------------- data order
@@ -210,7 +240,6 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     lenient training reward by default)."""
     reward_fn = reward_fn or reward
     os.makedirs(args.output_dir, exist_ok=True)
-    device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
                                   weight_decay=args.weight_decay)
@@ -245,30 +274,9 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         advantages = group_advantages(rewards)                                             # [B, G]
         zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
 
-        # One update on this batch of rollouts: rho = 1, so PPO clipping never acts and old logprobs = detached.
         model.train()
         optimizer.zero_grad(set_to_none=False)
-        live = [(b, g) for b in range(B) for g in range(G) if not zero_std[b]]   # zero-std groups: no gradient
-        lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in live]
-        loss_sum = 0.0
-        for mb in micro_batches(lengths, args.micro_batch_tokens):
-            rows_mb = [live[i] for i in mb]
-            width = max(lengths[i] for i in mb)
-            ids = torch.full((len(mb), width), tokenizer.pad_token_id, dtype=torch.long)  # [n, T] right-padded
-            attn = torch.zeros(len(mb), width, dtype=torch.long)                           # [n, T]
-            comp = torch.zeros(len(mb), width, dtype=torch.long)                           # [n, T] completion mask
-            for k, (b, g) in enumerate(rows_mb):
-                p, c = prompt_ids[b], completions[b][g]
-                ids[k, :len(p) + len(c)] = torch.tensor(p + c)
-                attn[k, :len(p) + len(c)] = 1
-                comp[k, len(p):len(p) + len(c)] = 1           # prompt and draft tokens get no loss
-            ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
-            logprobs = completion_logprobs(model, ids, attn, comp)                         # [n, T-1]
-            adv = torch.stack([advantages[b, g] for b, g in rows_mb]).to(device)           # [n]
-            loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), L, args.clip_eps)
-            loss = loss * len(mb) / (B * G)     # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
-            loss.backward()
-            loss_sum += loss.item()
+        loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         optimizer.step()
         lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)

@@ -4,7 +4,7 @@ import random
 import pytest
 
 import drafts
-from drafts import TEMPLATE, VARIANTS, build_prompt, build_variant, derangement, load_pool, select_draft
+from drafts import build_prompt, build_variant, derangement, load_pool, select_draft
 
 
 def d(strict, quasi, text="draft"):
