@@ -197,8 +197,9 @@ def run(args):
                         text = tokenizer.decode(toks, skip_special_tokens=True)
                         for stop in ([] if args.no_stop else STOP_STRINGS):
                             text = text.split(stop)[0]
+                        pred = extract_boxed(text)
                         rec = {"id": r["id"], "sample": s, "tokens": len(toks), "completion": text,
-                               "pred": extract_boxed(text), "strict": is_equiv(extract_boxed(text), r["answer"]),
+                               "pred": pred, "strict": is_equiv(pred, r["answer"]),
                                "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": _config(args)}
                         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                         records.append(rec)

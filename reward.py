@@ -85,7 +85,7 @@ def lenient_answer(text):
 
 # ----------------------------------------------------------------------------- normalisation
 _UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty", "°": "^\\circ", "×": "\\times",
-            "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge", "∪": "\\cup", "\u00a0": " "}
+            "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge", "∪": "\\cup", "\u00a0": " ", "{,}": ""}
 _UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|meters?|"
           r"centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|days?|weeks?|years?|miles?|"
           r"mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|students|ways)")
@@ -105,17 +105,16 @@ def normalize(answer):
         s = inner
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
     s = re.sub(r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )", " ", s).replace("~", " ")
-    s = re.sub(r"\\[dt]frac", "\\\\frac", s)
+    s = re.sub(r"\\[dtc](frac|binom)", r"\\\1", s)
     s = re.sub(r"\{[bB]?matrix\}", "{pmatrix}", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
     s = re.sub(r"\\?%|\\\$|\$", "", s)
-    s = re.sub(r"\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|\s+(?:and|or)\s+", ",", s)
+    s = re.sub(r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",", s)  # 3, 5, and 7
     # words in \text{} next to a number are units ("5.4 \text{ cents}", "864 \mbox{ inches}^2"); alone, an answer
     has_number = bool(re.search(r"\d", _TEXT_CMD.sub("", s)))
     s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m.group(1))
                       else m.group(1) + (m.group(2) or ""), s)
     s = re.sub(r"(?<=[\d}])\s*" + _UNITS + r"\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
-    s = s.replace("{,}", "")
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+", lambda m: m.group(1) + " " if m.group(1) else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
@@ -147,7 +146,7 @@ _TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-
 _FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
           "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log, "log": math.log,
           "exp": math.exp, "arcsin": math.asin, "arccos": math.acos, "arctan": math.atan}
-_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp"}
+_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp", "binom"}
 
 
 def _tokens(s):
@@ -312,6 +311,11 @@ class _Parser:
                     raise _Unevaluable("root index")
                 n = int(n)
             return _root(self.arg(), n)
+        if tok == "\\binom":
+            n, k = self.arg(), self.arg()
+            if not all(isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 1000 for x in (n, k)):
+                raise _Unevaluable("binomial")
+            return Fraction(math.comb(int(n), int(k)))
         if tok == "\\pi":
             return math.pi
         if tok == "\\infty":
@@ -430,11 +434,6 @@ def _strip_var(x):
     return m.group(1) if m else x
 
 
-def _matrix(s):
-    m = re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", s)
-    return [row.split("&") for row in m.group(1).split("\\\\") if row] if m else None
-
-
 def _match_unordered(xs, ys, eq):
     left = list(ys)
     for x in xs:
@@ -456,14 +455,13 @@ def _equiv(p, g, depth=0):
         return bool(pc) and (pc.group(1) or pc.group(2)).upper() == choice.group(1).upper()
     if not re.search(r"[\d\\^_=+*/(){}\[\],-]", g):                       # a word answer: Evelyn, even, east
         return re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
-    mp, mg = _matrix(p), _matrix(g)
-    if mp is not None or mg is not None:
-        flat = lambda m, s: [c for row in m for c in row] if m is not None else \
-            _split_top(_wrapper(s)[2]) if _wrapper(s) else None
-        fp, fg = flat(mp, p), flat(mg, g)
-        shape_ok = mp is None or mg is None or [len(r) for r in mp] == [len(r) for r in mg]
-        return fp is not None and fg is not None and shape_ok and len(fp) == len(fg) and \
-            all(_equiv(a, b, depth + 1) for a, b in zip(fp, fg))
+    mats = [re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", x) for x in (p, g)]
+    if any(mats):                               # matrices entry by entry; a column vector may be written as a tuple
+        rows = [[r.split("&") for r in m[1].split("\\\\") if r] if m else None for m in mats]
+        flat = [[c for r in rs for c in r] if rs else _split_top(_wrapper(x)[2]) if _wrapper(x) else None
+                for rs, x in zip(rows, (p, g))]
+        return None not in flat and len(flat[0]) == len(flat[1]) and (None in rows or [len(r) for r in rows[0]] == [
+            len(r) for r in rows[1]]) and all(_equiv(a, b, depth + 1) for a, b in zip(*flat))
     up, ug = _split_top(p, ("\\cup",)), _split_top(g, ("\\cup",))
     if len(ug) > 1 or len(up) > 1:
         return _match_unordered(up, ug, lambda a, b: _equiv(a, b, depth + 1))

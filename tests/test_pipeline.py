@@ -1,0 +1,47 @@
+"""The README's first command, as subprocesses with the same flags (smaller sizes): drafts -> GRPO -> evaluation."""
+import json
+import os
+import subprocess
+import sys
+
+from safetensors.torch import load_file
+
+
+def run(*args):
+    out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout
+
+
+def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
+    pool, runs = str(tmp_path / "pool.jsonl"), str(tmp_path / "run")
+    run("drafts.py", "generate", "--model", "tiny", "--data", "data/math_train.jsonl", "--out", pool,
+        "--num-drafts", "4", "--max-new-tokens", "16", "--limit", "6")
+    rows = [json.loads(l) for l in open(pool)]
+    assert len(rows) == 6 and all(r["level"] in (3, 4, 5) and len(r["drafts"]) == 4 for r in rows)
+    run("grpo.py", "--model", "tiny", "--variant", "mismatched-wrong", "--drafts", pool, "--output-dir", runs,
+        "--max-steps", "4", "--prompts-per-step", "2", "--num-generations", "4", "--max-new-tokens", "16",
+        "--lr", "5e-6", "--save-every", "2", "--seed", "0")
+    metrics = [json.loads(l) for l in open(os.path.join(runs, "metrics.jsonl"))]
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert {"reward", "completion_length", "step_time", "frac_reward_zero_std"} <= set(metrics[0])
+    for step in (2, 4):
+        files = set(os.listdir(os.path.join(runs, f"step-{step}")))
+        assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= files
+    assert len(load_file(os.path.join(runs, "step-4", "adapter_model.safetensors"))) == 2 * 7 * 2
+    out = run("evaluate.py", "--model", "tiny", "--adapter", os.path.join(runs, "step-4"), "--data",
+              "data/math500.jsonl", "--limit", "4", "--max-new-tokens", "16", "--output", str(tmp_path / "r.json"))
+    summary = json.load(open(tmp_path / "r.json"))
+    assert summary["num_problems"] == 4 and "pass@1" in summary["strict"] and '"pass@1"' in out
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "problem": "p", "answer": "1", "level": 3}\n{oops\n')
+    for args, needle in [(["grpo.py", "--model", "tiny", "--variant", "no-draft", "--data", str(bad)], "bad.jsonl:2"),
+                         (["grpo.py", "--model", "tiny", "--variant", "matched-wrong"], "needs a draft pool"),
+                         (["grpo.py", "--variant", "mismatched-wrogn"], "invalid choice"),
+                         (["evaluate.py", "--model", "tiny", "--data", str(tmp_path / "none.jsonl")], "none.jsonl")]:
+        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
+        assert out.returncode != 0 and needle in out.stderr, (args, out.stderr[-500:])
+        assert "Traceback" not in out.stderr
