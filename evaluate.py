@@ -10,6 +10,7 @@ Every sample is appended to <output>.records.jsonl as it is produced; rerunning 
 the summary is recomputed from the records. Grading is strict (last \\boxed{} only); lenient is reported beside.
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -229,11 +230,8 @@ def compare(specs, metric="strict.pass@1"):
         for path in files.split(","):
             with open(path) as f:
                 data = json.load(f)
-            for result in (data if isinstance(data, list) else [data]):
-                value = result
-                for key in metric.split("."):
-                    value = value[key]
-                values.append(100 * value)
+            values += [100 * functools.reduce(lambda v, key: v[key], metric.split("."), result)
+                       for result in (data if isinstance(data, list) else [data])]
         groups.append((label or files, values))
     print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} {'p':>8s}")
     for label, values in groups:

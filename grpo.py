@@ -214,12 +214,10 @@ def resume(args, model, optimizer):
     path = os.path.join(args.output_dir, f"step-{steps[-1]}")
     load_lora(model, path)
     tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-    state = {}
+    state, device = {}, next(p for p in model.parameters() if p.requires_grad).device
     for key, value in tensors.items():
         _, i, name = key.split(".")
-        state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value
-    device = next(p for p in model.parameters() if p.requires_grad).device
-    state = {i: {k: v.to(device) if k != "step" else v for k, v in s.items()} for i, s in state.items()}
+        state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value.to(device)
     optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
     print(f"resumed from {path}")
     return steps[-1]
@@ -250,8 +248,10 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    start = resume(args, model, optimizer) if args.resume else 0
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
+    if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume to continue it, or another --output-dir")
+    start = resume(args, model, optimizer) if args.resume else 0
     _keep_metrics_upto(metrics_path, start)
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
     bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",

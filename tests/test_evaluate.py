@@ -102,3 +102,16 @@ def test_stop_strings_end_generation(tiny):
 def test_missing_data_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         evaluate.main(["--model", "tiny", "--data", str(tmp_path / "nope.jsonl")])
+
+
+def test_compare_reads_seed_files_and_prints_welch(tmp_path, capsys):
+    a = [{"strict": {"pass@1": v}} for v in (0.712, 0.725, 0.719, 0.728, 0.714, 0.720, 0.723, 0.717, 0.726, 0.715)]
+    b = [{"strict": {"pass@1": v}} for v in (0.701, 0.709, 0.704, 0.708, 0.699, 0.706, 0.702, 0.707, 0.703, 0.705)]
+    for name, runs in (("a", a), ("b", b)):
+        for i, r in enumerate(runs):
+            (tmp_path / f"{name}{i}.json").write_text(json.dumps(r))
+    files = lambda name: ",".join(str(tmp_path / f"{name}{i}.json") for i in range(10))
+    groups = evaluate.main(["compare", f"matched-wrong={files('b')}", f"mismatched-wrong={files('a')}"])
+    assert [len(v) for _, v in groups] == [10, 10]
+    out = capsys.readouterr().out
+    assert "mismatched-wrong" in out and "+1.55" in out and "7.74" in out and "0.0000" in out

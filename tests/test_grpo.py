@@ -149,6 +149,8 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     for _ in range(4 * per_step):                                    # the stream continues at step 5
         rest("", "")
     monkeypatch.setattr(grpo, "reward", rest)
+    with pytest.raises(ValueError, match="already holds a run"):             # nothing is overwritten by accident
+        grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
     from safetensors.torch import load_file
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
