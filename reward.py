@@ -119,11 +119,12 @@ def normalize(answer):
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
         s = s.replace(",", "")
+    s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)  # \frac{1}{5,525}
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
     s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))", lambda m: m[0] if int(m[2] or m[3])
                >= int(m[4] or m[5]) else f"({m[1]}+\\frac{{{m[2] or m[3]}}}{{{m[4] or m[5]}}})", s)  # 2\frac13
-    return _interval(s.split("\\approx")[0])
+    return _interval(next((x for x in s.split("\\approx") if x), ""))     # "\\frac23 \\approx 0.67"
 
 
 def _interval(s):
@@ -168,9 +169,7 @@ def _variables(tokens):
 
 def _iroot(k, n):
     """Exact integer n-th root of k >= 0, or None."""
-    if k >= 2 ** 1000:
-        return None
-    r = round(k ** (1.0 / n))
+    r = round(k ** (1.0 / n)) if k < 2 ** 1000 else -9         # too big for a float: no exact root found
     return next((c for c in (r - 1, r, r + 1) if c >= 0 and c ** n == k), None)
 
 
@@ -365,7 +364,7 @@ def _values_equal(a, b, ratio=False):
     if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", a + " " + b)):
         return False                                          # words, not algebra
     names = _variables(ta) | _variables(tb)
-    agree, factor = 0, None
+    agree, factor, ratio = 0, None, ratio and bool(names)     # constant equations: equal, not proportional
     for env in (_points(names) if names else [{}]):
         try:
             va, vb = _evaluate(ta, env), _evaluate(tb, env)
