@@ -83,21 +83,27 @@ def load_pool(path):
 
 
 # ----------------------------------------------------------------------------- prompts
+def encode_prompt(tokenizer, text):
+    """Token ids of a prompt: BOS (when the tokenizer has one, even if it is not set to add it), then the text."""
+    ids, bos = tokenizer(text)["input_ids"], getattr(tokenizer, "bos_token_id", None)
+    return ids if bos is None or ids[:1] == [bos] else [bos] + ids
+
+
 def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
     """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only the draft (keep its beginning)
     to fit max_prompt_tokens; if problem + instruction alone do not fit, the draft becomes 'N/A'."""
     draft = "N/A" if draft is None else draft.strip()
     prompt = TEMPLATE.format(problem=problem, draft=draft)
-    if tokenizer is None or len(tokenizer(prompt)["input_ids"]) <= max_prompt_tokens:
+    if tokenizer is None or len(encode_prompt(tokenizer, prompt)) <= max_prompt_tokens:
         return prompt
-    frame = len(tokenizer(TEMPLATE.format(problem=problem, draft=""))["input_ids"])
+    frame = len(encode_prompt(tokenizer, TEMPLATE.format(problem=problem, draft="")))
     budget = max_prompt_tokens - frame
     if budget <= 0:
         return TEMPLATE.format(problem=problem, draft="N/A")
     ids = tokenizer(draft, add_special_tokens=False)["input_ids"]
     while budget > 0:              # tokens can merge across the cut: shrink until the whole prompt fits
         prompt = TEMPLATE.format(problem=problem, draft=tokenizer.decode(ids[:budget]).strip())
-        over = len(tokenizer(prompt)["input_ids"]) - max_prompt_tokens
+        over = len(encode_prompt(tokenizer, prompt)) - max_prompt_tokens
         if over <= 0:
             return prompt
         budget -= over
@@ -186,7 +192,7 @@ def cmd_generate(args):
     with open(args.out, "a", encoding="utf-8") as out:
         for start in range(0, len(todo), per_batch):
             chunk = todo[start:start + per_batch]
-            ids = [tokenizer(DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]))["input_ids"] for r in chunk]
+            ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for r in chunk]
             samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id, seed=args.seed + start,
@@ -215,10 +221,9 @@ def cmd_import(args):
             missing = [f for f in ("unique_id", "problem", "answer", "drafts") if f not in p]
             if missing:
                 raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
-            level = p.get("level")
-            if isinstance(level, str):
-                level = int(level.split()[-1]) if level.split()[-1].isdigit() else None
-            row = {"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"], "level": level,
+            level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
+            row = {"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
+                   "level": int(level) if level.isdigit() else None,
                    "subject": p.get("subject"), "split": p.get("split"),
                    "drafts": [{"text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
                                "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")}
@@ -241,7 +246,7 @@ def cmd_stats(args):
     for variant in VARIANTS:
         rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
         prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
-        lengths = [len(tokenizer(p)["input_ids"]) if tokenizer else len(p) for p in prompts]
+        lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
         shown = [r for r in rows if r["draft"] is not None]
         tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
         frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
@@ -249,7 +254,8 @@ def cmd_stats(args):
         subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
         lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
         sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
-        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {subj:>9s} {lvl:>8s} {statistics.mean(lengths):.1f} ± {sd:.1f}")
+        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {subj:>9s} {lvl:>8s} "
+              f"{statistics.mean(lengths):.1f} ± {sd:.1f}")
 
 
 def main(argv=None):

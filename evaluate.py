@@ -18,7 +18,7 @@ import random
 import statistics
 import sys
 
-from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, load_jsonl, read_resumable
+from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -45,18 +45,17 @@ def pass_at_k(n, c, k):
 
 def vote_clusters(answers):
     """Cluster ids for answers, equal when is_equiv: exact normalised strings first, then representatives."""
-    reps, rep_ids, norm_to_id, out = [], [], {}, []
+    reps, norm_to_id, out = [], {}, []                   # reps[j]: the first answer of cluster j
     for a in answers:
         if a is None:
             out.append(-1)
             continue
         key = normalize(a)
         if key not in norm_to_id:
-            hit = next((rep_ids[j] for j, r in enumerate(reps) if is_equiv(a, r)), None)
-            norm_to_id[key] = hit if hit is not None else len(reps)
+            hit = next((j for j, r in enumerate(reps) if is_equiv(a, r)), None)
             if hit is None:
                 reps.append(a)
-                rep_ids.append(len(reps) - 1)
+            norm_to_id[key] = len(reps) - 1 if hit is None else hit
         out.append(norm_to_id[key])
     return out
 
@@ -114,8 +113,9 @@ def welch_t_test(a, b):
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's t-test needs at least two values per group")
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:
-        return (0.0, 1.0) if statistics.mean(a) == statistics.mean(b) else (math.copysign(math.inf, statistics.mean(a) - statistics.mean(b)), 0.0)
+    if va + vb == 0:                            # two constant samples: equal, or infinitely far apart
+        gap = statistics.mean(a) - statistics.mean(b)
+        return (0.0, 1.0) if gap == 0 else (math.copysign(math.inf, gap), 0.0)
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
     return t, betainc(df / 2, 0.5, df / (df + t * t))
@@ -184,7 +184,7 @@ def run(args):
         chunks = [(s * per_batch, c) for s, c in enumerate(chunks) if any(r["id"] in pending for r in c)]
         with merged(model), open(records_path, "a", encoding="utf-8") as f:
             for start, chunk in chunks:
-                ids = [tokenizer(PROMPTS[args.prompt](r["problem"]))["input_ids"] for r in chunk]
+                ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for r in chunk]
                 outs = generate(model, ids, n=n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=1.0 if greedy else args.top_p,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
@@ -216,9 +216,9 @@ def run(args):
     return summary
 
 
-def _config(args):
-    return f"{args.model}|{args.adapter}|{args.prompt}|{args.temperature}|{args.top_p}|{args.max_new_tokens}|" \
-           f"{args.samples}|{args.seed}|{args.no_stop}|{args.batch_size}"
+def _config(args):                                 # records from another configuration are never mixed in
+    return "|".join(str(getattr(args, k)) for k in ("model", "adapter", "prompt", "temperature", "top_p",
+                                                     "max_new_tokens", "samples", "seed", "no_stop", "batch_size"))
 
 
 def compare(specs, metric="strict.pass@1"):

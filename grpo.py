@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from drafts import VARIANTS, build_prompt, build_variant, load_jsonl, load_pool, training_problems
+from drafts import VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
 from generation import generate, load_model
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import reward
@@ -147,11 +147,8 @@ def _epoch_order(n, seed, epoch):
 
 def step_rows(rows, step, batch, seed):
     """The prompts of optimizer step `step` (1-based): a fixed seeded shuffle per epoch, so resume needs no state."""
-    picks = []
-    for pos in range((step - 1) * batch, step * batch):
-        epoch, k = divmod(pos, len(rows))
-        picks.append(rows[_epoch_order(len(rows), seed, epoch)[k]])
-    return picks
+    n = len(rows)
+    return [rows[_epoch_order(n, seed, pos // n)[pos % n]] for pos in range((step - 1) * batch, step * batch)]
 
 
 def load_rows(args):
@@ -250,7 +247,8 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume to continue it, or another --output-dir")
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume to continue it, "
+                         "or another --output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
     _keep_metrics_upto(metrics_path, start)
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
@@ -259,8 +257,8 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     for step in bar:
         t0 = time.time()
         batch = step_rows(rows, step, B, args.seed)
-        prompt_ids = [tokenizer(build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens))[
-                          "input_ids"] for r in batch]
+        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in batch]
+        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         model.eval()
         with merged(model):                     # rollouts at base-model speed; exact base weights restored after
             completions = generate(model, prompt_ids, n=G, max_new_tokens=L, temperature=args.temperature,
@@ -282,9 +280,8 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
         record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
                   "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
-                  "clipped_ratio": (lens >= L).float().mean().item(),
-                  "prompt_length": sum(map(len, prompt_ids)) / B, "loss": loss_sum,
-                  "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
+                  "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
+                  "loss": loss_sum, "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
                   "rollout_time": t1 - t0, "update_time": time.time() - t1, "step_time": time.time() - t0}
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")

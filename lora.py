@@ -69,8 +69,9 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS, verb
     return model
 
 
-def lora_state_dict(model):
-    return {PREFIX + name + f".{ab}.weight": getattr(m, ab).weight.detach().contiguous()
+def lora_parameters(model):
+    """{PEFT key: parameter} for every LoRA matrix in the model."""
+    return {PREFIX + name + f".{ab}.weight": getattr(m, ab).weight
             for name, m in lora_modules(model) for ab in ("lora_A", "lora_B")}
 
 
@@ -86,7 +87,8 @@ def save_lora(model, directory, base_model_name_or_path=None):
               "rank_pattern": {}, "alpha_pattern": {}, "revision": None}
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
-    save_file(lora_state_dict(model), os.path.join(directory, "adapter_model.safetensors"),
+    save_file({k: v.detach().contiguous() for k, v in lora_parameters(model).items()},
+              os.path.join(directory, "adapter_model.safetensors"),
               metadata={"format": "pt"})
 
 
@@ -110,12 +112,11 @@ def load_lora(model, directory):
     if not lora_modules(model):     # wrap exactly the modules the file has (covers regex target_modules too)
         paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)}
         apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths, verbose=False)
-    own = lora_state_dict(model)
-    missing, unexpected = sorted(own.keys() - tensors.keys()), sorted(tensors.keys() - own.keys())
+    params = lora_parameters(model)
+    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:
         raise KeyError(f"{weights_path}: missing keys {missing[:5]} ({len(missing)}), "
                        f"unexpected keys {unexpected[:5]} ({len(unexpected)})")
-    params = {PREFIX + n + f".{ab}.weight": getattr(m, ab).weight for n, m in lora_modules(model) for ab in ("lora_A", "lora_B")}
     for key, value in tensors.items():
         if value.shape != params[key].shape:
             raise ValueError(f"{weights_path}: {key} has shape {tuple(value.shape)}, model expects "
