@@ -184,26 +184,28 @@ def cmd_generate(args):
     problems = [r for r in problems if r.get("level") in args.levels and r["answer"].strip()][:args.limit]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     done = {r.get("id") for r in read_resumable(args.out)}
-    todo = [r for r in problems if r["id"] not in done]
-    print(f"{len(problems)} problems, {len(done)} already in {args.out}, {len(todo)} to draft")
+    todo = {r["id"] for r in problems} - done
+    print(f"{len(problems)} problems, {len(problems) - len(todo)} already in {args.out}, {len(todo)} to draft")
     model, tokenizer = load_model(args.model)
     per_batch = max(1, args.batch_size // args.num_drafts)
     bar = tqdm(total=len(todo) * args.num_drafts, unit="draft", desc="drafts")
     with open(args.out, "a", encoding="utf-8") as out:
-        for start in range(0, len(todo), per_batch):
-            chunk = todo[start:start + per_batch]
+        for start in range(0, len(problems), per_batch):     # fixed chunks, seeded by position: resumable exactly
+            chunk = problems[start:start + per_batch]
+            if not any(r["id"] in todo for r in chunk):
+                continue
             ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for r in chunk]
             samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id, seed=args.seed + start,
+                               pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + start,
                                batch_size=args.batch_size)
-            for r, outs in zip(chunk, samples):
+            for r, outs in ((r, o) for r, o in zip(chunk, samples) if r["id"] in todo):
                 row = {k: v for k, v in r.items() if k != "_line"}
                 row["drafts"] = [grade_draft(tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o))
                                  for o in outs]
                 out.write(json.dumps(row, ensure_ascii=False) + "\n")
             out.flush()
-            bar.update(len(chunk) * args.num_drafts)
+            bar.update(sum(r["id"] in todo for r in chunk) * args.num_drafts)
     bar.close()
 
 

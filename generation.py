@@ -1,6 +1,6 @@
 """Model loading and batched sampling, shared by drafts.py, grpo.py and evaluate.py.
 
-generate() prefills each prompt once and shares its KV cache among its n samples, drops finished samples from the
+generate() prefills each prompt once and copies its KV cache to its n samples, drops finished samples from the
 batch (so a step costs what the live samples cost, and the loop ends with the longest one), and samples with a
 seeded torch.Generator (same seed, same batch -> same tokens). `--model tiny` everywhere builds a random
 Mistral-architecture model and a BPE tokenizer on the spot, so the whole pipeline runs offline on a CPU.
@@ -64,8 +64,7 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     else:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code)
-        model = model.to(device)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
         model.name_or_path = name
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -121,7 +120,7 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         expand = torch.repeat_interleave(torch.arange(len(batch), device=device),
                                          torch.tensor([c for _, c in batch], device=device))                # [R]
         cache = out.past_key_values
-        cache.batch_select_indices(expand)            # the prompt is prefilled once, its cache shared by n samples
+        cache.batch_select_indices(expand)            # prefill once per prompt, then copy its KV cache to n rows
         logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
         position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
         owner = [p for p, c in batch for _ in range(c)]

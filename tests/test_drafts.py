@@ -154,6 +154,10 @@ def test_generate_grades_and_resumes_without_duplicates(tmp_path):
         for dr in r["drafts"]:
             assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi", "length"} and 0 < dr["length"] <= 8
     assert len(load_pool(str(out))) == 5
+    whole = tmp_path / "whole.jsonl"
+    drafts.main(["generate", "--model", "tiny", "--data", str(data), "--out", str(whole), "--num-drafts", "3",
+                 "--max-new-tokens", "8", "--batch-size", "6"])
+    assert whole.read_text() == out.read_text()                          # resumed == uninterrupted, byte for byte
 
 
 def test_import_author_schema(tmp_path):
