@@ -236,10 +236,8 @@ def cmd_import(args):
 
 def cmd_stats(args):
     pool = load_pool(args.drafts)
-    tokenizer = None
-    if args.model:
-        from generation import load_model
-        tokenizer = load_model(args.model)[1]
+    from generation import load_tokenizer                 # token counts need the tokenizer, not the model
+    tokenizer = load_tokenizer(args.model) if args.model else None
     unit = "tokens" if tokenizer else "chars"
     print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
     print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'same subj':>9s} {'same lvl':>8s} "

@@ -17,6 +17,7 @@ import os
 import random
 import statistics
 import sys
+from collections import Counter
 
 from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
@@ -161,10 +162,10 @@ def run(args):
     ks = sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
     n = args.samples
     records_path = args.output + ".records.jsonl"
-    records = [r for r in read_resumable(records_path) if r.get("config") == _config(args)]
-    done = {}
-    for rec in records:
-        done[rec["id"]] = done.get(rec["id"], 0) + 1
+    config = "|".join(str(getattr(args, k)) for k in ("model", "adapter", "prompt", "temperature", "top_p",
+                                                       "max_new_tokens", "samples", "seed", "no_stop", "batch_size"))
+    records = [r for r in read_resumable(records_path) if r.get("config") == config]   # never mix configurations
+    done = Counter(rec["id"] for rec in records)
     todo = [r for r in rows if done.get(r["id"], 0) < n]
     records = [rec for rec in records if done[rec["id"]] >= n]          # keep only whole problems
     with open(records_path, "w", encoding="utf-8") as f:
@@ -201,7 +202,7 @@ def run(args):
                         pred = extract_boxed(text)
                         rec = {"id": r["id"], "sample": s, "tokens": len(toks), "completion": text,
                                "pred": pred, "strict": is_equiv(pred, r["answer"]),
-                               "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": _config(args)}
+                               "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": config}
                         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                         records.append(rec)
                 f.flush()
@@ -214,11 +215,6 @@ def run(args):
     os.replace(args.output + ".tmp", args.output)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("by_")}, indent=2))
     return summary
-
-
-def _config(args):                                 # records from another configuration are never mixed in
-    return "|".join(str(getattr(args, k)) for k in ("model", "adapter", "prompt", "temperature", "top_p",
-                                                     "max_new_tokens", "samples", "seed", "no_stop", "batch_size"))
 
 
 def compare(specs, metric="strict.pass@1"):

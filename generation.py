@@ -54,22 +54,28 @@ def tiny_model(vocab_size, seed=0, hidden=64, layers=2, heads=4, kv_heads=2):
     return model
 
 
+def load_tokenizer(name, trust_remote_code=False):
+    """The tokenizer alone (a hub id, a local directory or 'tiny'), with a pad token for batching."""
+    from transformers import AutoTokenizer
+    tokenizer = tiny_tokenizer() if name == "tiny" else AutoTokenizer.from_pretrained(
+        name, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
 def load_model(name, device=None, dtype=None, trust_remote_code=False):
     """(model, tokenizer) from a hub id or local directory, or 'tiny'. bf16 on CUDA, fp32 on CPU by default."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    tokenizer = load_tokenizer(name, trust_remote_code)
     if name == "tiny":
-        tokenizer = tiny_tokenizer()
         model = tiny_model(len(tokenizer)).to(device=device, dtype=dtype)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+        from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
         model.name_or_path = name
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
-    model.eval()
-    return model, tokenizer
+    return model.eval(), tokenizer
 
 
 # ----------------------------------------------------------------------------- sampling

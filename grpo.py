@@ -55,7 +55,8 @@ def parse_args(argv=None):
     a("--lora-alpha", type=float, default=32, help="LoRA alpha, scale alpha/r = 2 (paper: 32)")
     a("--lora-dropout", type=float, default=0.0, help="LoRA dropout (paper: 0)")
     a("--save-every", type=int, default=50, help="checkpoint every N steps, and at the last step (paper: 50)")
-    a("--seed", type=int, default=0, help="seeds LoRA init, data order, draft selection and every rollout")
+    a("--seed", type=int, default=0, help="training seed: LoRA init, data order and every rollout")
+    a("--variant-seed", type=int, default=0, help="draft selection and derangement, built once and shared by seeds")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
     a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
@@ -171,7 +172,7 @@ def load_rows(args):
         raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL (see drafts.py)")
     if not pool:
         raise ValueError("no training problems left (levels 3-5, non-empty answer, not in --exclude)")
-    return build_variant(pool, args.variant, seed=args.seed, length_matched=args.length_matched)
+    return build_variant(pool, args.variant, seed=args.variant_seed, length_matched=args.length_matched)
 
 
 # ----------------------------------------------------------------------------- checkpoints

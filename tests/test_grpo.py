@@ -173,3 +173,15 @@ def test_variant_without_pool_and_pool_without_problems_are_clear_errors(tmp_pat
                                 "--data", "tests/data/tiny_problems.jsonl"))
     with pytest.raises(SystemExit):
         grpo.parse_args(["--variant", "mismatched-wrogn"])
+
+
+def test_training_seed_does_not_change_the_draft_pairing(tmp_path):
+    pool = tmp_path / "pool.jsonl"
+    with open(pool, "w") as f:
+        for i in range(12):
+            f.write(json.dumps({"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4, "drafts": [
+                {"text": f"d{i}-{k}", "correct_strict": False, "correct_quasi": False} for k in range(4)]}) + "\n")
+    rows = lambda *extra: grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
+                                                  *extra))
+    assert rows("--seed", "0") == rows("--seed", "7")                     # same pairing for every training seed
+    assert rows("--variant-seed", "1") != rows()
