@@ -122,7 +122,7 @@ def normalize(answer):
     s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)  # \frac{1}{5,525}
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
-    s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d+)\}|(\d))(?:\{(\d+)\}|(\d))", lambda m: m[0] if int(m[2] or m[3])
+    s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d{1,12})\}|(\d))(?:\{(\d{1,12})\}|(\d))", lambda m: m[0] if int(m[2] or m[3])
                >= int(m[4] or m[5]) else f"({m[1]}+\\frac{{{m[2] or m[3]}}}{{{m[4] or m[5]}}})", s)  # 2\frac13
     return _interval(next((x for x in s.split("\\approx") if x), ""))     # "\\frac23 \\approx 0.67"
 

@@ -49,11 +49,12 @@ ADVERSARIAL = ["{" * 100_000, "}" * 100_000, "\\boxed{" * 100_000, "\\boxed{" + 
                "$" * 100_000, "```" * 50_000, "\\boxed{" + "\\pm 1" * 100 + "}", "\\boxed{" + "9" * 100_000 + "}",
                "\\boxed{" + "(" * 5_000 + ")" * 5_000 + "}", "\\boxed{10^{10^{10^{10}}}}", "\\boxed{99999!}",
                "\\boxed{\\sqrt{" * 1000 + "}" * 1000, "The answer is " + "1," * 100_000, "\\boxed{\\frac{1}{0}}",
-               "\\boxed{" + "\\frac" * 5000 + "}", "\\boxed{0.^{-1}}", "\\boxed{\\begin{pmatrix}" + "1&" * 5000 + "\\end{pmatrix}}"]
+               "\\boxed{" + "\\frac" * 5000 + "}", "\\boxed{0.^{-1}}", "1\\frac{" + "1" * 5000 + "}{" + "2" * 5000 + "}", "\\boxed{\\begin{pmatrix}" + "1&" * 5000 + "\\end{pmatrix}}"]
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
 def test_adversarial_inputs_return_a_reward(text):
+    assert isinstance(normalize(text), str)                  # public, and called outside is_equiv by maj@k voting
     for gold in ("2", "\\frac{1}{2}", "(1,2)", text[:1000]):
         for strict in (True, False):
             assert reward(text, gold, strict=strict) in (0.0, 1.0)
