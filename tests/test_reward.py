@@ -49,7 +49,8 @@ ADVERSARIAL = ["{" * 100_000, "}" * 100_000, "\\boxed{" * 100_000, "\\boxed{" + 
                "$" * 100_000, "```" * 50_000, "\\boxed{" + "\\pm 1" * 100 + "}", "\\boxed{" + "9" * 100_000 + "}",
                "\\boxed{" + "(" * 5_000 + ")" * 5_000 + "}", "\\boxed{10^{10^{10^{10}}}}", "\\boxed{99999!}",
                "\\boxed{\\sqrt{" * 1000 + "}" * 1000, "The answer is " + "1," * 100_000, "\\boxed{\\frac{1}{0}}",
-               "\\boxed{" + "\\frac" * 5000 + "}", "\\boxed{0.^{-1}}", "1\\frac{" + "1" * 5000 + "}{" + "2" * 5000 + "}", "\\boxed{\\begin{pmatrix}" + "1&" * 5000 + "\\end{pmatrix}}"]
+               "\\boxed{" + "\\frac" * 5000 + "}", "\\boxed{0.^{-1}}", "1\\frac{" + "1" * 5000 + "}{" + "2" * 5000 + "}",
+               "\\boxed{\\begin{pmatrix}" + "1&" * 5000 + "\\end{pmatrix}}"]
 
 
 @pytest.mark.parametrize("text", ADVERSARIAL, ids=range(len(ADVERSARIAL)))
