@@ -63,8 +63,7 @@ def vote_clusters(answers):
 
 def maj_at_k(clusters, correct, k, trials=200, seed=0):
     """Majority vote over k samples (ties: the earliest), averaged over random k-subsets when k < n."""
-    n = len(clusters)
-    rng = random.Random(seed)
+    n, rng = len(clusters), random.Random(seed)
     subsets = [list(range(n))] if k == n else [sorted(rng.sample(range(n), k)) for _ in range(trials)]
     wins = 0
     for subset in subsets:

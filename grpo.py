@@ -37,7 +37,7 @@ def parse_args(argv=None):
     a("--exclude", default="data/math500.jsonl", help="ids never trained on (the test set); '' for none")
     a("--length-matched", action="store_true", help="referee's control: every draft variant's row i shows a "
       "draft cut to the shortest of the four variants' row-i drafts (identical draft lengths across variants)")
-    a("--output-dir", default="runs/mismatched-wrong", help="checkpoints step-N/ and metrics.jsonl")
+    a("--output-dir", default=None, help="checkpoints step-N/ and metrics.jsonl (default runs/VARIANT-seedSEED)")
     a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
     a("--prompts-per-step", type=int, default=4, help="B: prompts per optimizer step (paper: 4)")
     a("--num-generations", type=int, default=16, help="G: rollouts per prompt (paper: 16)")
@@ -61,7 +61,9 @@ def parse_args(argv=None):
     a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
     a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
     a("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (faster, more memory)")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
+    return args
 
 
 # ----------------------------------------------------------------------------- the two formulas
@@ -197,9 +199,8 @@ def save_checkpoint(args, step, model, optimizer):
 
 
 def _checkpoints(output_dir):
-    steps = [int(m.group(1)) for d in os.listdir(output_dir) if (m := re.fullmatch(r"step-(\d+)", d))
-             and os.path.exists(os.path.join(output_dir, d, "trainer_state.json"))]
-    return sorted(steps)
+    return sorted(int(m.group(1)) for d in os.listdir(output_dir) if (m := re.fullmatch(r"step-(\d+)", d))
+                  and os.path.exists(os.path.join(output_dir, d, "trainer_state.json")))
 
 
 def resume(args, model, optimizer):
