@@ -22,9 +22,10 @@ _BRACES = re.compile(r"\\.|[{}]", re.S)
 
 
 def _brace_group(text, j):
-    """text[j] == '{': return (content, index after the closing brace) or None if unclosed. `\\}` does not close."""
+    """text[j] == '{': (content, index after the closing brace), or None if it does not close within
+    MAX_ANSWER_CHARS (no real answer is longer; this bounds the work on adversarial input). `\\}` does not close."""
     depth = 0
-    for m in _BRACES.finditer(text, j):
+    for m in _BRACES.finditer(text, j, j + MAX_ANSWER_CHARS):
         c = m.group()
         if c == "{":
             depth += 1

@@ -32,7 +32,9 @@ def test_extract_boxed():
     assert extract_boxed("\\boxed{{x}+{y}}") == "{x}+{y}"                                 # balanced
     assert extract_boxed("\\boxed 5.") == "5" and extract_boxed("\\boxed5") == "5"
     assert extract_boxed("\\fbox{7}") == "7" and extract_boxed("\\boxed{3} then \\fbox{4}") == "4"
-    for none in ("\\boxed{}", "\\boxed{ }", "\\boxed{12", "no box", "\\boxedfoo", "", None, 5):
+    assert extract_boxed("\\boxed{" + "a" * 4000 + "}") == "a" * 4000
+    for none in ("\\boxed{}", "\\boxed{ }", "\\boxed{12", "no box", "\\boxedfoo", "", None, 5,
+                 "\\boxed{" + "a" * 6000 + "}"):                           # longer than any answer: not scanned
         assert extract_boxed(none) is None
 
 
