@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def save(section, result):
     os.makedirs(os.path.join(HERE, "bench", "results"), exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
-    path = os.path.join(HERE, "bench", "results", f"{section}-{name}.json")
+    tag = f"-h{result['hidden']}" if "hidden" in result else ""
+    path = os.path.join(HERE, "bench", "results", f"{section}-{name}{tag}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(f"wrote {path}")
@@ -81,9 +82,11 @@ def bench_grader(args):
 
 # ----------------------------------------------------------------------------- CPU: training step and generation
 def small_model(tokenizer, hidden=256, layers=4):
-    """A CPU-sized random Mistral (same layout as Mathstral): big enough that the model, not Python, dominates."""
+    """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big enough that
+    the model's arithmetic, not Python, dominates a CPU step."""
     from generation import tiny_model
-    return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=8, kv_heads=2)
+    return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=4 if hidden < 128 else 8,
+                      kv_heads=2)
 
 
 def bench_cpu(args):
@@ -101,10 +104,12 @@ def bench_cpu(args):
     for r in rows:
         r["draft"] = None
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B, "G": G,
-              "max_new_tokens": L, "steps_timed": steps - 1, "model": "random Mistral, hidden 256, 4 layers"}
+              "hidden": args.hidden, "layers": args.layers,
+              "max_new_tokens": L, "steps_timed": steps - 1,
+              "model": f"random Mistral, hidden {args.hidden}, {args.layers} layers"}
 
     # generation: ours vs HF generate, same model, 4 prompts x 8 samples, L tokens each (a random model rarely stops)
-    model = small_model(tok).eval()
+    model = small_model(tok, args.hidden, args.layers).eval()
     ids = [tok(build_prompt(r["problem"], None))["input_ids"] for r in rows[:B]]
     t = time.perf_counter()
     ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
@@ -119,7 +124,7 @@ def bench_cpu(args):
     result["hf_generate_s"] = time.perf_counter() - t
     result["generate_speedup_vs_hf"] = result["hf_generate_s"] / result["ours_generate_s"]
     result["ours_generate_tok_s"] = tokens / result["ours_generate_s"]
-    lora_model = apply_lora(small_model(tok), verbose=False).eval()
+    lora_model = apply_lora(small_model(tok, args.hidden, args.layers), verbose=False).eval()
     t = time.perf_counter()
     generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
     result["lora_unmerged_generate_s"] = time.perf_counter() - t
@@ -142,11 +147,11 @@ def bench_cpu(args):
                                  str(steps), "--prompts-per-step", str(B), "--num-generations", str(G),
                                  "--max-new-tokens", str(L), "--save-every", "100000", "--exclude", ""])
         torch.manual_seed(0)
-        grpo.train(targs, rows, apply_lora(small_model(tok), verbose=False), tok, reward_fn=reward_fn)
+        grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers), verbose=False), tok, reward_fn=reward_fn)
         times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
         result[f"ours_step_s_{label}"] = statistics.mean(times)
         try:
-            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps, reward_fn).items()})
+            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps, reward_fn, args.hidden, args.layers).items()})
             result[f"step_speedup_vs_trl_{label}"] = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
         except ImportError as e:
             print(f"TRL not installed ({e}); pip install trl to compare")
@@ -163,7 +168,7 @@ def bench_cpu(args):
     save("cpu", result)
 
 
-def trl_step(rows, tok, B, G, L, steps, reward_fn=None):
+def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
     """TRL's GRPOTrainer on the same model, prompts, reward and hyper-parameters (Dr. GRPO loss, beta 0, LoRA)."""
     import torch
     import trl
@@ -192,7 +197,7 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None):
                             shuffle_dataset=False, disable_tqdm=True)
     torch.manual_seed(0)
     timer = Timer()
-    trainer = trl.GRPOTrainer(model=small_model(tok), args=config, train_dataset=data, processing_class=tok,
+    trainer = trl.GRPOTrainer(model=small_model(tok, hidden, layers), args=config, train_dataset=data, processing_class=tok,
                               reward_funcs=lambda prompts, completions, answer, **kw:
                               [(reward_fn or reward)(c, a) for c, a in zip(completions, answer)],
                               peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -318,6 +323,8 @@ def main():
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu: tokens per rollout")
     ap.add_argument("--steps", type=int, default=4, help="cpu: GRPO steps (the first is not timed)")
+    ap.add_argument("--hidden", type=int, default=256, help="cpu: model width (64 with --layers 2 = --model tiny)")
+    ap.add_argument("--layers", type=int, default=4, help="cpu: model depth")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
     args = ap.parse_args()
     {"grader": bench_grader, "cpu": bench_cpu, "gpu": bench_gpu}[args.section](args)
