@@ -159,6 +159,9 @@ def build_variant(pool, variant, seed=0, length_matched=False):
              "subject": p.get("subject"), "draft": None, "draft_source": None} for p in pool]
     if variant == "no-draft":
         return rows
+    empty = [p["id"] for p in pool if not p.get("drafts")]
+    if empty:
+        raise ValueError(f"{len(empty)} problem(s) without drafts, e.g. {empty[:3]}")
     rng = random.Random(seed)
     want_correct = variant.endswith("-correct")
     picks = [select_draft(p["drafts"], want_correct, rng) for p in pool]

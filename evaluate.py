@@ -134,8 +134,8 @@ def summarize(rows, records, ks):
     for mode in ("strict", "lenient"):
         out[mode] = {f"pass@{k}": statistics.mean(pass_at_k(n, sum(x[mode] for x in by_id[r["id"]][:n]), k)
                                                    for r in problems) for k in ks} if problems else {}
-    out["avg@n"] = statistics.mean(sum(x["strict"] for x in by_id[r["id"]][:n]) / n for r in problems) \
-        if problems else 0.0
+    accuracy = {r["id"]: statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}  # strict
+    out["avg@n"] = statistics.mean(accuracy.values()) if problems else 0.0
     if n > 1:
         maj = {k: [] for k in ks}
         for r in problems:
@@ -148,8 +148,7 @@ def summarize(rows, records, ks):
         groups = {}
         for r in problems:
             if r.get(field) is not None:
-                groups.setdefault(str(r[field]), []).append(
-                    statistics.mean(x["strict"] for x in by_id[r["id"]][:n]))
+                groups.setdefault(str(r[field]), []).append(accuracy[r["id"]])
         if groups:
             out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)} for g, v in sorted(groups.items())}
     return out

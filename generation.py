@@ -6,6 +6,7 @@ seeded torch.Generator (same seed, same batch -> same tokens). `--model tiny` ev
 Mistral-architecture model and a BPE tokenizer on the spot, so the whole pipeline runs offline on a CPU.
 """
 import functools
+import itertools
 import json
 import os
 
@@ -21,13 +22,9 @@ def tiny_tokenizer(vocab_size=2000, corpus=os.path.join(HERE, "data", "math_trai
     """A byte-level BPE tokenizer trained on MATH problems in a second (deterministic), BOS prepended like Mistral."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
-    texts = []
     with open(corpus, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= lines:
-                break
-            row = json.loads(line)
-            texts += [row["problem"], row.get("solution", "")]
+        rows = [json.loads(line) for line in itertools.islice(f, lines)]
+    texts = [text for row in rows for text in (row["problem"], row.get("solution", ""))]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

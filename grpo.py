@@ -35,8 +35,7 @@ def parse_args(argv=None):
     a("--data", default=None, help="problems JSONL (enough for no-draft; default data/math_train.jsonl)")
     a("--drafts", default=None, help="draft pool JSONL from drafts.py (carries the problems)")
     a("--exclude", default="data/math500.jsonl", help="ids never trained on (the test set); '' for none")
-    a("--length-matched", action="store_true", help="referee's control: every draft variant's row i shows a "
-      "draft cut to the shortest of the four variants' row-i drafts (identical draft lengths across variants)")
+    a("--length-matched", action="store_true", help="referee's control: equal draft lengths across variants")
     a("--output-dir", default=None, help="checkpoints step-N/ and metrics.jsonl (default runs/VARIANT-seedSEED)")
     a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
     a("--prompts-per-step", type=int, default=4, help="B: prompts per optimizer step (paper: 4)")

@@ -21,10 +21,9 @@ class LoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base_layer = base_layer
-        self.lora_A = nn.Linear(base_layer.in_features, r, bias=False, device=base_layer.weight.device,
-                                dtype=torch.float32)
-        self.lora_B = nn.Linear(r, base_layer.out_features, bias=False, device=base_layer.weight.device,
-                                dtype=torch.float32)
+        kw = dict(bias=False, device=base_layer.weight.device, dtype=torch.float32)   # fp32 beside a bf16 base
+        self.lora_A = nn.Linear(base_layer.in_features, r, **kw)
+        self.lora_B = nn.Linear(r, base_layer.out_features, **kw)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()

@@ -90,9 +90,13 @@ def test_seeds():
     assert [r["draft_source"] for r in a] != [r["draft_source"] for r in b]
 
 
-def test_unknown_variant_is_a_clear_error():
+def test_unknown_variant_and_empty_drafts_are_clear_errors():
     with pytest.raises(ValueError, match="mismatched-wrogn"):
         build_variant(synthetic_pool(), "mismatched-wrogn")
+    pool = synthetic_pool()
+    pool[3]["drafts"] = []
+    with pytest.raises(ValueError, match=r"without drafts, e.g. \['p3'\]"):
+        build_variant(pool, "matched-wrong")
 
 
 class CharTokenizer:
