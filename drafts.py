@@ -17,6 +17,7 @@ import sys
 
 from reward import lenient_answer, reward
 
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
 TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. Solve the math "
             "problem step by step. Write your own correct solution. Put your final answer within \\boxed{{}}."
@@ -66,8 +67,9 @@ def read_resumable(path):
 
 
 def training_problems(rows, levels=(3, 4, 5)):
-    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500)."""
-    return [r for r in rows if r.get("level") in levels and r["answer"].strip()]
+    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500). Rows without
+    a `level` field at all (your own data) are all kept; MATH's two `level: null` rows are not."""
+    return [r for r in rows if ("level" not in r or r["level"] in levels) and r["answer"].strip()]
 
 
 def load_pool(path):
@@ -184,7 +186,7 @@ def cmd_generate(args):
     from tqdm import tqdm
     from generation import generate, load_model
     problems = load_jsonl(args.data)
-    problems = [r for r in problems if r.get("level") in args.levels and r["answer"].strip()][:args.limit]
+    problems = training_problems(problems, args.levels)[:args.limit]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     done = {r.get("id") for r in read_resumable(args.out)}
     todo = {r["id"] for r in problems} - done
@@ -266,7 +268,7 @@ def main(argv=None):
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model")
     g.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B", help="draft model: hub id, local dir or 'tiny'")
-    g.add_argument("--data", default="data/math_train.jsonl", help="problems JSONL (id, problem, answer, level)")
+    g.add_argument("--data", default=os.path.join(DATA, "math_train.jsonl"), help="problems JSONL (MATH train)")
     g.add_argument("--out", default="pool.jsonl", help="pool JSONL; appended to, and problems in it are skipped")
     g.add_argument("--num-drafts", type=int, default=32, help="drafts per problem K (recipe: 32)")
     g.add_argument("--max-new-tokens", type=int, default=2560, help="draft length cap (recipe: 2560)")

@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections import Counter
 
-from drafts import DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, read_resumable
+from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -250,7 +250,7 @@ def main(argv=None):
     a = ap.add_argument
     a("--model", default="mistralai/Mathstral-7B-v0.1", help="base model: hub id, local dir, or 'tiny'")
     a("--adapter", default=None, help="a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)")
-    a("--data", default="data/math500.jsonl", help="problems JSONL (math500, aime2025, aime2026, ...)")
+    a("--data", default=os.path.join(DATA, "math500.jsonl"), help="problems JSONL (math500, aime2025, ...)")
     a("--output", default="results.json", help="summary JSON; per-sample records go to OUTPUT.records.jsonl")
     a("--prompt", default="nodraft", choices=sorted(PROMPTS), help="nodraft (Thinking: N/A), instruct, draftgen")
     a("--limit", type=int, default=None, help="only the first N problems")

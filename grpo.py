@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from drafts import VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
+from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
 from generation import generate, load_model
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import reward
@@ -34,7 +34,7 @@ def parse_args(argv=None):
     a("--model", default="mistralai/Mathstral-7B-v0.1", help="learner: hub id, local dir, or 'tiny' (CPU smoke)")
     a("--data", default=None, help="problems JSONL (enough for no-draft; default data/math_train.jsonl)")
     a("--drafts", default=None, help="draft pool JSONL from drafts.py (carries the problems)")
-    a("--exclude", default="data/math500.jsonl", help="ids never trained on (the test set); '' for none")
+    a("--exclude", default=os.path.join(DATA, "math500.jsonl"), help="ids never trained on (MATH-500); '' for none")
     a("--length-matched", action="store_true", help="referee's control: equal draft lengths across variants")
     a("--output-dir", default=None, help="checkpoints step-N/ and metrics.jsonl (default runs/VARIANT-seedSEED)")
     a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
@@ -167,7 +167,7 @@ def load_rows(args):
                                  f"e.g. {missing[:3]}")
             pool = [p for p in pool if p["id"] in set(wanted)]
     elif args.variant == "no-draft":
-        pool = [r for r in training_problems(load_jsonl(args.data or "data/math_train.jsonl"))
+        pool = [r for r in training_problems(load_jsonl(args.data or os.path.join(DATA, "math_train.jsonl")))
                 if r["id"] not in excluded]
     else:
         raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL (see drafts.py)")

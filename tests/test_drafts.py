@@ -194,3 +194,12 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
     assert any(len(matched["mismatched-wrong"][i]["draft"]) < len(plain["mismatched-wrong"][i]["draft"])
                for i in range(len(pool)))
     assert build_variant(pool, "no-draft", length_matched=True) == build_variant(pool, "no-draft")
+
+
+def test_training_universe_rule():
+    rows = [{"id": "a", "answer": "1", "level": 3}, {"id": "b", "answer": "1", "level": 2},
+            {"id": "c", "answer": "1", "level": None}, {"id": "d", "answer": " ", "level": 4},
+            {"id": "e", "answer": "2"}]                                    # no level field: the user's own data
+    assert [r["id"] for r in drafts.training_problems(rows)] == ["a", "e"]
+    math = drafts.load_jsonl("data/math_train.jsonl")
+    assert len(drafts.training_problems(math)) == 8886                    # the recipe's 8,888 minus 2 empty answers
