@@ -160,14 +160,19 @@ def run(args):
     ks = sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
     n = args.samples
     records_path = args.output + ".records.jsonl"
-    config = "|".join(str(getattr(args, k)) for k in ("model", "adapter", "prompt", "temperature", "top_p",
-                                                       "max_new_tokens", "samples", "seed", "no_stop", "batch_size"))
-    records = [r for r in read_resumable(records_path) if r.get("config") == config]   # never mix configurations
+    setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p", "max_new_tokens",
+                                           "samples", "seed", "no_stop", "batch_size")}   # what the samples depend on
+    config = "|".join(map(str, setup.values()))
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    records = read_resumable(records_path)
+    if any(r.get("config") != config for r in records):
+        raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
     done = Counter(rec["id"] for rec in records)
     todo = [r for r in rows if done.get(r["id"], 0) < n]
-    records = [rec for rec in records if done[rec["id"]] >= n]          # keep only whole problems
-    with open(records_path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    if any(done[rec["id"]] < n for rec in records):      # a half-sampled problem is dropped and sampled again
+        records = [rec for rec in records if done[rec["id"]] >= n]
+        with open(records_path, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
     print(f"{len(rows)} problems from {args.data}: {len(rows) - len(todo)} already done, {len(todo)} to run")
     if todo:
         from generation import generate, load_model
@@ -175,7 +180,6 @@ def run(args):
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
         if args.adapter:
             load_lora(model, args.adapter)
-        greedy = args.temperature == 0
         per_batch = max(1, args.batch_size // n)
         pending = {r["id"] for r in todo}
         # chunks are fixed over the whole file and seeded by position, so a resumed run samples the same tokens
@@ -185,7 +189,7 @@ def run(args):
             for start, chunk in chunks:
                 ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for r in chunk]
                 outs = generate(model, ids, n=n, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=1.0 if greedy else args.top_p,
+                                temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 seed=args.seed * 1_000_003 + start,
                                 stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
@@ -204,10 +208,7 @@ def run(args):
                         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                         records.append(rec)
                 f.flush()
-    summary = {"model": args.model, "adapter": args.adapter, "data": args.data, "prompt": args.prompt,
-               "temperature": args.temperature, "top_p": args.top_p, "max_new_tokens": args.max_new_tokens,
-               "seed": args.seed, **summarize(rows, records, ks)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    summary = {"data": args.data, **setup, **summarize(rows, records, ks)}
     with open(args.output + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)

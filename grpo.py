@@ -248,8 +248,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume to continue it, "
-                         "or another --output-dir")
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
     _keep_metrics_upto(metrics_path, start)
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens

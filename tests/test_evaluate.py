@@ -50,6 +50,7 @@ def eval_args(tmp_path, *extra):
 
 
 def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
+    tmp_path = tmp_path / "results"                                      # --output's folder does not exist yet
     summary = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
     assert summary["samples_per_problem"] == 8 and set(summary["strict"]) == {f"pass@{k}" for k in (1, 2, 4, 8)}
     assert set(summary["maj"]) == {f"maj@{k}" for k in (1, 2, 4, 8)} and summary["num_problems"] == 3
@@ -60,6 +61,9 @@ def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
     again = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
     assert records.read_text().splitlines() == full                  # nothing lost, nothing duplicated
     assert again == summary
+    with pytest.raises(ValueError, match="another configuration"):         # nothing of the first run is lost
+        evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8", "--seed", "1"))
+    assert records.read_text().splitlines() == full
 
 
 def test_greedy_is_token_identical_to_hf_generate(tiny):
