@@ -116,8 +116,13 @@ def test_merge_fp32_is_close():
 
 
 def test_dropout_applies_to_lora_input_only():
-    layer = LoRALinear(nn.Linear(8, 8), r=2, alpha=4, dropout=0.5)
-    nn.init.ones_(layer.lora_B.weight)
-    layer.eval()
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(8, 8), r=2, alpha=4, dropout=0.5).train()
     x = torch.randn(3, 8)
-    assert torch.equal(layer(x), layer(x))     # no dropout in eval
+    assert torch.equal(layer(x), layer.base_layer(x))        # B = 0: dropout never touches the base path
+    nn.init.ones_(layer.lora_B.weight)
+    assert not torch.equal(layer(x), layer(x))               # training: the adapter's input is dropped at random
+    layer.eval()
+    assert torch.equal(layer(x), layer(x))                   # evaluation: deterministic
+    expected = layer.base_layer(x) + layer.lora_B(layer.lora_A(x)) * 2.0
+    assert torch.allclose(layer(x), expected)
