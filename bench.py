@@ -227,6 +227,16 @@ def timed(fn, device):
     return time.perf_counter() - t, out
 
 
+def copy_bandwidth(nbytes, device):
+    """Device-to-device copy of random bytes, GB/s counting bytes read plus written (the roofline's ceiling)."""
+    import torch
+    x = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    t, _ = timed(lambda: [y.copy_(x) for _ in range(10)], device)
+    return 2 * nbytes * 10 / t / 1e9
+
+
 def bench_gpu(args):
     """Random weights of Mathstral's exact shape (no download): decode tok/s (ours vs HF generate vs the HBM
     roofline), prefill, and one paper-config step (4 prompts x 3,072 tokens, 16 x 4,096 new tokens) with peak memory.
@@ -248,12 +258,7 @@ def bench_gpu(args):
     weight_bytes = sum(p.numel() for p in model.parameters()) * dtype_bytes
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine(),
               "shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
-    x = torch.empty(2 ** 30 if big else 2 ** 22, dtype=torch.uint8, device=device)
-    y = torch.empty_like(x)
-    y.copy_(x)
-    t, _ = timed(lambda: [y.copy_(x) for _ in range(10)], device)
-    result["copy_bandwidth_GBps"] = 2 * x.numel() * 10 / t / 1e9             # bytes read + written
-    del x, y
+    result["copy_bandwidth_GBps"] = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
     prompt_len, new = (512, 128) if big else (32, 16)
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
     rng = torch.Generator().manual_seed(0)
