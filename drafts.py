@@ -66,6 +66,13 @@ def read_resumable(path):
     return records
 
 
+def pending_chunks(rows, size, todo):
+    """(start, chunk) over fixed chunks of all rows that still hold an id in `todo`. Chunks never depend on what is
+    done, so seeding each by its start makes a resumed run sample exactly what an uninterrupted one would."""
+    chunks = [(s, rows[s:s + size]) for s in range(0, len(rows), size)]
+    return [(s, chunk) for s, chunk in chunks if any(r["id"] in todo for r in chunk)]
+
+
 def training_problems(rows, levels=(3, 4, 5)):
     """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500). Rows without
     a `level` field at all (your own data) are all kept; MATH's two `level: null` rows are not."""
@@ -195,10 +202,7 @@ def cmd_generate(args):
     per_batch = max(1, args.batch_size // args.num_drafts)
     bar = tqdm(total=len(todo) * args.num_drafts, unit="draft", desc="drafts")
     with open(args.out, "a", encoding="utf-8") as out:
-        for start in range(0, len(problems), per_batch):     # fixed chunks, seeded by position: resumable exactly
-            chunk = problems[start:start + per_batch]
-            if not any(r["id"] in todo for r in chunk):
-                continue
+        for start, chunk in pending_chunks(problems, per_batch, todo):
             ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for r in chunk]
             samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,

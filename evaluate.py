@@ -19,7 +19,7 @@ import statistics
 import sys
 from collections import Counter
 
-from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, read_resumable
+from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, pending_chunks, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -182,11 +182,8 @@ def run(args):
             load_lora(model, args.adapter)
         per_batch = max(1, args.batch_size // n)
         pending = {r["id"] for r in todo}
-        # chunks are fixed over the whole file and seeded by position, so a resumed run samples the same tokens
-        chunks = [rows[s:s + per_batch] for s in range(0, len(rows), per_batch)]
-        chunks = [(s * per_batch, c) for s, c in enumerate(chunks) if any(r["id"] in pending for r in c)]
         with merged(model), open(records_path, "a", encoding="utf-8") as f:
-            for start, chunk in chunks:
+            for start, chunk in pending_chunks(rows, per_batch, pending):
                 ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for r in chunk]
                 outs = generate(model, ids, n=n, max_new_tokens=args.max_new_tokens,
                                 temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
