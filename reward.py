@@ -133,9 +133,10 @@ def normalize(answer):
 def _interval(s):
     """Inequalities as intervals: x\\le3 -> (-\\infty,3], x>2 -> (2,\\infty), 1<x\\le3 -> (1,3]."""
     m = re.fullmatch(r"(?:([^<>]+?)(<|\\leq?))? ?[a-zA-Z](<|>|\\leq?|\\geq?)([^<>]+)", s)
-    if not m or (m[1] and m[3][0] not in "<\\l") or (m[3] in (">", "\\ge", "\\geq") and m[1]):
+    greater = bool(m) and m[3] in (">", "\\ge", "\\geq")
+    if not m or (m[1] and (greater or m[3][0] not in "<\\l")):      # a < x > b is no interval
         return s
-    if m[3] in (">", "\\ge", "\\geq"):
+    if greater:
         return ("(" if m[3] == ">" else "[") + m[4] + ",\\infty)"
     low = (("(" if m[2] == "<" else "[") + m[1]) if m[1] else "(-\\infty"
     return low + "," + m[4] + (")" if m[3] == "<" else "]")
