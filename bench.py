@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def save(section, result):
     os.makedirs(os.path.join(HERE, "bench", "results"), exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
-    tag = f"-h{result['hidden']}" if "hidden" in result else ""
+    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts" if result.get("drafts") else "")
     path = os.path.join(HERE, "bench", "results", f"{section}-{name}{tag}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
@@ -101,22 +101,23 @@ def bench_cpu(args):
     B, G, L, steps = 4, 8, args.new_tokens, args.steps
     rows = [r for r in load_jsonl(os.path.join(HERE, "data", "math_train.jsonl"))
             if r.get("level") in (3, 4, 5) and r["answer"]][:B * steps]
-    for r in rows:
-        r["draft"] = None
+    for i, r in enumerate(rows):     # --drafts: another problem's solution as the draft, as mismatched prompts show
+        r["draft"] = rows[(i + 1) % len(rows)]["solution"] if args.drafts else None
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B, "G": G,
               "hidden": args.hidden, "layers": args.layers,
-              "max_new_tokens": L, "steps_timed": steps - 1,
+              "max_new_tokens": L, "steps_timed": steps - 1, "drafts": args.drafts,
               "model": f"random Mistral, hidden {args.hidden}, {args.layers} layers"}
 
     # generation: ours vs HF generate, same model, 4 prompts x 8 samples, L tokens each (a random model rarely stops)
     model = small_model(tok, args.hidden, args.layers).eval()
-    ids = [tok(build_prompt(r["problem"], None))["input_ids"] for r in rows[:B]]
+    ids = [tok(build_prompt(r["problem"], r["draft"]))["input_ids"] for r in rows[:B]]
+    result["mean_prompt_tokens"] = sum(len(tok(build_prompt(r["problem"], r["draft"]))["input_ids"]) for r in rows) / len(rows)
     t = time.perf_counter()
     ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
     result["ours_generate_s"] = time.perf_counter() - t
     tokens = sum(len(c) for group in ours for c in group)
     tok.padding_side = "left"
-    enc = tok([build_prompt(r["problem"], None) for r in rows[:B]], return_tensors="pt", padding=True)
+    enc = tok([build_prompt(r["problem"], r["draft"]) for r in rows[:B]], return_tensors="pt", padding=True)
     t = time.perf_counter()
     with torch.no_grad():
         model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=L,
@@ -149,13 +150,14 @@ def bench_cpu(args):
         torch.manual_seed(0)
         grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers), verbose=False), tok, reward_fn=reward_fn)
         times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
-        result[f"ours_step_s_{label}"] = statistics.mean(times)
+        result[f"ours_step_s_{label}"] = statistics.median(times)
         try:
             result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps, reward_fn, args.hidden, args.layers).items()})
             result[f"step_speedup_vs_trl_{label}"] = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
         except ImportError as e:
             print(f"TRL not installed ({e}); pip install trl to compare")
-    print(f"CPU ({result['threads']} threads), {B} prompts x {G} rollouts x {L} tokens, {result['model']}")
+    print(f"CPU ({result['threads']} threads), {B} prompts ({result['mean_prompt_tokens']:.0f} tokens on average) x {G} "
+          f"rollouts x {L} tokens, {result['model']}")
     print(f"  generate: ours {result['ours_generate_s']:.2f} s, HF generate {result['hf_generate_s']:.2f} s "
           f"-> {result['generate_speedup_vs_hf']:.2f}x; LoRA unmerged {result['lora_unmerged_generate_s']:.2f} s, "
           f"merged {result['lora_merged_generate_s']:.2f} s")
@@ -188,7 +190,7 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
         def on_step_end(self, *a, **k):
             self.marks[-1] = time.perf_counter() - self.marks[-1]
 
-    data = Dataset.from_list([{"prompt": build_prompt(r["problem"], None), "answer": r["answer"]} for r in rows])
+    data = Dataset.from_list([{"prompt": build_prompt(r["problem"], r["draft"]), "answer": r["answer"]} for r in rows])
     config = trl.GRPOConfig(output_dir="/tmp/bench_cpu_trl", per_device_train_batch_size=B * G, num_generations=G,
                             max_completion_length=L, loss_type="dr_grpo", scale_rewards="none", beta=0.0,
                             learning_rate=5e-6, lr_scheduler_type="constant", adam_beta2=0.99, weight_decay=0.01,
@@ -205,7 +207,7 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
                                                                      "gate_proj", "up_proj", "down_proj"]),
                               callbacks=[timer])
     trainer.train()
-    return {"trl_step_s": statistics.mean(timer.marks[1:]), "trl_version": trl.__version__}
+    return {"trl_step_s": statistics.median(timer.marks[1:]), "trl_version": trl.__version__}
 
 
 # ----------------------------------------------------------------------------- GPU: 7B-shaped model
@@ -291,7 +293,7 @@ def bench_gpu(args):
     torch.manual_seed(0)
     apply_lora(model, verbose=False)
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    grpo.enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-6, betas=(0.9, 0.99), weight_decay=0.01)
     if device == "cuda":
@@ -327,7 +329,8 @@ def main():
     ap.add_argument("section", choices=["grader", "cpu", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu: tokens per rollout")
-    ap.add_argument("--steps", type=int, default=4, help="cpu: GRPO steps (the first is not timed)")
+    ap.add_argument("--steps", type=int, default=6, help="cpu: GRPO steps (the first is not timed; median of the rest)")
+    ap.add_argument("--drafts", action="store_true", help="cpu: prompts carry a draft (another problem's solution)")
     ap.add_argument("--hidden", type=int, default=256, help="cpu: model width (64 with --layers 2 = --model tiny)")
     ap.add_argument("--layers", type=int, default=4, help="cpu: model depth")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")

@@ -20,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
+from transformers import DynamicCache
 
 from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
 from generation import generate, load_model
@@ -79,25 +80,50 @@ def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_
     return -(per_token * mask).sum() / (logprobs.shape[0] * max_new_tokens)  # Dr. GRPO: constant N*L_max, no 1/|o|
 
 
-# ----------------------------------------------------------------------------- log-probs without [N, T, V] in fp32
+# ----------------------------------------------------------------------------- log-probs: the prompt once per group
+def completion_logprobs(model, hidden, targets, mask, chunk=1024):
+    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0 where mask is 0.
+    The LM head runs only where mask is 1, a chunk at a time, recomputed in backward: never [N, T, V] in fp32."""
+    sel = mask.bool()                                                                      # [N, T]
+    h, y = hidden[sel], targets[sel]                                                       # [K, H], [K]
+    weight = model.get_output_embeddings().weight                                          # [V, H]
+    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], use_reentrant=False)
+             for i in range(0, len(y), chunk)]
+    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T]
+    out[sel] = torch.cat(parts) if parts else out[sel]
+    return out
+
+
 def _token_logprobs(weight, hidden, targets):
     logits = (hidden @ weight.T).float()                                                   # [K, V] one chunk
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
 
 
-def completion_logprobs(model, input_ids, attention_mask, completion_mask, chunk=1024):
-    """log pi(x_t | x_<t) at completion positions, [N, T-1] aligned with input_ids[:, 1:] (0 elsewhere).
-    The LM head runs only on completion positions, a chunk at a time, recomputed in backward."""
-    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
-                                 use_cache=False).last_hidden_state                        # [N, T, H]
-    sel = completion_mask[:, 1:].bool()                                                    # [N, T-1]
-    h, y = hidden[:, :-1][sel], input_ids[:, 1:][sel]                                      # [K, H], [K]
-    weight = model.get_output_embeddings().weight                                          # [V, H]
-    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], use_reentrant=False)
-             for i in range(0, len(y), chunk)]
-    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T-1]
-    out[sel] = torch.cat(parts) if parts else out[sel]
-    return out
+def _replayable_cache(prefix=()):
+    """A KV cache whose update() may run twice, as a checkpointed layer's replay in backward does: it returns the
+    prompts' K/V (`prefix`, per layer) + the new K/V without appending, and keeps the new K/V in .new."""
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(prefix):
+        cache.update(k[:1], v[:1], i)                           # [1, heads, P, d]: the length the masks count
+    cache.new = {}
+
+    def update(k, v, i, *args, **kwargs):                       # k, v [n, heads, T, d]
+        cache.new[i] = (k, v)
+        return (k, v) if not prefix else tuple(torch.cat([p, x], dim=-2) for p, x in zip(prefix[i], (k, v)))
+    cache.update = update
+    return cache
+
+
+def enable_checkpointing(model):
+    """Per-layer activation checkpointing that keeps the KV cache (transformers' own drops it under checkpointing)."""
+    for layer in model.get_decoder().layers:
+        layer.forward = functools.partial(_checkpointed, layer.forward)
+
+
+def _checkpointed(forward, *args, **kwargs):                    # rollouts (no grad) skip the checkpoint's overhead
+    if not torch.is_grad_enabled():
+        return forward(*args, **kwargs)
+    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
 
 
 def micro_batches(lengths, budget):
@@ -113,31 +139,45 @@ def micro_batches(lengths, budget):
 
 
 def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id):
-    """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions), micro-batch by
-    micro-batch; return the loss. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions); return the loss.
+    The prompts run forward once; their K/V and last hidden states are cut from the graph as leaves, completions
+    attend to them micro-batch by micro-batch (sorted by length), and the gradient gathered on the leaves then flows
+    back through the prompts once. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
-    live = [(b, g) for b in range(B) for g in range(G) if not zero_std[b]]       # zero-std groups: no gradient
-    lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in live]
+    groups = [b for b in range(B) if not zero_std[b]]          # zero-std groups: every advantage is 0, no gradient
+    if not groups:
+        return 0.0
+    decoder, cache = model.get_decoder(), _replayable_cache()
+    width = max(len(prompt_ids[b]) for b in groups)
+    ids = torch.tensor([[pad_token_id] * (width - len(prompt_ids[b])) + prompt_ids[b] for b in groups])  # [B', P]
+    lengths = torch.tensor([len(prompt_ids[b]) for b in groups], device=device)             # [B']
+    prompt_mask = (torch.arange(width, device=device) >= width - lengths[:, None]).long()  # [B', P] left-padded,
+    # so that slot distances equal position distances (sliding-window attention counts slots)
+    hidden = decoder(input_ids=ids.to(device), attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
+                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state   # [B', P, H]
+    states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]       # last hidden, K0, V0, ...
+    leaves = [t.detach().requires_grad_() for t in states]
+    live = [(i, b, g) for i, b in enumerate(groups) for g in range(G)]
     loss_sum = 0.0
-    for mb in micro_batches(lengths, args.micro_batch_tokens):
-        rows = [live[i] for i in mb]
-        width = max(lengths[i] for i in mb)
-        ids = torch.full((len(mb), width), pad_token_id, dtype=torch.long)               # [n, T] right-padded
-        attn = torch.zeros(len(mb), width, dtype=torch.long)                               # [n, T]
-        comp = torch.zeros(len(mb), width, dtype=torch.long)                               # [n, T] completion mask
-        for k, (b, g) in enumerate(rows):
-            p, c = prompt_ids[b], completions[b][g]
-            ids[k, :len(p) + len(c)] = torch.tensor(p + c)
-            attn[k, :len(p) + len(c)] = 1
-            comp[k, len(p):len(p) + len(c)] = 1               # prompt and draft tokens get no loss
-        ids, attn, comp = ids.to(device), attn.to(device), comp.to(device)
-        logprobs = completion_logprobs(model, ids, attn, comp)                             # [n, T-1]
-        adv = torch.stack([advantages[b, g] for b, g in rows]).to(device)                  # [n]
-        loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), args.max_new_tokens,
-                            args.clip_eps)
-        loss = loss * len(mb) / (B * G)         # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+    for mb in micro_batches([width + len(completions[b][g]) for _, b, g in live], args.micro_batch_tokens):
+        rows = [live[j] for j in mb]
+        seqs = [completions[b][g] for _, b, g in rows]
+        T = max(map(len, seqs))
+        comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)   # [n, T]
+        comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)       # [n, T] mask
+        idx = torch.tensor([i for i, _, _ in rows], device=device)                         # [n] row -> its prompt
+        prefix = [(k[idx], v[idx]) for k, v in zip(leaves[1::2], leaves[2::2])]           # [n, heads, P, d] each
+        hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[idx], comp], dim=1),
+                         position_ids=lengths[idx, None] + torch.arange(T, device=device), use_cache=True,
+                         past_key_values=_replayable_cache(prefix)).last_hidden_state      # [n, T, H]
+        hidden = torch.cat([leaves[0][idx], hidden[:, :-1]], dim=1)                        # [n, T, H]: t predicts t
+        logprobs = completion_logprobs(model, hidden, comp_ids, comp)                      # [n, T]
+        adv = torch.stack([advantages[b, g] for _, b, g in rows]).to(device)               # [n]
+        loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp.float(), args.max_new_tokens, args.clip_eps)
+        loss = loss * len(rows) / (B * G)       # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
         loss.backward()
         loss_sum += loss.item()
+    torch.autograd.backward(states, [leaf.grad for leaf in leaves])
     return loss_sum
 
 
@@ -242,10 +282,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     for p in params:
         p.grad = torch.zeros_like(p)            # every step is an optimizer step, even with all-zero advantages
     if not args.no_grad_ckpt:                   # recompute layer activations in backward: memory for compute
-        if hasattr(model, "activation_checkpointing_enable"):                      # transformers >= 5.x
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
         raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
