@@ -89,6 +89,15 @@ def sample_next(logits, temperature, top_p, generator):
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def left_pad(seqs, pad_token_id, device):
+    """Token-id lists -> (ids, attention mask), both [N, longest], padded on the left so that every sequence ends
+    in the last column (and slot distances equal position distances, which sliding-window attention counts)."""
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask
+
+
 def _plan(num_prompts, n, batch_size):
     """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
     jobs = [(p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)]
@@ -113,11 +122,7 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     results = [[] for _ in prompt_ids]
     bar = tqdm(total=len(prompt_ids) * n, desc=desc, disable=desc is None, unit="seq")
     for batch in _plan(len(prompt_ids), n, batch_size):
-        prompts = [prompt_ids[p] for p, _ in batch]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad_token_id] * (width - len(p)) + list(p) for p in prompts], device=device)  # [J, P]
-        mask = (torch.arange(width, device=device)[None] >= torch.tensor(
-            [width - len(p) for p in prompts], device=device)[:, None]).long()                             # [J, P]
+        ids, mask = left_pad([prompt_ids[p] for p, _ in batch], pad_token_id, device)                      # [J, P]
         out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                     use_cache=True, logits_to_keep=1)
         expand = torch.repeat_interleave(torch.arange(len(batch), device=device),

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
-from generation import generate, load_model
+from generation import generate, left_pad, load_model
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import reward
 
@@ -148,12 +148,9 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
     if not groups:
         return 0.0
     decoder, cache = model.get_decoder(), _replayable_cache()
-    width = max(len(prompt_ids[b]) for b in groups)
-    ids = torch.tensor([[pad_token_id] * (width - len(prompt_ids[b])) + prompt_ids[b] for b in groups])  # [B', P]
-    lengths = torch.tensor([len(prompt_ids[b]) for b in groups], device=device)             # [B']
-    prompt_mask = (torch.arange(width, device=device) >= width - lengths[:, None]).long()  # [B', P] left-padded,
-    # so that slot distances equal position distances (sliding-window attention counts slots)
-    hidden = decoder(input_ids=ids.to(device), attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
+    ids, prompt_mask = left_pad([prompt_ids[b] for b in groups], pad_token_id, device)    # [B', P] each
+    width, lengths = ids.shape[1], prompt_mask.sum(-1)                                     # P, [B']
+    hidden = decoder(input_ids=ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
                      position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state   # [B', P, H]
     states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]       # last hidden, K0, V0, ...
     leaves = [t.detach().requires_grad_() for t in states]
@@ -199,13 +196,12 @@ def load_rows(args):
     if args.drafts:
         pool = [p for p in training_problems(load_pool(args.drafts)) if p["id"] not in excluded]
         if args.data:
-            have = {p["id"] for p in pool}
-            wanted = [r["id"] for r in training_problems(load_jsonl(args.data)) if r["id"] not in excluded]
-            missing = [i for i in wanted if i not in have]
+            wanted = {r["id"] for r in training_problems(load_jsonl(args.data))} - excluded
+            missing = sorted(wanted - {p["id"] for p in pool}, key=str)
             if missing:
                 raise ValueError(f"{args.drafts}: the pool lacks {len(missing)} problem(s) of {args.data}, "
                                  f"e.g. {missing[:3]}")
-            pool = [p for p in pool if p["id"] in set(wanted)]
+            pool = [p for p in pool if p["id"] in wanted]
     elif args.variant == "no-draft":
         pool = [r for r in training_problems(load_jsonl(args.data or os.path.join(DATA, "math_train.jsonl")))
                 if r["id"] not in excluded]
