@@ -140,41 +140,44 @@ def micro_batches(lengths, budget):
 
 def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id):
     """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions); return the loss.
-    The prompts run forward once; their K/V and last hidden states are cut from the graph as leaves, completions
-    attend to them micro-batch by micro-batch (sorted by length), and the gradient gathered on the leaves then flows
-    back through the prompts once. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    The prompts run forward once (as many at a time as --micro-batch-tokens allows); their K/V and last hidden
+    states are cut from the graph as leaves, completions attend to them micro-batch by micro-batch (sorted by
+    length), and the gradient gathered on the leaves then flows back through the prompts once. One update per
+    batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
     groups = [b for b in range(B) if not zero_std[b]]          # zero-std groups: every advantage is 0, no gradient
     if not groups:
         return 0.0
-    decoder, cache = model.get_decoder(), _replayable_cache()
-    ids, prompt_mask = left_pad([prompt_ids[b] for b in groups], pad_token_id, device)    # [B', P] each
-    width, lengths = ids.shape[1], prompt_mask.sum(-1)                                     # P, [B']
-    hidden = decoder(input_ids=ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
-                     position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state   # [B', P, H]
-    states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]       # last hidden, K0, V0, ...
-    leaves = [t.detach().requires_grad_() for t in states]
-    live = [(i, b, g) for i, b in enumerate(groups) for g in range(G)]
-    loss_sum = 0.0
-    for mb in micro_batches([width + len(completions[b][g]) for _, b, g in live], args.micro_batch_tokens):
-        rows = [live[j] for j in mb]
-        seqs = [completions[b][g] for _, b, g in rows]
-        T = max(map(len, seqs))
-        comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)   # [n, T]
-        comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)       # [n, T] mask
-        idx = torch.tensor([i for i, _, _ in rows], device=device)                         # [n] row -> its prompt
-        prefix = [(k[idx], v[idx]) for k, v in zip(leaves[1::2], leaves[2::2])]           # [n, heads, P, d] each
-        hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[idx], comp], dim=1),
-                         position_ids=lengths[idx, None] + torch.arange(T, device=device), use_cache=True,
-                         past_key_values=_replayable_cache(prefix)).last_hidden_state      # [n, T, H]
-        hidden = torch.cat([leaves[0][idx], hidden[:, :-1]], dim=1)                        # [n, T, H]: t predicts t
-        logprobs = completion_logprobs(model, hidden, comp_ids, comp)                      # [n, T]
-        adv = torch.stack([advantages[b, g] for _, b, g in rows]).to(device)               # [n]
-        loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp.float(), args.max_new_tokens, args.clip_eps)
-        loss = loss * len(rows) / (B * G)       # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
-        loss.backward()
-        loss_sum += loss.item()
-    torch.autograd.backward(states, [leaf.grad for leaf in leaves])
+    decoder, loss_sum = model.get_decoder(), 0.0
+    for chunk in micro_batches([len(prompt_ids[b]) for b in groups], args.micro_batch_tokens):   # B' prompts
+        cache = _replayable_cache()
+        ids, prompt_mask = left_pad([prompt_ids[groups[j]] for j in chunk], pad_token_id, device)  # [B', P] each
+        width, lengths = ids.shape[1], prompt_mask.sum(-1)                                         # P, [B']
+        hidden = decoder(input_ids=ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
+                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state  # [B', P, H]
+        states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]   # last hidden, K0, V0, ...
+        leaves = [t.detach().requires_grad_() for t in states]
+        live = [(i, groups[j], g) for i, j in enumerate(chunk) for g in range(G)]
+        for mb in micro_batches([width + len(completions[b][g]) for _, b, g in live], args.micro_batch_tokens):
+            rows = [live[j] for j in mb]
+            seqs = [completions[b][g] for _, b, g in rows]
+            T = max(map(len, seqs))
+            comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
+            comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T] mask
+            idx = torch.tensor([i for i, _, _ in rows], device=device)                    # [n] row -> its prompt
+            prefix = [(k[idx], v[idx]) for k, v in zip(leaves[1::2], leaves[2::2])]      # [n, heads, P, d] each
+            hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[idx], comp], dim=1),
+                             position_ids=lengths[idx, None] + torch.arange(T, device=device), use_cache=True,
+                             past_key_values=_replayable_cache(prefix)).last_hidden_state  # [n, T, H]
+            hidden = torch.cat([leaves[0][idx], hidden[:, :-1]], dim=1)                   # [n, T, H]: t predicts t
+            logprobs = completion_logprobs(model, hidden, comp_ids, comp)                 # [n, T]
+            adv = torch.stack([advantages[b, g] for _, b, g in rows]).to(device)          # [n]
+            loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp.float(), args.max_new_tokens,
+                                args.clip_eps)
+            loss = loss * len(rows) / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+            loss.backward()
+            loss_sum += loss.item()
+        torch.autograd.backward(states, [leaf.grad for leaf in leaves])
     return loss_sum
 
 

@@ -69,9 +69,10 @@ def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_n
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("budget", [8, 20])                         # 8: one prompt per forward, one row per update
 @pytest.mark.parametrize("sliding_window", [None, 5])
 @pytest.mark.parametrize("grad_ckpt", [False, True])
-def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, grad_ckpt):
+def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, grad_ckpt, budget):
     """The prompt-once update (prompt K/V as leaves, micro-batched completions, per-layer checkpointing) must give
     the gradient of the formula computed sequence by sequence, including under a sliding attention window."""
     import copy
@@ -89,7 +90,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
                    [[50, 51], [52], [53, 54, 55], [56]], [[60], [61], [62], [63]]]
     rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     advantages, zero_std = group_advantages(rewards), rewards.std(dim=1) == 0
-    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", "20"])   # several micro-batches
+    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", str(budget)])   # micro-batches
     fast = copy.deepcopy(model)
     if grad_ckpt:
         grpo.enable_checkpointing(fast)
