@@ -190,7 +190,8 @@ def run(args):
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 seed=args.seed * 1_000_003 + start,
                                 stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
-                                batch_size=args.batch_size, desc=f"eval {start + len(chunk)}/{len(rows)}")
+                                batch_size=args.batch_size, desc=f"eval {start + len(chunk)}/{len(rows)}",
+                                decode=args.decode)
                 for r, samples in zip(chunk, outs):
                     if r["id"] not in pending:
                         continue
@@ -259,6 +260,8 @@ def main(argv=None):
     a("--max-new-tokens", type=int, default=4096, help="generation cap (paper: 4096)")
     a("--seed", type=int, default=0, help="sampling seed")
     a("--batch-size", type=int, default=64, help="sequences decoded together (samples depend on it and --seed)")
+    a("--decode", default="dynamic", choices=("dynamic", "static", "compiled"),
+      help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
     args = ap.parse_args(argv)

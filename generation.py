@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+DECODE = ("dynamic", "static", "compiled")              # generate()'s KV-cache strategies
 
 
 # ----------------------------------------------------------------------------- models
@@ -98,6 +99,23 @@ def left_pad(seqs, pad_token_id, device):
     return ids, mask
 
 
+def _static_cache(model, cache, rows, length):
+    """A preallocated KV cache of `length` slots holding `rows` of a prefilled DynamicCache: fixed tensor shapes and
+    addresses, which a CUDA graph needs."""
+    from transformers import StaticCache
+    static = StaticCache(config=model.config, max_cache_len=length)
+    for i, layer in enumerate(cache.layers):
+        static.update(layer.keys[rows], layer.values[rows], i)
+    return static
+
+
+def _compiled(model):
+    """model.forward compiled once per model; mode="reduce-overhead" replays each decode step as a CUDA graph."""
+    if "_compiled_forward" not in model.__dict__:
+        model.__dict__["_compiled_forward"] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+    return model.__dict__["_compiled_forward"]
+
+
 def _plan(num_prompts, n, batch_size):
     """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
     jobs = [(p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)]
@@ -113,10 +131,15 @@ def _plan(num_prompts, n, batch_size):
 
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None):
+             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None, decode="dynamic"):
     """prompt_ids: list of token-id lists. Returns, per prompt, n completions as token-id lists (EOS kept).
 
-    Stops at EOS, at max_new_tokens, or (with a tokenizer) once the decoded tail contains a stop string."""
+    Stops at EOS, at max_new_tokens, or (with a tokenizer) once the decoded tail contains a stop string.
+    decode: "dynamic" (a growing KV cache; finished rows leave the batch), "static" (a preallocated cache of prompt +
+    max_new_tokens slots; finished rows ride along, ignored) or "compiled" ("static" with the decode step under
+    torch.compile(mode="reduce-overhead"): CUDA graphs on a GPU). All three sample the same tokens."""
+    if decode not in DECODE:
+        raise ValueError(f"decode must be dynamic, static or compiled, not {decode!r}")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     results = [[] for _ in prompt_ids]
@@ -127,14 +150,20 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                     use_cache=True, logits_to_keep=1)
         expand = torch.repeat_interleave(torch.arange(len(batch), device=device),
                                          torch.tensor([c for _, c in batch], device=device))                # [R]
-        cache = out.past_key_values
-        cache.batch_select_indices(expand)            # prefill once per prompt, then copy its KV cache to n rows
+        cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows
         logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
         position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
+        if decode == "dynamic":
+            cache.batch_select_indices(expand)
+        else:
+            width, first = mask.shape[1], position
+            cache = _static_cache(model, cache, expand, width + max_new_tokens)
+            slots = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                   # [R, M]
+            step = _compiled(model) if decode == "compiled" else model
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
             nxt = sample_next(logits, temperature, top_p, generator)                                        # [R]
             keep = []
             for row, tok in zip(live.tolist(), nxt.tolist()):
@@ -144,14 +173,22 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                 keep.append(not done)
             if not any(keep):
                 break
-            if not all(keep):                                                  # drop finished rows from the batch
+            if not all(keep):
                 sel = torch.tensor(keep, device=device)
-                live, nxt, mask, position = live[sel], nxt[sel], mask[sel], position[sel]
-                cache.batch_select_indices(sel.nonzero().squeeze(-1))
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                                   # [R, L+1]
-            out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
-                        past_key_values=cache, use_cache=True)
-            logits, position = out.logits[:, -1], position + 1
+                live, nxt = live[sel], nxt[sel]
+                if decode == "dynamic":                                        # drop finished rows from the batch
+                    mask, position = mask[sel], position[sel]
+                    cache.batch_select_indices(sel.nonzero().squeeze(-1))
+            if decode == "dynamic":
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                               # [R, L+1]
+                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+                position = position + 1
+            else:                                                   # fixed shapes: every row decodes every step
+                slots[:, width + t] = 1
+                ids = torch.full((len(owner), 1), pad_token_id, device=device).index_put_((live,), nxt[:, None])
+                logits = step(input_ids=ids, attention_mask=slots, position_ids=first + t, past_key_values=cache,
+                              use_cache=True).logits[live, -1]
         for row, p in enumerate(owner):
             results[p].append(tokens[row])
         bar.update(len(owner))

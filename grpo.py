@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
-from generation import generate, left_pad, load_model
+from generation import DECODE, generate, left_pad, load_model
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import reward
 
@@ -59,6 +59,8 @@ def parse_args(argv=None):
     a("--variant-seed", type=int, default=0, help="draft selection and derangement, built once and shared by seeds")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
+    a("--decode", default="dynamic", choices=DECODE,
+      help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
     a("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (faster, more memory)")
     args = ap.parse_args(argv)
@@ -300,7 +302,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             completions = generate(model, prompt_ids, n=G, max_new_tokens=L, temperature=args.temperature,
                                    top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
-                                   batch_size=args.rollout_batch_size)
+                                   batch_size=args.rollout_batch_size, decode=args.decode)
         t1 = time.time()
         texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in completions]
         rewards = torch.tensor([[reward_fn(t, r["answer"]) for t in group] for group, r in zip(texts, batch)],

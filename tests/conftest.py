@@ -14,3 +14,18 @@ def tiny():
     """(model, tokenizer): the same random Mistral + BPE tokenizer that `--model tiny` builds."""
     from generation import load_model
     return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sharp(tiny):
+    """`tiny` with sharpened attention and next-token distributions. A random model attends and samples almost
+    uniformly, so a slip in positions, masks or cache slots would barely move its tokens; here it changes them."""
+    import copy
+    import torch
+    model = copy.deepcopy(tiny[0])
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+        model.lm_head.weight.mul_(30)
+    return model, tiny[1]

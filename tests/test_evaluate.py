@@ -62,13 +62,16 @@ def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
     again = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
     assert records.read_text().splitlines() == full                  # nothing lost, nothing duplicated
     assert again == summary
+    evaluate.main(eval_args(tmp_path / "static", "--samples", "8", "--k", "1,2,4,8", "--decode", "static"))
+    assert (tmp_path / "static" / "r.json.records.jsonl").read_text().splitlines() == full   # the same samples
     with pytest.raises(ValueError, match="another configuration"):         # nothing of the first run is lost
         evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8", "--seed", "1"))
     assert records.read_text().splitlines() == full
 
 
-def test_greedy_is_token_identical_to_hf_generate(tiny):
-    model, tok = tiny
+@pytest.mark.parametrize("which", ["tiny", "sharp"])
+def test_greedy_is_token_identical_to_hf_generate(which, request):
+    model, tok = request.getfixturevalue(which)
     prompts = ["Problem: What is 1+1?", "Problem: a longer prompt about \\frac{1}{2} and $x^2$ and more words"]
     ids = [tok(p)["input_ids"] for p in prompts]
     ours = generate(model, ids, n=1, max_new_tokens=24, temperature=0, eos_token_id=tok.eos_token_id,
@@ -91,6 +94,22 @@ def test_sampling_is_reproducible_and_shares_the_prompt(tiny):
     assert [len(x) for x in a] == [5, 5] and len({tuple(s) for s in a[0]}) > 1
     small = generate(model, ids, seed=7, batch_size=3, **kw)          # n larger than a batch: split per prompt
     assert [len(x) for x in small] == [5, 5]
+
+
+@pytest.mark.parametrize("decode", ["static", "compiled"])
+def test_static_and_compiled_decode_sample_what_the_dynamic_cache_samples(sharp, decode):
+    """The preallocated-cache path (and its torch.compile'd step, CUDA graphs on a GPU; inductor here) must give
+    the dynamic path's tokens: sampled, prompts of different lengths, rows finishing at different steps."""
+    model, tok = sharp
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement with $x^2$")["input_ids"]]
+    kw = dict(n=4, max_new_tokens=12, temperature=1.0, top_p=0.95, pad_token_id=tok.pad_token_id, seed=3)
+    free = generate(model, ids, eos_token_id=-1, **kw)
+    eos = free[0][0][2]                                               # a token some rows sample early: ends them
+    dynamic = generate(model, ids, eos_token_id=eos, **kw)
+    assert len({len(s) for group in dynamic for s in group}) > 1     # rows do finish at different steps
+    assert generate(model, ids, eos_token_id=eos, decode=decode, **kw) == dynamic
+    assert generate(model, ids, eos_token_id=eos, decode=decode, batch_size=3, **kw) == \
+        generate(model, ids, eos_token_id=eos, batch_size=3, **kw)   # batches of other sizes and prompt widths
 
 
 def test_stop_strings_end_generation(tiny):
