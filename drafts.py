@@ -15,6 +15,7 @@ import random
 import statistics
 import sys
 
+from generation import DECODE
 from reward import lenient_answer, reward
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
@@ -281,7 +282,7 @@ def main(argv=None):
     g.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="MATH levels kept (recipe: 3 4 5)")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (smoke tests)")
     g.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
-    g.add_argument("--decode", default="dynamic", choices=("dynamic", "static", "compiled"),
+    g.add_argument("--decode", default="dynamic", choices=DECODE,
                    help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     i = sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL")

@@ -20,6 +20,7 @@ import sys
 from collections import Counter
 
 from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, pending_chunks, read_resumable
+from generation import DECODE
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -260,7 +261,7 @@ def main(argv=None):
     a("--max-new-tokens", type=int, default=4096, help="generation cap (paper: 4096)")
     a("--seed", type=int, default=0, help="sampling seed")
     a("--batch-size", type=int, default=64, help="sequences decoded together (samples depend on it and --seed)")
-    a("--decode", default="dynamic", choices=("dynamic", "static", "compiled"),
+    a("--decode", default="dynamic", choices=DECODE,
       help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")

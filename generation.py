@@ -139,7 +139,7 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     max_new_tokens slots; finished rows ride along, ignored) or "compiled" ("static" with the decode step under
     torch.compile(mode="reduce-overhead"): CUDA graphs on a GPU). All three sample the same tokens."""
     if decode not in DECODE:
-        raise ValueError(f"decode must be dynamic, static or compiled, not {decode!r}")
+        raise ValueError(f"decode must be one of {DECODE}, not {decode!r}")
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     results = [[] for _ in prompt_ids]
