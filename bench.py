@@ -21,7 +21,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def save(section, result):
     os.makedirs(os.path.join(HERE, "bench", "results"), exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
-    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts" if result.get("drafts") else "")
+    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts" if result.get("drafts") else "") + \
+        (f"-p{result['prompt_tokens']}" if section == "update" else "")
     path = os.path.join(HERE, "bench", "results", f"{section}-{name}{tag}.json")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
@@ -169,6 +170,72 @@ def bench_cpu(args):
                     f"-> {result[f'step_speedup_vs_trl_{label}']:.2f}x"
         print(line)
     save("cpu", result)
+
+
+def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_token_id):
+    """The update before the prompt-once change, as the baseline: every (prompt + completion) row runs forward and
+    backward whole, micro-batched by padded length, through the same chunked LM head and loss."""
+    import torch
+    import grpo
+    B, G = advantages.shape
+    rows = [(b, g) for b in range(B) for g in range(G)]
+    lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in rows]
+    for mb in grpo.micro_batches(lengths, args.micro_batch_tokens):
+        seqs = [prompt_ids[rows[i][0]] + completions[rows[i][0]][rows[i][1]] for i in mb]
+        width = max(map(len, seqs))
+        ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])                       # [n, T]
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])                     # [n, T]
+        comp = torch.tensor([[0] * len(prompt_ids[rows[i][0]]) + [1] * len(completions[rows[i][0]][rows[i][1]])
+                             + [0] * (width - lengths[i]) for i in mb])                                # [n, T]
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state             # [n, T, H]
+        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])            # [n, T-1]
+        adv = torch.stack([advantages[rows[i]] for i in mb])
+        loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), args.max_new_tokens)
+        (loss * len(mb) / (B * G)).backward()
+
+
+def bench_update(args):
+    """The update alone: grpo.policy_update (each prompt forward once) vs full_sequence_update (each prompt once
+    per rollout), same model, rollouts and checkpointing; also checks that their gradients agree."""
+    import torch
+    import grpo
+    from generation import tiny_tokenizer
+    from lora import apply_lora
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers), verbose=False)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.02)                     # B = 0 would hide the gradient through the prompt
+    grpo.enable_checkpointing(model)
+    model.train()
+    B, G, L, P = 4, 8, args.new_tokens, args.prompt_tokens
+    prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
+    completions = [[torch.randint(4, 2000, (L,)).tolist() for _ in range(G)] for _ in range(B)]
+    advantages = grpo.group_advantages(torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)]))
+    targs = grpo.parse_args(["--max-new-tokens", str(L)])
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
+              "layers": args.layers, "B": B, "G": G, "prompt_tokens": P, "completion_tokens": L}
+    grads = {}
+    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions, advantages,
+                                                                 torch.zeros(B, dtype=torch.bool), targs, 3)),
+                      ("full_sequence", lambda: full_sequence_update(model, prompts, completions, advantages, targs,
+                                                                     3))):
+        times = []
+        for _ in range(args.steps):
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        result[f"{label}_s"] = statistics.median(times[1:])
+        grads[label] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+    result["speedup"] = result["full_sequence_s"] / result["prompt_once_s"]
+    diff = (grads["prompt_once"] - grads["full_sequence"]).abs().max() / grads["full_sequence"].abs().max()
+    result["max_grad_rel_diff"] = diff.item()
+    print(f"update, {B} x {G} rollouts of {L} tokens after {P}-token prompts, hidden {args.hidden} x {args.layers} "
+          f"layers: prompt once {result['prompt_once_s']:.3f} s, whole sequences "
+          f"{result['full_sequence_s']:.3f} s -> {result['speedup']:.2f}x; gradients agree to {diff:.1e}")
+    save("update", result)
 
 
 def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
@@ -333,18 +400,19 @@ def bench_gpu(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "gpu"])
+    ap.add_argument("section", choices=["grader", "cpu", "update", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
-    ap.add_argument("--new-tokens", type=int, default=64, help="cpu: tokens per rollout")
-    ap.add_argument("--steps", type=int, default=6, help="cpu: GRPO steps (the first is not timed; median of the rest)")
+    ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
+    ap.add_argument("--steps", type=int, default=6, help="cpu/update: steps (the first is not timed; median of rest)")
     ap.add_argument("--drafts", action="store_true", help="cpu: prompts carry a draft (another problem's solution)")
-    ap.add_argument("--hidden", type=int, default=256, help="cpu: model width (64 with --layers 2 = --model tiny)")
-    ap.add_argument("--layers", type=int, default=4, help="cpu: model depth")
+    ap.add_argument("--hidden", type=int, default=256, help="cpu/update: model width (64 x 2 layers = --model tiny)")
+    ap.add_argument("--layers", type=int, default=4, help="cpu/update: model depth")
+    ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
     ap.add_argument("--decode", default="dynamic", choices=["dynamic", "static", "compiled"],
                     help="gpu: KV cache of the paper step's rollouts (the decode table measures dynamic and compiled)")
     args = ap.parse_args()
-    {"grader": bench_grader, "cpu": bench_cpu, "gpu": bench_gpu}[args.section](args)
+    {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "gpu": bench_gpu}[args.section](args)
 
 
 if __name__ == "__main__":
