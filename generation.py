@@ -3,8 +3,9 @@
 generate() prefills each prompt once and copies its KV cache to its n samples, drops finished samples from the
 batch (so a step costs what the live samples cost, and the loop ends with the longest one), and samples with a
 seeded torch.Generator (same seed, same batch -> same tokens). decode="compiled" trades the shrinking batch for
-fixed shapes (a preallocated cache, every row to the end) so that a GPU can replay each step as a CUDA graph. `--model tiny` everywhere builds a random
-Mistral-architecture model and a BPE tokenizer on the spot, so the whole pipeline runs offline on a CPU.
+fixed shapes (a preallocated cache, every row to the end) so that a GPU can replay each step as a CUDA graph.
+`--model tiny` everywhere builds a random Mistral-architecture model and a BPE tokenizer on the spot, so the whole
+pipeline runs offline on a CPU.
 """
 import functools
 import itertools

@@ -148,8 +148,6 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
     batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
     groups = [b for b in range(B) if not zero_std[b]]          # zero-std groups: every advantage is 0, no gradient
-    if not groups:
-        return 0.0
     decoder, loss_sum = model.get_decoder(), 0.0
     for chunk in micro_batches([len(prompt_ids[b]) for b in groups], args.micro_batch_tokens):   # B' prompts
         cache = _replayable_cache()
