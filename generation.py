@@ -155,13 +155,12 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows
         logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
         position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
+        width, forward = mask.shape[1], _compiled(model) if decode == "compiled" else model
         if decode == "dynamic":
             cache.batch_select_indices(expand)
-        else:
-            width, first = mask.shape[1], position
+        else:                                         # fixed shapes: a preallocated cache, every row to the end
             cache = _static_cache(model, cache, expand, width + max_new_tokens)
-            slots = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                   # [R, M]
-            step = _compiled(model) if decode == "compiled" else model
+            mask = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                    # [R, M]
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
@@ -182,15 +181,14 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                     mask, position = mask[sel], position[sel]
                     cache.batch_select_indices(sel.nonzero().squeeze(-1))
             if decode == "dynamic":
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                               # [R, L+1]
-                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
-                               past_key_values=cache, use_cache=True).logits[:, -1]
-                position = position + 1
-            else:                                                   # fixed shapes: every row decodes every step
-                slots[:, width + t] = 1
+                mask, ids, rows = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1), nxt[:, None], slice(None)
+            else:                                     # finished rows decode padding, which is ignored
+                mask[:, width + t] = 1
                 ids = torch.full((len(owner), 1), pad_token_id, device=device).index_put_((live,), nxt[:, None])
-                logits = step(input_ids=ids, attention_mask=slots, position_ids=first + t, past_key_values=cache,
-                              use_cache=True).logits[live, -1]
+                rows = live
+            logits = forward(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
+                             use_cache=True).logits[rows, -1]
+            position = position + 1
         for row, p in enumerate(owner):
             results[p].append(tokens[row])
         bar.update(len(owner))
