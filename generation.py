@@ -8,6 +8,7 @@ fixed shapes (a preallocated cache, every row to the end) so that a GPU can repl
 pipeline runs offline on a CPU.
 """
 import functools
+import inspect
 import itertools
 import json
 import os
@@ -155,12 +156,13 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows
         logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
         position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
-        width, forward = mask.shape[1], _compiled(model) if decode == "compiled" else model
+        width, forward, kw = mask.shape[1], _compiled(model) if decode == "compiled" else model, {}
         if decode == "dynamic":
             cache.batch_select_indices(expand)
         else:                                         # fixed shapes: a preallocated cache, every row to the end
             cache = _static_cache(model, cache, expand, width + max_new_tokens)
             mask = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                    # [R, M]
+            slot = "cache_position" in inspect.signature(model.forward).parameters   # transformers that still take it
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
@@ -185,9 +187,9 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
             else:                                     # finished rows decode padding, which is ignored
                 mask[:, width + t] = 1
                 ids = torch.full((len(owner), 1), pad_token_id, device=device).index_put_((live,), nxt[:, None])
-                rows = live
+                rows, kw = live, {"cache_position": torch.tensor([width + t], device=device)} if slot else {}
             logits = forward(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                             use_cache=True).logits[rows, -1]
+                             use_cache=True, **kw).logits[rows, -1]
             position = position + 1
         for row, p in enumerate(owner):
             results[p].append(tokens[row])
