@@ -112,13 +112,6 @@ def _static_cache(model, cache, rows, length):
     return static
 
 
-def _compiled(model):
-    """model.forward compiled once per model; mode="reduce-overhead" replays each decode step as a CUDA graph."""
-    if "_compiled_forward" not in model.__dict__:
-        model.__dict__["_compiled_forward"] = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
-    return model.__dict__["_compiled_forward"]
-
-
 def _plan(num_prompts, n, batch_size):
     """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
     jobs = [(p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)]
@@ -156,13 +149,15 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows
         logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
         position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
-        width, forward, kw = mask.shape[1], _compiled(model) if decode == "compiled" else model, {}
+        width, forward, kw = mask.shape[1], model, {}
         if decode == "dynamic":
             cache.batch_select_indices(expand)
         else:                                         # fixed shapes: a preallocated cache, every row to the end
             cache = _static_cache(model, cache, expand, width + max_new_tokens)
             mask = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                    # [R, M]
             slot = "cache_position" in inspect.signature(model.forward).parameters   # transformers that still take it
+            if decode == "compiled":     # each step replays as a CUDA graph; dynamo compiles once per process
+                forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
