@@ -103,16 +103,18 @@ def _token_logprobs(weight, hidden, targets):
 
 def _replayable_cache(prefix=()):
     """A KV cache whose update() may run twice, as a checkpointed layer's replay in backward does: it returns the
-    prompts' K/V (`prefix`, per layer) + the new K/V without appending, and keeps the new K/V in .new."""
-    cache = DynamicCache()
+    prompts' K/V (`prefix`, per layer) + the new K/V without appending. Without a prefix (the prompt pass) it keeps
+    the new K/V in .new. No reference cycle, so the cache and its tensors go when the forward's output does."""
+    cache, new = DynamicCache(), {}
     for i, (k, v) in enumerate(prefix):
         cache.update(k[:1], v[:1], i)                           # [1, heads, P, d]: the length the masks count
-    cache.new = {}
 
     def update(k, v, i, *args, **kwargs):                       # k, v [n, heads, T, d]
-        cache.new[i] = (k, v)
-        return (k, v) if not prefix else tuple(torch.cat([p, x], dim=-2) for p, x in zip(prefix[i], (k, v)))
-    cache.update = update
+        if not prefix:
+            new[i] = (k, v)
+            return k, v
+        return tuple(torch.cat([p, x], dim=-2) for p, x in zip(prefix[i], (k, v)))
+    cache.update, cache.new = update, new
     return cache
 
 
