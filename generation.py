@@ -94,12 +94,13 @@ def sample_next(logits, temperature, top_p, generator):
 
 
 def left_pad(seqs, pad_token_id, device):
-    """Token-id lists -> (ids, attention mask), both [N, longest], padded on the left so that every sequence ends
-    in the last column (and slot distances equal position distances, which sliding-window attention counts)."""
+    """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left so that every
+    sequence ends in the last column (and slot distances equal position distances, which sliding-window attention
+    counts); each sequence's positions start at 0, pads sit at 0."""
     width = max(map(len, seqs))
     ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-    return ids, mask
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
 def _static_cache(model, cache, rows, length):
@@ -141,9 +142,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     results = [[] for _ in prompt_ids]
     bar = tqdm(total=len(prompt_ids) * n, desc=desc, disable=desc is None, unit="seq")
     for batch in _plan(len(prompt_ids), n, batch_size):
-        ids, mask = left_pad([prompt_ids[p] for p, _ in batch], pad_token_id, device)                      # [J, P]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                    use_cache=True, logits_to_keep=1)
+        ids, mask, positions = left_pad([prompt_ids[p] for p, _ in batch], pad_token_id, device)           # [J, P]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
         expand = torch.repeat_interleave(torch.arange(len(batch), device=device),
                                          torch.tensor([c for _, c in batch], device=device))                # [R]
         cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows

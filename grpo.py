@@ -153,10 +153,10 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
     decoder, loss_sum = model.get_decoder(), 0.0
     for chunk in micro_batches([len(prompt_ids[b]) for b in groups], args.micro_batch_tokens):   # B' prompts
         cache = _replayable_cache()
-        ids, prompt_mask = left_pad([prompt_ids[groups[j]] for j in chunk], pad_token_id, device)  # [B', P] each
+        ids, prompt_mask, positions = left_pad([prompt_ids[groups[j]] for j in chunk], pad_token_id, device)
         width, lengths = ids.shape[1], prompt_mask.sum(-1)                                         # P, [B']
-        hidden = decoder(input_ids=ids, attention_mask=prompt_mask, past_key_values=cache, use_cache=True,
-                         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0)).last_hidden_state  # [B', P, H]
+        hidden = decoder(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
+                         use_cache=True).last_hidden_state                                         # [B', P, H]
         states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]   # last hidden, K0, V0, ...
         leaves = [t.detach().requires_grad_() for t in states]
         live = [(i, groups[j], g) for i, j in enumerate(chunk) for g in range(G)]
