@@ -3,6 +3,7 @@
   python bench.py grader            # reward.py: agreement on tests/data/grader_cases.jsonl + worst-case timings
   python bench.py grader --math-verify   # also where math-verify (optional, never imported by the core) disagrees
   python bench.py cpu               # CPU: our GRPO step vs TRL's GRPOTrainer (if installed), our generate vs HF
+  python bench.py rollout --steps 3 # CPU: generate() holding each prompt once vs copying it to its rows
   python bench.py gpu               # GPU: Mathstral-7B-shaped random model: decode tok/s vs HF and roofline,
                                     #      prefill time, one paper-config training step and its peak memory
 Each section prints a table and writes bench/results/<section>-<device>.json.
@@ -282,6 +283,64 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
 MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
                        max_position_embeddings=32768)            # mistralai/Mathstral-7B-v0.1's config.json
+# ----------------------------------------------------------------------------- rollouts: the prompt held once
+def kv_bytes_held(model):
+    """Wrap model.forward to record the most KV-cache bytes held entering any forward: the rows' cache plus the
+    prompts' shared K/V, each tensor counted once. Returns the one-element list the peak is kept in."""
+    import torch
+    peak, forward = [0], model.forward
+
+    def counting(*args, past_key_values=None, shared_prompts=None, **kwargs):
+        held = [t for layer in getattr(past_key_values, "layers", []) for t in (layer.keys, layer.values)
+                if isinstance(t, torch.Tensor)]
+        held += list(shared_prompts[0]) + list(shared_prompts[1]) if shared_prompts else []
+        peak[0] = max(peak[0], sum({t.data_ptr(): t.nbytes for t in held}.values()))
+        extra = {"shared_prompts": shared_prompts} if shared_prompts else {}
+        return forward(*args, past_key_values=past_key_values, **extra, **kwargs)
+    model.forward = counting
+    return peak
+
+
+def bench_rollout(args):
+    """generate() holding each prompt's K/V once (shared_prompt_attention) vs copying it to the prompt's G rows (the
+    path before, kept as generate(share=False) for sliding-window models): time, KV bytes held, same tokens."""
+    import torch
+    from generation import generate, tiny_tokenizer
+    torch.manual_seed(0)
+    torch.set_num_threads(os.cpu_count() or 1)
+    model = small_model(tiny_tokenizer(), args.hidden, args.layers).eval()
+    c = model.config
+    kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4  # fp32
+    peak = kv_bytes_held(model)
+    B, G, L = 4, 16, args.new_tokens
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
+              "layers": args.layers, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "B": B,
+              "G": G, "new_tokens": L, "kv_bytes_per_token": kv_token, "prompts": {}}
+    for P in (100, 500, 2000):
+        prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
+        row, outs = {}, {}
+        for label, share in (("shared", True), ("copied", False)):
+            times = []
+            for _ in range(args.steps):
+                peak[0] = 0
+                t = time.perf_counter()
+                outs[label] = generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
+                                       pad_token_id=3, seed=1, share=share)
+                times.append(time.perf_counter() - t)
+            row[f"{label}_s"], row[f"{label}_kv_bytes"] = statistics.median(times[1:]), peak[0]
+        flat = lambda o: [t for group in o for s in group for t in s]
+        row["speedup"] = row["copied_s"] / row["shared_s"]
+        row["kv_ratio"] = row["copied_kv_bytes"] / row["shared_kv_bytes"]
+        row["bound_kv_bytes"] = (B * P + B * G * L) * kv_token             # the issue's bound: B*P + B*G*L tokens
+        row["tokens_differing"] = sum(a != b for a, b in zip(flat(outs["shared"]), flat(outs["copied"])))
+        result["prompts"][P] = row
+        print(f"rollouts {B} x {G} x {L} tokens after {P}-token prompts: shared {row['shared_s']:.3f} s, copied "
+              f"{row['copied_s']:.3f} s -> {row['speedup']:.2f}x; KV held {row['shared_kv_bytes'] / 2**20:.1f} MiB "
+              f"vs {row['copied_kv_bytes'] / 2**20:.1f} MiB (bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
+              f"{row['tokens_differing']} of {B * G * L} tokens differ")
+    save("rollout", result)
+
+
 TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768)
 
@@ -329,20 +388,20 @@ def bench_gpu(args):
     result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine(),
               "shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
     result["copy_bandwidth_GBps"] = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
-    prompt_len, new = (512, 128) if big else (32, 16)
+    prompt_len, new = (1536, 128) if big else (32, 16)             # a draft-variant prompt: 1,000-2,000 tokens
     kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
     rng = torch.Generator().manual_seed(0)
-    prompt = torch.randint(0, config.vocab_size, (prompt_len,), generator=rng).tolist()
+    rand = lambda n: torch.randint(0, config.vocab_size, (n,), generator=rng).tolist()
     result["decode"] = {}
-    for batch in (16, 64, 128):
-        kw = dict(n=batch, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
-        t1, _ = timed(lambda: generate(model, [prompt], max_new_tokens=1, **kw), device)
-        tn, _ = timed(lambda: generate(model, [prompt], max_new_tokens=new, **kw), device)
-        ours = batch * (new - 1) / (tn - t1)
-        generate(model, [prompt], max_new_tokens=new, decode="compiled", **kw)       # compiles, records the graphs
-        tc, _ = timed(lambda: generate(model, [prompt], max_new_tokens=new, decode="compiled", **kw), device)
-        compiled = batch * (new - 1) / (tc - t1)                   # the same eager prefill as the dynamic path
-        ids = torch.tensor([prompt] * batch, device=device)
+    for batch in (16, 64, 128):                                     # batch/16 prompts x 16 samples, as in training
+        prompts = [rand(prompt_len) for _ in range(batch // 16)]
+        kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
+        rate = {}
+        for label, share in (("ours", True), ("copied", False)):
+            t1, _ = timed(lambda: generate(model, prompts, max_new_tokens=1, share=share, **kw), device)
+            tn, _ = timed(lambda: generate(model, prompts, max_new_tokens=new, share=share, **kw), device)
+            rate[label] = batch * (new - 1) / (tn - t1)
+        ids = torch.tensor([p for p in prompts for _ in range(16)], device=device)
         with torch.no_grad():
             model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=True, top_k=0, pad_token_id=0)
             h1, _ = timed(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=True, top_k=0,
@@ -350,18 +409,18 @@ def bench_gpu(args):
             hn, _ = timed(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=True,
                                                  top_k=0, pad_token_id=0), device)
         hf = batch * (new - 1) / (hn - h1)
-        step_bytes = weight_bytes + batch * (prompt_len + new / 2) * kv_per_token   # weights + KV read per step
+        step_bytes = weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_per_token   # read per step
         roof = batch / (step_bytes / (result["copy_bandwidth_GBps"] * 1e9))
-        result["decode"][batch] = {"ours_tok_s": ours, "compiled_tok_s": compiled, "hf_tok_s": hf,
-                                   "roofline_tok_s": roof, "vs_hf": ours / hf, "compiled_vs_hf": compiled / hf,
-                                   "of_roofline": ours / roof, "compiled_of_roofline": compiled / roof}
-        print(f"decode batch {batch:3d}: ours {ours:8.0f} tok/s, compiled {compiled:8.0f} tok/s, HF generate "
-              f"{hf:8.0f} tok/s ({ours / hf:.2f}x / {compiled / hf:.2f}x), roofline {roof:8.0f} tok/s "
-              f"({100 * ours / roof:.0f}% / {100 * compiled / roof:.0f}%)")
-    P, B, G, L = (3072, 4, 16, 4096) if big else (64, 4, 4, 32)
-    prompts = [torch.randint(0, config.vocab_size, (P,), generator=rng).tolist() for _ in range(B)]
+        result["decode"][batch] = {"prompt_tokens": prompt_len, "ours_tok_s": rate["ours"], "hf_tok_s": hf,
+                                   "copied_tok_s": rate["copied"], "roofline_tok_s": roof, "vs_hf": rate["ours"] / hf,
+                                   "vs_copied": rate["ours"] / rate["copied"], "of_roofline": rate["ours"] / roof}
+        print(f"decode batch {batch:3d} after {prompt_len}-token prompts: ours {rate['ours']:8.0f} tok/s, prompt "
+              f"copied per row {rate['copied']:8.0f} tok/s, HF generate {hf:8.0f} tok/s ({rate['ours'] / hf:.2f}x), "
+              f"roofline {roof:8.0f} tok/s ({100 * rate['ours'] / roof:.0f}%)")
+    B, G, L = (4, 16, 4096) if big else (4, 4, 32)
+    P = 3072 if big else 64
     with torch.no_grad():
-        t, _ = timed(lambda: model(torch.tensor(prompts, device=device), logits_to_keep=1), device)
+        t, _ = timed(lambda: model(torch.tensor([rand(P) for _ in range(B)], device=device), logits_to_keep=1), device)
     result["prefill_s"] = {f"{B}x{P}": t}
     torch.manual_seed(0)
     apply_lora(model, verbose=False)
@@ -369,38 +428,43 @@ def bench_gpu(args):
     grpo.enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-6, betas=(0.9, 0.99), weight_decay=0.01)
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    with merged(model):
-        t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
-                                                     eos_token_id=-1, pad_token_id=0, seed=1, decode=args.decode),
-                                    device)
     rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])       # every group has a gradient
-    model.train()
 
-    def update():
+    def update(prompts, completions):
         loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards),
                                   torch.zeros(B, dtype=torch.bool), targs, 0)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
         return loss
-    t_upd, _ = timed(update, device)
-    result["paper_step"] = {"prompt_tokens": P, "prompts": B, "generations": G, "new_tokens": L, "decode": args.decode,
-                            "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd,
-                            "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
-                            "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
-    s = result["paper_step"]
-    print(f"prefill {B}x{P}: {result['prefill_s'][f'{B}x{P}']:.3f} s; paper step ({B}x{G} rollouts, {P}+{L} tokens, "
-          f"every completion at the cap): rollouts {s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak "
-          f"{s['peak_memory_GB'] or 0:.1f} GB; 2,000 such steps: {s['projected_2000_steps_h']:.1f} h (an upper bound)")
+    lengths = {"paper_step": [P] * B,                                                    # the worst case
+               "draft_step": [int(x) for x in torch.randint(P // 3, 2 * P // 3, (B,), generator=rng)]}  # 1-2k
+    for name, lens in lengths.items():
+        prompts = [rand(n) for n in lens]
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        model.eval()
+        with merged(model):
+            t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
+                                                         eos_token_id=-1, pad_token_id=0, seed=1), device)
+        model.train()
+        t_upd, _ = timed(lambda: update(prompts, completions), device)
+        result[name] = {"prompt_tokens": lens, "prompts": B, "generations": G, "new_tokens": L,
+                        "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd,
+                        "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
+                        "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
+        s = result[name]
+        print(f"{name} ({B}x{G} rollouts, prompts of {lens} tokens, every completion at the {L}-token cap): rollouts "
+              f"{s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak {s['peak_memory_GB'] or 0:.1f} GB; "
+              f"2,000 such steps: {s['projected_2000_steps_h']:.1f} h (an upper bound)")
+    print(f"prefill {B}x{P}: {result['prefill_s'][f'{B}x{P}']:.3f} s")
     if big:
         save("gpu", result)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "update", "gpu"])
+    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
     ap.add_argument("--steps", type=int, default=6, help="cpu/update: steps (the first is not timed; median of rest)")
@@ -409,10 +473,8 @@ def main():
     ap.add_argument("--layers", type=int, default=4, help="cpu/update: model depth")
     ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
-    ap.add_argument("--decode", default="dynamic", choices=["dynamic", "static", "compiled"],
-                    help="gpu: KV cache of the paper step's rollouts (the decode table measures dynamic and compiled)")
     args = ap.parse_args()
-    {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "gpu": bench_gpu}[args.section](args)
+    {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout, "gpu": bench_gpu}[args.section](args)
 
 
 if __name__ == "__main__":

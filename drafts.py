@@ -15,7 +15,6 @@ import random
 import statistics
 import sys
 
-from generation import DECODE
 from reward import lenient_answer, reward
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
@@ -208,7 +207,7 @@ def cmd_generate(args):
             samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + start,
-                               batch_size=args.batch_size, decode=args.decode)
+                               batch_size=args.batch_size)
             for r, outs in ((r, o) for r, o in zip(chunk, samples) if r["id"] in todo):
                 row = {k: v for k, v in r.items() if k != "_line"}
                 row["drafts"] = [grade_draft(tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o))
@@ -282,8 +281,6 @@ def main(argv=None):
     g.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="MATH levels kept (recipe: 3 4 5)")
     g.add_argument("--limit", type=int, default=None, help="only the first N problems (smoke tests)")
     g.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
-    g.add_argument("--decode", default="dynamic", choices=DECODE,
-                   help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     g.add_argument("--seed", type=int, default=0, help="sampling seed")
     i = sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL")
     i.add_argument("--src", required=True, help="drafts_qwen25_math_1.5b.json (a JSON list)")

@@ -20,7 +20,6 @@ import sys
 from collections import Counter
 
 from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, pending_chunks, read_resumable
-from generation import DECODE
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -191,8 +190,7 @@ def run(args):
                                 eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                                 seed=args.seed * 1_000_003 + start,
                                 stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
-                                batch_size=args.batch_size, desc=f"eval {start + len(chunk)}/{len(rows)}",
-                                decode=args.decode)
+                                batch_size=args.batch_size, desc=f"eval {start + len(chunk)}/{len(rows)}")
                 for r, samples in zip(chunk, outs):
                     if r["id"] not in pending:
                         continue
@@ -261,8 +259,6 @@ def main(argv=None):
     a("--max-new-tokens", type=int, default=4096, help="generation cap (paper: 4096)")
     a("--seed", type=int, default=0, help="sampling seed")
     a("--batch-size", type=int, default=64, help="sequences decoded together (samples depend on it and --seed)")
-    a("--decode", default="dynamic", choices=DECODE,
-      help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
     args = ap.parse_args(argv)

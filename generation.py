@@ -1,23 +1,23 @@
 """Model loading and batched sampling, shared by drafts.py, grpo.py and evaluate.py.
 
-generate() prefills each prompt once and copies its KV cache to its n samples, drops finished samples from the
-batch (so a step costs what the live samples cost, and the loop ends with the longest one), and samples with a
-seeded torch.Generator (same seed, same batch -> same tokens). decode="compiled" trades the shrinking batch for
-fixed shapes (a preallocated cache, every row to the end) so that a GPU can replay each step as a CUDA graph.
+generate() prefills each prompt once and keeps its K/V once: its n samples' cache holds only their own tokens, and
+their attention reads the prompt's K/V through shared_prompt_attention (all n queries in one product). Finished
+samples leave the batch (a step costs what the live samples cost; the loop ends with the longest one), and sampling
+uses a seeded torch.Generator (same seed, same batch -> same tokens).
 `--model tiny` everywhere builds a random Mistral-architecture model and a BPE tokenizer on the spot, so the whole
 pipeline runs offline on a CPU.
 """
+import contextlib
 import functools
-import inspect
 import itertools
 import json
 import os
 
 import torch
 from tqdm import tqdm
+from transformers import DynamicCache
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DECODE = ("dynamic", "static", "compiled")              # generate()'s KV-cache strategies
 
 
 # ----------------------------------------------------------------------------- models
@@ -103,14 +103,57 @@ def left_pad(seqs, pad_token_id, device):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _static_cache(model, cache, rows, length):
-    """A preallocated KV cache of `length` slots holding `rows` of a prefilled DynamicCache: fixed tensor shapes and
-    addresses, which a CUDA graph needs."""
-    from transformers import StaticCache
-    static = StaticCache(config=model.config, max_cache_len=length)
-    for i, layer in enumerate(cache.layers):
-        static.update(layer.keys[rows], layer.values[rows], i)
-    return static
+def shares_prompts(model):
+    """Whether generate() and grpo's update can hold each prompt's K/V once: not with sliding-window attention,
+    whose mask our attention does not implement (those models copy the prompt to every row, as before)."""
+    return getattr(model.config, "sliding_window", None) is None
+
+
+def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                            shared_prompts=None, **kwargs):
+    """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens' K/V, the two
+    parts merged exactly (online softmax). Registered with transformers as "shared_prompts" (its attention-function
+    seam), so Mistral, Llama and Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own
+    tokens, the last T of them the queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer
+    [B, Hkv, P, d]; mask [B, P] (False on left padding); row -> its prompt and its place among that prompt's <= G
+    rows. attention_mask is not used: the prompt part masks padding, the own part is causal. Like transformers'
+    eager attention: products in the model's dtype, softmax in fp32; no dropout (the recipe has none)."""
+    keys, values, mask, prompt, slot, G = shared_prompts
+    kp, vp = keys[module.layer_idx], values[module.layer_idx]                                 # [B, Hkv, P, d]
+    (n, H, T, d), (B, Hkv, P, _) = query.shape, kp.shape
+    q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling        # GQA: head h reads K/V head h // (H // Hkv)
+    qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)               # [B, G, Hkv, M, d]
+    qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)           # all G rows' queries of a prompt in one product
+    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :], float("-inf"))   # [B, 1, 1, P]
+    s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
+    m1 = s1.detach().amax(-1, keepdim=True)                 # any constant per query is exact; the max is stable
+    e1 = s1.sub_(m1).exp_()                                  # in place: scores are the big tensors [B, Hkv, G*M, P]
+    u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)      # unnormalised output [B, Hkv, G*M, d] and sum
+    u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))  # [n, Hkv, M, *]
+    s2 = (q @ key.transpose(-1, -2)).float()                                                  # [n, Hkv, M, S]
+    if T > 1:                                                   # own tokens: causal (row padding sits at the end)
+        S = key.shape[2]
+        future = torch.arange(S, device=q.device) > torch.arange(S - T, S, device=q.device)[:, None]   # [T, S]
+        s2 = s2.masked_fill_(future.repeat(H // Hkv, 1), float("-inf"))
+    m2 = s2.detach().amax(-1, keepdim=True)
+    e2 = s2.sub_(m2).exp_()                                                                   # [n, Hkv, M, S]
+    u2, z2 = e2.to(value.dtype) @ value, e2.sum(-1, keepdim=True)
+    m = torch.maximum(m1, m2)                                   # the merge: one softmax over prompt + own tokens
+    a1, a2 = (m1 - m).exp(), (m2 - m).exp()                                                   # [n, Hkv, M, 1]
+    out = (u1 * a1 + u2 * a2) / (z1 * a1 + z2 * a2)                                           # [n, Hkv, M, d]
+    return out.reshape(n, H, T, d).transpose(1, 2).to(query.dtype), None                     # [n, T, H, d]
+
+
+@contextlib.contextmanager
+def attention(model, name):
+    """Run the model's attention layers with a registered attention function for the duration of the block."""
+    from transformers import AttentionInterface
+    AttentionInterface.register("shared_prompts", shared_prompt_attention)
+    old, model.config._attn_implementation = model.config._attn_implementation, name
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = old
 
 
 def _plan(num_prompts, n, batch_size):
@@ -128,15 +171,14 @@ def _plan(num_prompts, n, batch_size):
 
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None, decode="dynamic"):
+             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None, share=None):
     """prompt_ids: list of token-id lists. Returns, per prompt, n completions as token-id lists (EOS kept).
 
     Stops at EOS, at max_new_tokens, or (with a tokenizer) once the decoded tail contains a stop string.
-    decode: "dynamic" (a growing KV cache; finished rows leave the batch), "static" (a preallocated cache of prompt +
-    max_new_tokens slots; finished rows ride along, ignored) or "compiled" ("static" with the decode step under
-    torch.compile(mode="reduce-overhead"): CUDA graphs on a GPU). All three sample the same tokens."""
-    if decode not in DECODE:
-        raise ValueError(f"decode must be one of {DECODE}, not {decode!r}")
+    share (default: shares_prompts(model)): each prompt's K/V is held once, and its rows' cache holds only their own
+    tokens (shared_prompt_attention); False copies the prompt's K/V to each of its n rows (sliding-window models,
+    and bench.py's baseline). Both sample the same tokens, up to float rounding."""
+    share = shares_prompts(model) if share is None else share
     device = next(model.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     results = [[] for _ in prompt_ids]
@@ -144,48 +186,45 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     for batch in _plan(len(prompt_ids), n, batch_size):
         ids, mask, positions = left_pad([prompt_ids[p] for p, _ in batch], pad_token_id, device)           # [J, P]
         out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        expand = torch.repeat_interleave(torch.arange(len(batch), device=device),
-                                         torch.tensor([c for _, c in batch], device=device))                # [R]
-        cache = out.past_key_values                   # prefill once per prompt, then copy its KV cache to n rows
-        logits, mask = out.logits[expand, -1], mask[expand]                                                # [R, V]
-        position = mask.sum(-1, keepdim=True)                                                               # [R, 1]
-        width, forward, kw = mask.shape[1], model, {}
-        if decode == "dynamic":
-            cache.batch_select_indices(expand)
-        else:                                         # fixed shapes: a preallocated cache, every row to the end
-            cache = _static_cache(model, cache, expand, width + max_new_tokens)
-            mask = torch.cat([mask, mask.new_zeros(len(expand), max_new_tokens)], dim=1)                    # [R, M]
-            slot = "cache_position" in inspect.signature(model.forward).parameters   # transformers that still take it
-            if decode == "compiled":     # each step replays as a CUDA graph; dynamo compiles once per process
-                forward = torch.compile(model.forward, mode="reduce-overhead", fullgraph=True)
+        counts = torch.tensor([c for _, c in batch], device=device)                                         # [J]
+        prompt = torch.repeat_interleave(torch.arange(len(batch), device=device), counts)                   # [R]
+        logits, position = out.logits[prompt, -1], mask.sum(-1, keepdim=True)[prompt]                      # [R, V]
+        cache, kw = out.past_key_values, {}                                    # prefilled once per prompt
+        if share:                                        # the prompts' K/V stay as they are; rows get a new cache
+            slot = torch.arange(len(prompt), device=device) - (torch.cumsum(counts, 0) - counts)[prompt]   # [R]
+            layers = [(layer.keys, layer.values) for layer in cache.layers]
+            prompts = ([k for k, _ in layers], [v for _, v in layers], mask.bool(), prompt, slot, max(counts.tolist()))
+            cache, kw = DynamicCache(), {"shared_prompts": prompts}
+        else:
+            cache.batch_select_indices(prompt)                                 # copy each prompt's K/V to its rows
+            mask = mask[prompt]                                                                             # [R, P]
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
-        for t in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_p, generator)                                        # [R]
-            keep = []
-            for row, tok in zip(live.tolist(), nxt.tolist()):
-                tokens[row].append(tok)
-                done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
-                    s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
-                keep.append(not done)
-            if not any(keep):
-                break
-            if not all(keep):
-                sel = torch.tensor(keep, device=device)
-                live, nxt = live[sel], nxt[sel]
-                if decode == "dynamic":                                        # drop finished rows from the batch
-                    mask, position = mask[sel], position[sel]
+        with attention(model, "shared_prompts" if share else model.config._attn_implementation):
+            for _ in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_p, generator)                                    # [R]
+                keep = []
+                for row, tok in zip(live.tolist(), nxt.tolist()):
+                    tokens[row].append(tok)
+                    done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
+                        s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
+                    keep.append(not done)
+                if not any(keep):
+                    break
+                if not all(keep):                                              # drop finished rows from the batch
+                    sel = torch.tensor(keep, device=device)
+                    live, nxt, position = live[sel], nxt[sel], position[sel]
                     cache.batch_select_indices(sel.nonzero().squeeze(-1))
-            if decode == "dynamic":
-                mask, ids, rows = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1), nxt[:, None], slice(None)
-            else:                                     # finished rows decode padding, which is ignored
-                mask[:, width + t] = 1
-                ids = torch.full((len(owner), 1), pad_token_id, device=device).index_put_((live,), nxt[:, None])
-                rows, kw = live, {"cache_position": torch.tensor([width + t], device=device)} if slot else {}
-            logits = forward(input_ids=ids, attention_mask=mask, position_ids=position, past_key_values=cache,
-                             use_cache=True, **kw).logits[rows, -1]
-            position = position + 1
+                    if share:
+                        kw["shared_prompts"] = prompts[:3] + (prompts[3][live], prompts[4][live], prompts[5])
+                    else:
+                        mask = mask[sel]
+                if not share:
+                    mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+                logits = model(input_ids=nxt[:, None], attention_mask=None if share else mask, position_ids=position,
+                               past_key_values=cache, use_cache=True, **kw).logits[:, -1]
+                position = position + 1
         for row, p in enumerate(owner):
             results[p].append(tokens[row])
         bar.update(len(owner))

@@ -23,7 +23,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
-from generation import DECODE, generate, left_pad, load_model
+from generation import attention, generate, left_pad, load_model, shares_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import reward
 
@@ -59,8 +59,6 @@ def parse_args(argv=None):
     a("--variant-seed", type=int, default=0, help="draft selection and derangement, built once and shared by seeds")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
-    a("--decode", default="dynamic", choices=DECODE,
-      help="KV cache: dynamic, static, or compiled (static + CUDA graphs); same tokens")
     a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
     a("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (faster, more memory)")
     args = ap.parse_args(argv)
@@ -145,12 +143,13 @@ def micro_batches(lengths, budget):
 def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id):
     """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions); return the loss.
     The prompts run forward once (as many at a time as --micro-batch-tokens allows); their K/V and last hidden
-    states are cut from the graph as leaves, completions attend to them micro-batch by micro-batch (sorted by
-    length), and the gradient gathered on the leaves then flows back through the prompts once. One update per
+    states are cut from the graph as leaves; each prompt's completions attend to its K/V, held once
+    (generation.shared_prompt_attention), micro-batch by micro-batch (sorted by length), and the gradient gathered
+    on the leaves then flows back through the prompts once. One update per
     batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
     groups = [b for b in range(B) if not zero_std[b]]          # zero-std groups: every advantage is 0, no gradient
-    decoder, loss_sum = model.get_decoder(), 0.0
+    decoder, loss_sum, share = model.get_decoder(), 0.0, shares_prompts(model)
     for chunk in micro_batches([len(prompt_ids[b]) for b in groups], args.micro_batch_tokens):   # B' prompts
         cache = _replayable_cache()
         ids, prompt_mask, positions = left_pad([prompt_ids[groups[j]] for j in chunk], pad_token_id, device)
@@ -159,26 +158,31 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
                          use_cache=True).last_hidden_state                                         # [B', P, H]
         states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]   # last hidden, K0, V0, ...
         leaves = [t.detach().requires_grad_() for t in states]
-        live = [(i, groups[j], g) for i, j in enumerate(chunk) for g in range(G)]
-        for mb in micro_batches([width + len(completions[b][g]) for _, b, g in live], args.micro_batch_tokens):
-            rows = [live[j] for j in mb]
-            seqs = [completions[b][g] for _, b, g in rows]
-            T = max(map(len, seqs))
-            comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
-            comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T] mask
-            idx = torch.tensor([i for i, _, _ in rows], device=device)                    # [n] row -> its prompt
-            prefix = [(k[idx], v[idx]) for k, v in zip(leaves[1::2], leaves[2::2])]      # [n, heads, P, d] each
-            hidden = decoder(input_ids=comp_ids, attention_mask=torch.cat([prompt_mask[idx], comp], dim=1),
-                             position_ids=lengths[idx, None] + torch.arange(T, device=device), use_cache=True,
-                             past_key_values=_replayable_cache(prefix)).last_hidden_state  # [n, T, H]
-            hidden = torch.cat([leaves[0][idx], hidden[:, :-1]], dim=1)                   # [n, T, H]: t predicts t
-            logprobs = completion_logprobs(model, hidden, comp_ids, comp)                 # [n, T]
-            adv = torch.stack([advantages[b, g] for _, b, g in rows]).to(device)          # [n]
-            loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, comp.float(), args.max_new_tokens,
-                                args.clip_eps)
-            loss = loss * len(rows) / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
-            loss.backward()
-            loss_sum += loss.item()
+        keys, values = leaves[1::2], leaves[2::2]                                   # per layer [B', Hkv, P, d]
+        with attention(model, "shared_prompts" if share else model.config._attn_implementation):  # and backward
+            for i, b in ((i, groups[j]) for i, j in enumerate(chunk)):
+                for mb in micro_batches([width + len(c) for c in completions[b]], args.micro_batch_tokens):
+                    seqs, n = [completions[b][g] for g in mb], len(mb)
+                    T = max(map(len, seqs))
+                    comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
+                    comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [n, T]
+                    kv = [(k[i:i + 1], v[i:i + 1]) for k, v in zip(keys, values)]     # this prompt's, [1, Hkv, P, d]
+                    if share:   # its K/V once for all n rows (views, no copy); the rows keep no cache
+                        kw = {"use_cache": False, "shared_prompts": ([k for k, _ in kv], [v for _, v in kv],
+                              prompt_mask[i:i + 1].bool(), comp.new_zeros(n), torch.arange(n, device=device), n)}
+                    else:       # sliding-window models: copied to each row, attended through a cache
+                        kw = {"use_cache": True, "past_key_values": _replayable_cache(
+                              [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]),
+                              "attention_mask": torch.cat([prompt_mask[i:i + 1].expand(n, -1), comp], dim=1)}
+                    hidden = decoder(input_ids=comp_ids, position_ids=(lengths[i] + torch.arange(T, device=device))
+                                     .expand(n, -1), **kw).last_hidden_state                    # [n, T, H]
+                    hidden = torch.cat([leaves[0][i:i + 1].expand(n, -1, -1), hidden[:, :-1]], dim=1)  # t predicts t
+                    logprobs = completion_logprobs(model, hidden, comp_ids, comp)                  # [n, T]
+                    loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, mb].to(device), comp.float(),
+                                        args.max_new_tokens, args.clip_eps)
+                    loss = loss * n / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+                    loss.backward()
+                    loss_sum += loss.item()
         torch.autograd.backward(states, [leaf.grad for leaf in leaves])
     return loss_sum
 
@@ -302,7 +306,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             completions = generate(model, prompt_ids, n=G, max_new_tokens=L, temperature=args.temperature,
                                    top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
                                    pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
-                                   batch_size=args.rollout_batch_size, decode=args.decode)
+                                   batch_size=args.rollout_batch_size)
         t1 = time.time()
         texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in completions]
         rewards = torch.tensor([[reward_fn(t, r["answer"]) for t in group] for group, r in zip(texts, batch)],

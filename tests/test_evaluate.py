@@ -62,8 +62,6 @@ def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
     again = evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8"))
     assert records.read_text().splitlines() == full                  # nothing lost, nothing duplicated
     assert again == summary
-    evaluate.main(eval_args(tmp_path / "static", "--samples", "8", "--k", "1,2,4,8", "--decode", "static"))
-    assert (tmp_path / "static" / "r.json.records.jsonl").read_text().splitlines() == full   # the same samples
     with pytest.raises(ValueError, match="another configuration"):         # nothing of the first run is lost
         evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8", "--seed", "1"))
     assert records.read_text().splitlines() == full
@@ -96,20 +94,91 @@ def test_sampling_is_reproducible_and_shares_the_prompt(tiny):
     assert [len(x) for x in small] == [5, 5]
 
 
-@pytest.mark.parametrize("decode", ["static", "compiled"])
-def test_static_and_compiled_decode_sample_what_the_dynamic_cache_samples(sharp, decode):
-    """The preallocated-cache path (and its torch.compile'd step, CUDA graphs on a GPU; inductor here) must give
-    the dynamic path's tokens: sampled, prompts of different lengths, rows finishing at different steps."""
+def _rows_ending_apart(model, tok, ids, **kw):
+    """An EOS that some rows sample early and others never: rows finish at different steps."""
+    free = generate(model, ids, eos_token_id=-1, share=False, **kw)
+    return free[0][0][2]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("n,batch_size", [(4, 64), (4, 3), (1, 64), (7, 5)])
+def test_shared_prompts_sample_what_copied_prompts_sample(sharp, temperature, n, batch_size):
+    """Holding each prompt's K/V once (shared_prompt_attention) must give the tokens of copying it to every row:
+    greedy and sampled, prompts of different lengths, one that contains the pad id, rows finishing at different
+    steps, n = 1, and batches that split a prompt's samples or mix prompts."""
     model, tok = sharp
-    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement with $x^2$")["input_ids"]]
-    kw = dict(n=4, max_new_tokens=12, temperature=1.0, top_p=0.95, pad_token_id=tok.pad_token_id, seed=3)
-    free = generate(model, ids, eos_token_id=-1, **kw)
-    eos = free[0][0][2]                                               # a token some rows sample early: ends them
-    dynamic = generate(model, ids, eos_token_id=eos, **kw)
-    assert len({len(s) for group in dynamic for s in group}) > 1     # rows do finish at different steps
-    assert generate(model, ids, eos_token_id=eos, decode=decode, **kw) == dynamic
-    assert generate(model, ids, eos_token_id=eos, decode=decode, batch_size=3, **kw) == \
-        generate(model, ids, eos_token_id=eos, batch_size=3, **kw)   # batches of other sizes and prompt widths
+    long = tok("Problem: a much longer problem statement with $x^2$")["input_ids"]
+    ids = [tok("Problem: x")["input_ids"], long[:6] + [tok.pad_token_id] + long[6:], tok("Problem: y = 2")["input_ids"]]
+    kw = dict(n=n, max_new_tokens=12, temperature=temperature, top_p=0.95, pad_token_id=tok.pad_token_id, seed=3,
+              batch_size=batch_size)
+    eos = _rows_ending_apart(model, tok, ids, **kw)
+    copied = generate(model, ids, eos_token_id=eos, share=False, **kw)
+    assert len({len(s) for group in copied for s in group}) > 1      # rows do finish at different steps
+    assert generate(model, ids, eos_token_id=eos, share=True, **kw) == copied
+
+
+@pytest.mark.parametrize("family", ["qwen2", "llama"])
+def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
+    """The attention seam is transformers', not a forked model file: Qwen2 (q/k/v biases, tied embeddings) and Llama
+    (GQA) give the copied path's tokens; their sharpened attention makes a slip change the tokens."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    config_cls, model_cls = (Qwen2Config, Qwen2ForCausalLM) if family == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    config = config_cls(vocab_size=len(tiny[1]), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=family == "qwen2")
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+        model.get_output_embeddings().weight.mul_(30)
+    ids = [tiny[1]("Problem: x")["input_ids"], tiny[1]("Problem: a longer problem, $x^2$")["input_ids"]]
+    kw = dict(n=4, max_new_tokens=10, temperature=1.0, top_p=1.0, pad_token_id=tiny[1].pad_token_id, seed=1)
+    assert generate(model, ids, share=True, **kw) == generate(model, ids, share=False, **kw)
+
+
+def test_shared_prompt_attention_equals_attention_over_the_concatenation():
+    """The exact merge: prompt part (one copy per prompt, left padding masked) + own part (causal), against softmax
+    attention over [prompt; own] keys per row; values and gradients, with GQA and prompts of 1 or 3 rows."""
+    from generation import shared_prompt_attention
+    torch.manual_seed(0)
+    B, Hkv, H, P, S, T, d = 2, 2, 4, 5, 4, 3, 8
+    prompt, slot = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0])
+    mask = torch.tensor([[False, True, True, True, True], [False, False, False, True, True]])
+    kp, vp = torch.randn(B, Hkv, P, d, requires_grad=True), torch.randn(B, Hkv, P, d, requires_grad=True)
+    q, k, v = (torch.randn(4, h, t, d, requires_grad=True) for h, t in ((H, T), (Hkv, S), (Hkv, S)))
+    layer = type("Layer", (), {"layer_idx": 0})()
+    out, _ = shared_prompt_attention(layer, q, k, v, scaling=d ** -0.5,
+                                     shared_prompts=([kp], [vp], mask, prompt, slot, 3))         # [n, T, H, d]
+    keys = torch.cat([kp[prompt], k], 2).repeat_interleave(H // Hkv, 1)                          # [n, H, P+S, d]
+    values = torch.cat([vp[prompt], v], 2).repeat_interleave(H // Hkv, 1)
+    allowed = torch.cat([mask[prompt][:, None, :].expand(-1, T, -1),                            # [n, T, P+S]
+                         (torch.arange(S) <= torch.arange(S - T, S)[:, None]).expand(4, -1, -1)], -1)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None]).transpose(1, 2)
+    assert torch.allclose(out, ref, atol=1e-6)
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v, kp, vp))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v, kp, vp))):
+        assert torch.allclose(g, r, atol=1e-5)
+
+
+def test_sliding_window_models_copy_the_prompt(sharp, monkeypatch):
+    """Our attention does not implement a sliding window: such a model takes the copying path (and its tokens are
+    the copied path's), while a full-attention model goes through shared_prompt_attention."""
+    import copy
+    import generation
+    calls = []
+    real = generation.shared_prompt_attention
+    monkeypatch.setattr(generation, "shared_prompt_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    model, tok = sharp
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
+    kw = dict(n=3, max_new_tokens=6, temperature=1.0, pad_token_id=tok.pad_token_id, seed=2)
+    generate(model, ids, **kw)
+    assert calls and generation.shares_prompts(model)
+    windowed = copy.deepcopy(model)
+    windowed.config.sliding_window = 4
+    calls.clear()
+    assert not generation.shares_prompts(windowed)
+    assert generate(windowed, ids, **kw) == generate(windowed, ids, share=False, **kw) and not calls
 
 
 def test_stop_strings_end_generation(tiny):
