@@ -49,6 +49,15 @@ def load_jsonl(path, required=("id", "problem", "answer")):
     return rows
 
 
+def load_json(path):
+    """A whole-file JSON document; a bad one is an error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
+
+
 def read_resumable(path):
     """Records of a JSONL file that is appended to as work is done; a torn last line (a crash mid-write) is
     removed from the file, so rerunning the same command continues where it stopped."""
@@ -223,11 +232,7 @@ def cmd_generate(args):
 
 def cmd_import(args):
     """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts."""
-    with open(args.src, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.src}: not valid JSON at line {e.lineno} ({e.msg})") from None
+    data = load_json(args.src)
     if not isinstance(data, list):
         raise ValueError(f"{args.src}: expected a JSON list of problems")
     with open(args.out, "w", encoding="utf-8") as out:

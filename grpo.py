@@ -10,7 +10,6 @@ advantages, and ONE AdamW step is taken on the LoRA weights. Lines tagged `# Dr.
 import argparse
 import functools
 import json
-import math
 import os
 import re
 import shutil
@@ -23,7 +22,8 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
+from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
+                    read_resumable, training_problems)
 from generation import DECODE, generate, left_pad, load_model
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
@@ -266,15 +266,12 @@ def resume(args, model, optimizer):
 
 
 def _keep_metrics_upto(path, step):
-    """Drop metrics.jsonl lines past `step` (written after the checkpoint resumed from); return the kept records."""
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
+    """metrics.jsonl's records up to `step` (later ones, and a line torn by a crash, are dropped from the file)."""
+    records = [r for r in read_resumable(path) if r["step"] <= step]
     with open(path + ".tmp", "w") as f:
-        f.writelines(lines)
+        f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(path + ".tmp", path)
-    return [json.loads(l) for l in lines]
+    return records
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -320,15 +317,12 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         optimizer.zero_grad(set_to_none=False)
         loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        skipped = not (math.isfinite(loss_sum) and math.isfinite(grad_norm.item()))
-        if skipped:                  # a NaN/inf never reaches the LoRA weights, AdamW's moments or a checkpoint
-            optimizer.zero_grad(set_to_none=False)
-        else:
+        skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
+        if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
             optimizer.step()
         skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
-        answers = [[lenient_answer(t) for t in group] for group in texts]                 # [B][G], as rewarded
-        rate = lambda key: (sum(is_equiv(a, r[key]) for group, r in zip(answers, batch) for a in group) / (B * G)
-                            if "draft_pred" in batch[0] else None)                   # null without drafts
+        answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G], as rewarded
+        rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
         record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
                   "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
@@ -342,7 +336,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
         if streak >= MAX_SKIPS:
             raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
-                                     f"and were skipped; try a lower --lr, and check the data and the model's dtype")
+                                     "(skipped); try a lower --lr, and check the data and the model's dtype")
         if step % args.save_every == 0 or step == args.max_steps:
             save_checkpoint(args, step, model, optimizer)
     return model
