@@ -352,3 +352,10 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
     assert loaded[-1].model.embed_tokens.weight.dtype == torch.bfloat16 and summary["num_problems"] == 3
     records = [json.loads(l) for l in open(tmp_path / "r.json.records.jsonl")]
     assert len(records) == 3 and all(r["tokens"] > 0 for r in records)
+
+
+def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
+    assert grpo._keep_metrics_upto(str(path), 2) == [{"step": 1, "skipped": False}, {"step": 2, "skipped": True}]
+    assert [json.loads(l)["step"] for l in open(path)] == [1, 2]
