@@ -283,14 +283,14 @@ def plot_results(specs, reference=None):
         if greedy:
             pass1 = {label: [100 * value(r, "strict.pass@1") for r in rs] for label, rs in series.items()}
             for x, (label, ys) in enumerate(pass1.items()):
-                ax.scatter(x + np.linspace(-0.12, 0.12, len(ys)), ys, s=14, alpha=0.6, color=color[label])
+                ax.scatter(x + np.linspace(-0.15, 0.15, len(ys) + 2)[1:-1], ys, s=14, alpha=0.6, color=color[label])
                 ax.errorbar(x, np.mean(ys), yerr=np.std(ys, ddof=1) if len(ys) > 1 else 0, fmt="_k", ms=22, capsize=5)
                 if label != reference and min(len(ys), len(pass1.get(reference, []))) > 1:
                     ax.annotate(f"p = {welch_t_test(ys, pass1[reference])[1]:.2g}", (x, max(ys)), xytext=(0, 8),
                                 textcoords="offset points", ha="center")
             ax.set_xticks(range(len(pass1)), list(pass1), rotation=20, ha="right")
             ax.set(ylabel="strict pass@1 (%)", title=f"{data}: pass@1, mean ± std over seeds"
-                   + (f"\nWelch's p vs {reference}" if reference in pass1 else ""))
+                   + (f"\nWelch's p vs {reference}" if reference in pass1 else ""), xlim=(-0.5, len(pass1) - 0.5))
             continue
         for label, rs in series.items():
             ks = sorted(set.intersection(*({int(k.split("@")[1]) for k in value(r, "strict")} for r in rs)))
