@@ -321,7 +321,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
             optimizer.step()
         skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
-        answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G], as rewarded
+        answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G] (answer, row)
         rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
         record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
