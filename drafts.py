@@ -15,7 +15,7 @@ import random
 import statistics
 import sys
 
-from reward import lenient_answer, reward
+from reward import is_equiv, lenient_answer, reward
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
@@ -46,6 +46,15 @@ def load_jsonl(path, required=("id", "problem", "answer")):
             row["_line"] = lineno
             rows.append(row)
     return rows
+
+
+def load_json(path):
+    """A whole-file JSON document; a bad one is an error naming the file and line."""
+    with open(path, encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
 
 
 def read_resumable(path):
@@ -148,7 +157,8 @@ def derangement(n, rng):
 
 def build_variant(pool, variant, seed=0, length_matched=False):
     """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and the shown
-    draft's labels and tier. Mismatched-X shows, for problem i, the draft matched-X selected for perm[i].
+    draft's labels, tier and answer (draft_pred: the whole draft's, before any cut). Mismatched-X shows, for
+    problem i, the draft matched-X selected for perm[i].
 
     length_matched (the referee's control): row i of every draft variant shows its draft cut (beginning kept) to
     the shortest of the four draft variants' row-i drafts, in characters, so all four train on identical
@@ -179,7 +189,8 @@ def build_variant(pool, variant, seed=0, length_matched=False):
         k, tier = picks[s]
         d = pool[s]["drafts"][k]
         row.update(draft=d["text"].strip(), draft_source=pool[s]["id"], draft_index=k, draft_tier=tier,
-                   draft_correct_strict=d["correct_strict"], draft_correct_quasi=d["correct_quasi"])
+                   draft_correct_strict=d["correct_strict"], draft_correct_quasi=d["correct_quasi"],
+                   draft_pred=d["pred"] if d.get("pred") is not None else lenient_answer(d["text"]))
     return rows
 
 
@@ -220,11 +231,7 @@ def cmd_generate(args):
 
 def cmd_import(args):
     """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts."""
-    with open(args.src, encoding="utf-8") as f:
-        try:
-            data = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{args.src}: not valid JSON at line {e.lineno} ({e.msg})") from None
+    data = load_json(args.src)
     if not isinstance(data, list):
         raise ValueError(f"{args.src}: expected a JSON list of problems")
     with open(args.out, "w", encoding="utf-8") as out:
@@ -249,8 +256,8 @@ def cmd_stats(args):
     tokenizer = load_tokenizer(args.model) if args.model else None
     unit = "tokens" if tokenizer else "chars"
     print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
-    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'same subj':>9s} {'same lvl':>8s} "
-          f"prompt {unit} mean ± std")
+    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'shown = gold':>12s} {'same subj':>9s} "
+          f"{'same lvl':>8s} prompt {unit} mean ± std")
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
         rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
@@ -260,10 +267,11 @@ def cmd_stats(args):
         tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
         frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
         wrong = frac([not r["draft_correct_quasi"] for r in shown])
+        gold = frac([is_equiv(r["draft_pred"], r["answer"]) for r in shown])    # the shown draft's answer is gold
         subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
         lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
         sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
-        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {subj:>9s} {lvl:>8s} "
+        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {gold:>12s} {subj:>9s} {lvl:>8s} "
               f"{statistics.mean(lengths):.1f} ± {sd:.1f}")
 
 

@@ -19,7 +19,10 @@ import statistics
 import sys
 from collections import Counter
 
-from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_jsonl, pending_chunks, read_resumable
+import numpy as np
+
+from drafts import (DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_json, load_jsonl, pending_chunks,
+                    read_resumable)
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -210,21 +213,36 @@ def run(args):
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("by_")}, indent=2))
+    if args.model == "tiny":                    # the README's demo ends here: say what a zero means
+        print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its weights are random, so\n"
+              "pass@1 = 0 and reward=0.000 are expected: the demo tests the plumbing; tests/test_grpo.py, learning.")
     return summary
+
+
+def load_groups(specs):
+    """['label=a.json,b.json', ...] -> {label: [result dicts]}. A repeated label pools its files: the shell turns
+    `label=seed{0..9}.json` into ten words `label=seed0.json` ..., which must mean `label=seed0.json,...`."""
+    groups = {}
+    for spec in specs:
+        label, _, files = spec.rpartition("=")
+        for path in files.split(","):
+            data = load_json(path)
+            groups.setdefault(label or files, []).extend({**r, "file": path} for r in
+                                                         (data if isinstance(data, list) else [data]))
+    return groups
+
+
+def value(result, metric):
+    """result["strict"]["pass@1"] for metric "strict.pass@1"; a missing key names the file."""
+    try:
+        return functools.reduce(lambda v, key: v[key], metric.split("."), result)
+    except (KeyError, TypeError):
+        raise KeyError(f"{result['file']}: no {metric!r}") from None
 
 
 def compare(specs, metric="strict.pass@1"):
     """specs: ['label=a.json,b.json', ...]; prints mean ± std per label and Welch's t against the first."""
-    groups = []
-    for spec in specs:
-        label, _, files = spec.rpartition("=")
-        values = []
-        for path in files.split(","):
-            with open(path) as f:
-                data = json.load(f)
-            values += [100 * functools.reduce(lambda v, key: v[key], metric.split("."), result)
-                       for result in (data if isinstance(data, list) else [data])]
-        groups.append((label or files, values))
+    groups = [(label, [100 * value(r, metric) for r in results]) for label, results in load_groups(specs).items()]
     print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} {'p':>8s}")
     for label, values in groups:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -236,14 +254,89 @@ def compare(specs, metric="strict.pass@1"):
     return groups
 
 
+# ----------------------------------------------------------------------------- figures
+def _pyplot():
+    try:
+        import matplotlib.pyplot as plt         # an optional extra: only the figures need it
+    except ImportError:
+        raise ImportError("evaluate.py plot needs matplotlib: pip install matplotlib") from None
+    plt.switch_backend("Agg")                   # files only, no display
+    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "axes.ymargin": 0.12})
+    return plt
+
+
+def plot_results(specs, reference=None):
+    """Strict pass@k against k per dataset (--samples > 1; baselines, --prompt instruct/draftgen, dashed), then pass@1
+    per variant per dataset (greedy): mean ± std over seeds, every seed a point, Welch's p against `reference`."""
+    plt, groups = _pyplot(), load_groups(specs)
+    if reference is not None and reference not in groups:
+        raise ValueError(f"--reference {reference!r} is none of the labels {list(groups)}")
+    color = {label: f"C{i % 10}" for i, label in enumerate(groups)}                        # one per label
+    panel = lambda r: (value(r, "samples") == 1, os.path.splitext(os.path.basename(value(r, "data")))[0])
+    panels = sorted({panel(r) for rs in groups.values() for r in rs})
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, layout="constrained")
+    for ax, (greedy, data) in zip(axes[0], panels):
+        series = {label: mine for label, rs in groups.items()
+                  if (mine := [r for r in rs if panel(r) == (greedy, data)])}
+        if greedy:
+            pass1 = {label: [100 * value(r, "strict.pass@1") for r in rs] for label, rs in series.items()}
+            for x, (label, ys) in enumerate(pass1.items()):
+                ax.scatter(x + np.linspace(-0.15, 0.15, len(ys) + 2)[1:-1], ys, s=14, alpha=0.6, color=color[label])
+                ax.errorbar(x, np.mean(ys), yerr=np.std(ys, ddof=1) if len(ys) > 1 else 0, fmt="_k", ms=22, capsize=5)
+                if label != reference and min(len(ys), len(pass1.get(reference, []))) > 1:
+                    ax.annotate(f"p = {welch_t_test(ys, pass1[reference])[1]:.2g}", (x, max(ys)), xytext=(0, 8),
+                                textcoords="offset points", ha="center")
+            ax.set_xticks(range(len(pass1)), list(pass1), rotation=20, ha="right")
+            ax.set(ylabel="strict pass@1 (%)", title=f"{data}: pass@1, mean ± std over seeds"
+                   + (f"\nWelch's p vs {reference}" if reference in pass1 else ""), xlim=(-0.5, len(pass1) - 0.5))
+            continue
+        for label, rs in series.items():
+            ks = sorted(set.intersection(*({int(k.split("@")[1]) for k in value(r, "strict")} for r in rs)))
+            ys = np.array([[100 * r["strict"][f"pass@{k}"] for k in ks] for r in rs])       # [seeds, K]
+            ax.plot(ks, ys.mean(0), "--" if rs[0].get("prompt") in ("instruct", "draftgen") else "-", marker="o",
+                    ms=3, color=color[label], label=label + (f" ({len(rs)} seeds, min-max)" if len(rs) > 1 else ""))
+            ax.fill_between(ks, ys.min(0), ys.max(0), color=color[label], alpha=0.2)
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="k", ylabel="strict pass@k (%)", title=f"{data}: pass@k")
+        ax.legend()
+    return fig
+
+
+def plot_metrics(run_dirs, window=20):
+    """The training-curves figure of runs/NAME/metrics.jsonl, one line per run, each a trailing moving average over
+    `window` steps; skipped (non-finite) steps are left out, and so are the no-draft runs' null draft metrics."""
+    plt, name = _pyplot(), lambda d: os.path.basename(os.path.normpath(d))
+    runs = {name(d): load_jsonl(os.path.join(d, "metrics.jsonl"), ("step",)) for d in run_dirs}
+    keys = [k for k in ("reward", "completion_length", "frac_reward_zero_std", "grad_norm", "draft_answer_rate",
+                        "gold_answer_rate") if any(r.get(k) is not None for rs in runs.values() for r in rs)]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 7.2), layout="constrained")
+    for ax, key in zip(axes.flat, keys):
+        for label, rs in runs.items():
+            points = [(r["step"], r[key]) for r in rs if r.get(key) is not None and math.isfinite(r[key])]
+            steps, ys = zip(*points) if points else ((), ())
+            ax.plot(steps, [statistics.mean(ys[max(0, i - window + 1):i + 1]) for i in range(len(ys))], label=label)
+        ax.set(title=f"{key} (moving average, {window} steps)", xlabel="step")
+    for ax in axes.flat[len(keys):]:
+        ax.axis("off")
+    axes.flat[0].legend()
+    return fig
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "compare":
-        ap = argparse.ArgumentParser(prog="evaluate.py compare", description="mean ± std and Welch's t per variant")
-        ap.add_argument("specs", nargs="+", help="LABEL=result.json[,result.json...] (or a JSON list of results)")
-        ap.add_argument("--metric", default="strict.pass@1", help="dotted key into each result JSON")
+    if argv and argv[0] in ("compare", "plot"):
+        ap = argparse.ArgumentParser(prog=f"evaluate.py {argv[0]}", description="seed statistics, or figures")
+        ap.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (repeats pool); plot --metrics: run dirs")
+        ap.add_argument("--metric", default="strict.pass@1", help="compare: dotted key into each result JSON")
+        ap.add_argument("--output", required=argv[0] == "plot", help="plot: the figure file (.png, .pdf, .svg)")
+        ap.add_argument("--reference", default=None, help="plot: the label that Welch's p is taken against")
+        ap.add_argument("--metrics", action="store_true", help="plot: training curves of runs/NAME/metrics.jsonl")
+        ap.add_argument("--smooth", type=int, default=20, help="plot --metrics: moving-average window in steps")
         a = ap.parse_args(argv[1:])
-        return compare(a.specs, a.metric)
+        if argv[0] == "compare":
+            return compare(a.specs, a.metric)
+        fig = plot_metrics(a.specs, a.smooth) if a.metrics else plot_results(a.specs, a.reference)
+        return fig.savefig(a.output, dpi=120)
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--model", default="mistralai/Mathstral-7B-v0.1", help="base model: hub id, local dir, or 'tiny'")
@@ -270,5 +363,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
         sys.exit(f"error: {e}")

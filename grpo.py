@@ -22,10 +22,13 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from drafts import DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool, training_problems
+from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
+                    read_resumable, training_problems)
 from generation import attention, generate, left_pad, load_model, shares_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
-from reward import reward
+from reward import is_equiv, lenient_answer, reward
+
+MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
 
 def parse_args(argv=None):
@@ -267,12 +270,12 @@ def resume(args, model, optimizer):
 
 
 def _keep_metrics_upto(path, step):
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = [l for l in f if l.strip() and json.loads(l)["step"] <= step]
-        with open(path + ".tmp", "w") as f:
-            f.writelines(lines)
-        os.replace(path + ".tmp", path)
+    """metrics.jsonl's records up to `step` (later ones, and a line torn by a crash, are dropped from the file)."""
+    records = [r for r in read_resumable(path) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
+    return records
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -292,7 +295,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
         raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
-    _keep_metrics_upto(metrics_path, start)
+    skipped_steps, streak = sum(r.get("skipped", False) for r in _keep_metrics_upto(metrics_path, start)), 0
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
     bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
                initial=start, total=args.max_steps)
@@ -318,16 +321,26 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         optimizer.zero_grad(set_to_none=False)
         loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id)
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        optimizer.step()
+        skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
+        if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
+            optimizer.step()
+        skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
+        answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G] (answer, row)
+        rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
         record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
                   "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
                   "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
                   "loss": loss_sum, "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
-                  "rollout_time": t1 - t0, "update_time": time.time() - t1, "step_time": time.time() - t0}
+                  "skipped": skipped, "skipped_steps": skipped_steps, "draft_answer_rate": rate("draft_pred"),
+                  "gold_answer_rate": rate("answer"), "rollout_time": t1 - t0, "update_time": time.time() - t1,
+                  "step_time": time.time() - t0}
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+        if streak >= MAX_SKIPS:
+            raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
+                                     "(skipped); try a lower --lr, and check the data and the model's dtype")
         if step % args.save_every == 0 or step == args.max_steps:
             save_checkpoint(args, step, model, optimizer)
     return model
@@ -346,5 +359,5 @@ def main(argv=None):
 if __name__ == "__main__":
     try:
         main()
-    except (FileNotFoundError, ValueError, KeyError) as e:
+    except (FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
         sys.exit(f"error: {e}")

@@ -203,3 +203,25 @@ def test_training_universe_rule():
     assert [r["id"] for r in drafts.training_problems(rows)] == ["a", "e"]
     math = drafts.load_jsonl("data/math_train.jsonl")
     assert len(drafts.training_problems(math)) == 8886                    # the recipe's 8,888 minus 2 empty answers
+
+
+def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(tmp_path, capsys):
+    pool = []
+    for i in range(8):                                  # per problem: a right draft and a wrong one, pred unset
+        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 4, "drafts": [
+            {"text": f"so \\boxed{{{i + 1}}}", "pred": None, "correct_strict": True, "correct_quasi": True},
+            {"text": f"the answer is {i + 100}", "correct_strict": False, "correct_quasi": False}]})
+    pool[0]["drafts"][1]["pred"] = "7"                  # a pool's own pred wins over re-extraction
+    answer = lambda variant: {r["id"]: r["draft_pred"] for r in build_variant(pool, variant)}
+    assert answer("matched-correct") == {f"p{i}": str(i + 1) for i in range(8)}
+    assert answer("matched-wrong") == {"p0": "7", **{f"p{i}": str(i + 100) for i in range(1, 8)}}
+    mismatched = build_variant(pool, "mismatched-correct")
+    assert all(r["draft_pred"] == str(int(r["draft_source"][1:]) + 1) for r in mismatched)  # moves with its draft
+    assert "draft_pred" not in build_variant(pool, "no-draft")[0]
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps(p) + "\n" for p in pool))
+    drafts.main(["stats", "--drafts", str(path)])
+    table = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
+    gold = {v: row[3] for v, row in table.items()}      # the "shown = gold" column
+    assert gold == {"no-draft": "-", "matched-wrong": "0.0%", "mismatched-wrong": "0.0%",
+                    "matched-correct": "100.0%", "mismatched-correct": "0.0%"}

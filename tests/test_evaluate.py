@@ -1,4 +1,5 @@
 import json
+import os
 from fractions import Fraction
 from math import comb
 
@@ -208,3 +209,94 @@ def test_compare_reads_seed_files_and_prints_welch(tmp_path, capsys):
     assert [len(v) for _, v in groups] == [10, 10]
     out = capsys.readouterr().out
     assert "mismatched-wrong" in out and "+1.55" in out and "7.74" in out and "0.0000" in out
+
+
+def test_compare_pools_a_repeated_label_as_the_shell_passes_brace_expansions(tmp_path, capsys):
+    values = {"mw": (0.712, 0.725, 0.719, 0.728), "mtw": (0.701, 0.709, 0.704, 0.708)}
+    for name, vs in values.items():
+        for i, v in enumerate(vs):
+            (tmp_path / f"{name}{i}.json").write_text(json.dumps({"strict": {"pass@1": v}}))
+    path = lambda name, i: str(tmp_path / f"{name}{i}.json")
+    braces = [f"{name}={path(name, i)}" for name in values for i in range(4)]      # `mw=mw{0..3}.json`: 4 words
+    commas = [f"{name}=" + ",".join(path(name, i) for i in range(4)) for name in values]
+    assert evaluate.main(["compare", *braces]) == evaluate.main(["compare", *commas])
+    by_braces, by_commas = capsys.readouterr().out.split("variant")[1:]
+    assert by_braces == by_commas and [len(v) for _, v in evaluate.compare(commas)] == [4, 4]
+    t, p = welch_t_test([100 * v for v in values["mtw"]], [100 * v for v in values["mw"]])
+    assert f"{t:7.2f} {p:8.4f}" in by_braces                                        # one row with t and p
+    (tmp_path / "bad.json").write_text("{oops")
+    with pytest.raises(ValueError, match="bad.json: not valid JSON"):
+        evaluate.main(["compare", f"x={tmp_path / 'bad.json'}"])
+    with pytest.raises(KeyError, match="mw0.json: no 'lenient.pass@1'"):
+        evaluate.main(["compare", "--metric", "lenient.pass@1", f"x={path('mw', 0)}"])
+
+
+def fake_result(data, samples, curve, prompt="nodraft"):
+    ks = [2 ** i for i in range(len(curve))]
+    return {"data": f"data/{data}.jsonl", "prompt": prompt, "samples": samples,
+            "strict": {f"pass@{k}": v for k, v in zip(ks, curve)}}
+
+
+def colours(png):
+    from matplotlib.image import imread
+    pixels = imread(png)                                                # [H, W, 4] floats: it decodes
+    return len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1]).tolist()})
+
+
+def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path):
+    pytest.importorskip("matplotlib")
+    files = {}
+    for label, base in (("mw", 0.72), ("mtw", 0.70)):
+        for s in range(3):
+            files.setdefault(label, []).append(tmp_path / f"{label}-greedy{s}.json")
+            files[label][-1].write_text(json.dumps(fake_result("math500", 1, [base + 0.004 * s])))
+    for s in range(2):
+        files["mw"].append(tmp_path / f"mw-aime{s}.json")
+        files["mw"][-1].write_text(json.dumps(fake_result("aime2025", 16, [0.1 + s / 50, 0.2, 0.3, 0.4, 0.5])))
+    (tmp_path / "base.json").write_text(json.dumps(fake_result("aime2025", 16, [0.05, 0.1, 0.2, 0.3, 0.35],
+                                                               "instruct")))
+    specs = [f"mw={f}" for f in files["mw"]] + ["mtw=" + ",".join(map(str, files["mtw"])),
+                                                 f"base={tmp_path / 'base.json'}"]
+    fig = evaluate.plot_results(specs, reference="mtw")
+    passk, greedy = fig.axes
+    assert passk.get_title() == "aime2025: pass@k" and passk.get_xscale() == "log"
+    assert [(l.get_label(), l.get_linestyle()) for l in passk.get_lines()] == [("mw (2 seeds, min-max)", "-"),
+                                                                                ("base", "--")]   # baseline dashed
+    assert list(passk.get_lines()[0].get_xdata()) == [1, 2, 4, 8, 16]
+    assert passk.get_lines()[0].get_ydata()[0] == pytest.approx(100 * (0.1 + 0.01))              # mean of seeds
+    assert greedy.get_title().startswith("math500: pass@1") and "vs mtw" in greedy.get_title()
+    p = welch_t_test([72.0, 72.4, 72.8], [70.0, 70.4, 70.8])[1]
+    assert [t.get_text() for t in greedy.texts] == [f"p = {p:.2g}"]                   # mw against the reference
+    assert [t.get_text() for t in greedy.get_xticklabels()] == ["mw", "mtw"]
+    evaluate.main(["plot", *specs, "--reference", "mtw", "--output", str(tmp_path / "fig.png")])
+    assert colours(tmp_path / "fig.png") > 50                                          # not blank
+    with pytest.raises(ValueError, match="--reference 'nope'"):
+        evaluate.plot_results(specs, reference="nope")
+
+
+def test_plot_metrics_draws_training_curves(tmp_path):
+    pytest.importorskip("matplotlib")
+    for run, rate in (("mw-seed0", 0.1), ("nd-seed0", None)):
+        os.makedirs(tmp_path / run)
+        with open(tmp_path / run / "metrics.jsonl", "w") as f:
+            for step in range(1, 41):
+                f.write(json.dumps({"step": step, "reward": step / 40, "completion_length": 100 - step,
+                                    "frac_reward_zero_std": 0.5, "grad_norm": float("nan") if step == 7 else 0.1,
+                                    "draft_answer_rate": rate, "gold_answer_rate": rate and step / 40}) + "\n")
+    fig = evaluate.plot_metrics([str(tmp_path / "mw-seed0"), str(tmp_path / "nd-seed0") + "/"], window=4)
+    shown = [ax for ax in fig.axes if ax.get_title()]
+    assert [ax.get_title().split()[0] for ax in shown] == ["reward", "completion_length", "frac_reward_zero_std",
+                                                            "grad_norm", "draft_answer_rate", "gold_answer_rate"]
+    reward = shown[0].get_lines()[0]
+    assert reward.get_label() == "mw-seed0" and reward.get_ydata()[5] == pytest.approx((3 + 4 + 5 + 6) / 4 / 40)
+    assert len(shown[3].get_lines()[0].get_xdata()) == 39                              # the NaN step left out
+    assert [len(l.get_xdata()) for l in shown[4].get_lines()] == [40, 0]               # no-draft: no draft curve
+    evaluate.main(["plot", "--metrics", str(tmp_path / "mw-seed0"), "--output", str(tmp_path / "curves.png")])
+    assert colours(tmp_path / "curves.png") > 50
+
+
+def test_plot_without_matplotlib_names_the_install_command(tmp_path, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)                      # as if not installed
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        evaluate.main(["plot", "--metrics", str(tmp_path), "--output", str(tmp_path / "x.png")])

@@ -246,3 +246,116 @@ def test_policy_update_frees_each_micro_batch_kv_cache_without_the_cycle_collect
         assert sum(isinstance(o, DynamicCache) for o in gc.get_objects()) == 0
     finally:
         gc.enable()
+
+
+def tiny_trainer(tmp_path, *extra):
+    from generation import load_model
+    from lora import apply_lora
+    model, tok = load_model("tiny", device="cpu")
+    torch.manual_seed(0)
+    apply_lora(model, r=4, alpha=8, verbose=False)
+    args = run_args(tmp_path, "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "4",
+                    "--lr", "0.05", *extra)
+    return model, tok, args
+
+
+def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, monkeypatch):
+    import copy
+    from safetensors.torch import load_file
+    from lora import lora_parameters
+    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "12", "--save-every", "2")
+    rows = [{"id": str(i), "problem": f"Say {i}", "answer": "x", "draft": None} for i in range(4)]
+    optimizers, seen = [], {}                           # seen[step]: (LoRA weights, AdamW state) before its update
+
+    class Recorded(torch.optim.AdamW):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            optimizers.append(self)
+    monkeypatch.setattr(torch.optim, "AdamW", Recorded)
+    update = grpo.policy_update
+
+    def poisoned(model, *a, **kw):                      # step 3: a NaN loss; steps 5-9: NaN gradients
+        step = len(seen) + 1
+        seen[step] = ({k: v.detach().clone() for k, v in lora_parameters(model).items()},
+                      copy.deepcopy(optimizers[0].state_dict()["state"]))
+        loss = update(model, *a, **kw)
+        if step >= 5:
+            next(p for p in model.parameters() if p.requires_grad).grad[0, 0] = float("nan")
+        return float("nan") if step == 3 else loss
+    monkeypatch.setattr(grpo, "policy_update", poisoned)
+    with pytest.raises(FloatingPointError, match=r"step 9: 5 steps in a row .* lower --lr"):
+        grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
+    same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    state = lambda s: {f"{i}.{k}": v for i, d in seen[s][1].items() for k, v in d.items()}
+    assert not same(seen[2][0], seen[3][0]) and same(seen[3][0], seen[4][0])   # a real step moves, a skip does not
+    assert same(state(3), state(4)) and not same(state(4), state(5))            # nor do AdamW's moments and count
+    assert same(load_file(tmp_path / "step-8" / "adapter_model.safetensors"), seen[5][0])  # no NaN in a checkpoint
+    metrics = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert [m["skipped"] for m in metrics] == [False, False, True, False] + [True] * 5
+    assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 2, 3, 4, 5, 6]
+    assert all(m["draft_answer_rate"] is None and m["gold_answer_rate"] is None for m in metrics)   # no drafts
+    monkeypatch.setattr(grpo, "policy_update", update)  # resuming from step 8 keeps the count
+    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "9", "--resume")
+    grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
+    assert [json.loads(l)["skipped_steps"] for l in open(tmp_path / "metrics.jsonl")][-2:] == [5, 5]
+
+
+def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_path, monkeypatch):
+    model, tok, args = tiny_trainer(tmp_path, "--variant", "mismatched-wrong", "--max-steps", "1",
+                                    "--num-generations", "4")
+    rows = [{"id": "a", "problem": "p", "answer": "3", "draft": "so 7", "draft_pred": "7"},
+            {"id": "b", "problem": "q", "answer": "5", "draft": "no answer", "draft_pred": None}]
+    texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"], ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
+    monkeypatch.setattr(grpo, "step_rows", lambda rows, *a: rows)
+    monkeypatch.setattr(grpo, "generate", lambda *a, **kw: [[tok(t, add_special_tokens=False)["input_ids"]
+                                                              for t in group] for group in texts])
+    grpo.train(args, rows, model, tok)
+    m = json.loads(open(tmp_path / "metrics.jsonl").read())
+    assert (m["draft_answer_rate"], m["gold_answer_rate"], m["reward"]) == (2 / 8, 3 / 8, 3 / 8)
+
+
+def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatch):
+    """The GPU's dtype, on the CPU: a bf16 base under fp32 LoRA through train, checkpoint, resume and evaluate."""
+    import evaluate
+    import generation
+    from safetensors.torch import load_file
+    loaded, load = [], generation.load_model
+
+    def load_bf16(name, **kw):
+        model, tok = load(name, device="cpu", dtype=torch.bfloat16)
+        loaded.append(model)
+        return model, tok
+    monkeypatch.setattr(grpo, "load_model", load_bf16)
+    monkeypatch.setattr(generation, "load_model", load_bf16)
+    common = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl", "--exclude", "",
+              "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
+              "--save-every", "2", "--max-steps", "4"]
+    monkeypatch.setattr(grpo, "reward", scripted_rewards())
+    grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
+    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=2 * 6 + 1))   # dies inside step 3
+    with pytest.raises(Crash):
+        grpo.main(["--output-dir", str(tmp_path / "part"), *common])
+    rest = scripted_rewards()
+    for _ in range(2 * 6):
+        rest("", "")
+    monkeypatch.setattr(grpo, "reward", rest)
+    grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
+    for name in ("adapter_model.safetensors", "optimizer.safetensors"):
+        a, b = load_file(tmp_path / "whole" / "step-4" / name), load_file(tmp_path / "part" / "step-4" / name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    metrics = [json.loads(l) for l in open(tmp_path / "whole" / "metrics.jsonl")]
+    assert all(m["grad_norm"] > 0 and not m["skipped"] for m in metrics)      # bf16 steps really update
+    base = {k: v.clone() for k, v in loaded[0].state_dict().items() if "lora_" not in k}
+    summary = evaluate.main(["--model", "tiny", "--adapter", str(tmp_path / "whole" / "step-4"), "--data",
+                             "data/math500.jsonl", "--limit", "3", "--max-new-tokens", "8",
+                             "--output", str(tmp_path / "r.json")])
+    assert loaded[-1].model.embed_tokens.weight.dtype == torch.bfloat16 and summary["num_problems"] == 3
+    records = [json.loads(l) for l in open(tmp_path / "r.json.records.jsonl")]
+    assert len(records) == 3 and all(r["tokens"] > 0 for r in records)
+
+
+def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
+    assert grpo._keep_metrics_upto(str(path), 2) == [{"step": 1, "skipped": False}, {"step": 2, "skipped": True}]
+    assert [json.loads(l)["step"] for l in open(path)] == [1, 2]

@@ -24,7 +24,8 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
         "--lr", "5e-6", "--save-every", "2", "--seed", "0")
     metrics = [json.loads(l) for l in open(os.path.join(runs, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert {"reward", "completion_length", "step_time", "frac_reward_zero_std"} <= set(metrics[0])
+    assert {"reward", "completion_length", "step_time", "frac_reward_zero_std", "skipped_steps"} <= set(metrics[0])
+    assert all(0 <= m["draft_answer_rate"] <= 1 and 0 <= m["gold_answer_rate"] <= 1 for m in metrics)  # drafts shown
     for step in (2, 4):
         files = set(os.listdir(os.path.join(runs, f"step-{step}")))
         assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= files
@@ -33,6 +34,7 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
               "data/math500.jsonl", "--limit", "4", "--max-new-tokens", "16", "--output", str(tmp_path / "r.json"))
     summary = json.load(open(tmp_path / "r.json"))
     assert summary["num_problems"] == 4 and "pass@1" in summary["strict"] and '"pass@1"' in out
+    assert out.rstrip().endswith("tests/test_grpo.py, learning.") and "weights are random" in out   # what 0 means
 
 
 def test_cli_errors_name_the_problem(tmp_path):
