@@ -145,11 +145,12 @@ def shared_prompt_attention(module, query, key, value, attention_mask=None, scal
 
 
 @contextlib.contextmanager
-def attention(model, name):
-    """Run the model's attention layers with a registered attention function for the duration of the block."""
+def sharing_prompts(model, share=True):
+    """Within the block (backward passes included), the model's attention layers run shared_prompt_attention."""
     from transformers import AttentionInterface
     AttentionInterface.register("shared_prompts", shared_prompt_attention)
-    old, model.config._attn_implementation = model.config._attn_implementation, name
+    old = model.config._attn_implementation
+    model.config._attn_implementation = "shared_prompts" if share else old
     try:
         yield
     finally:
@@ -158,15 +159,12 @@ def attention(model, name):
 
 def _plan(num_prompts, n, batch_size):
     """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
-    jobs = [(p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)]
-    batches, current, size = [], [], 0
-    for job in jobs:
-        if size + job[1] > batch_size:
-            batches.append(current)
-            current, size = [], 0
-        current.append(job)
-        size += job[1]
-    return batches + ([current] if current else [])
+    batches = [[]]
+    for job in ((p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)):
+        if sum(c for _, c in batches[-1]) + job[1] > batch_size:
+            batches.append([])
+        batches[-1].append(job)
+    return [b for b in batches if b]
 
 
 @torch.no_grad()
@@ -192,16 +190,16 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         cache, kw = out.past_key_values, {}                                    # prefilled once per prompt
         if share:                                        # the prompts' K/V stay as they are; rows get a new cache
             slot = torch.arange(len(prompt), device=device) - (torch.cumsum(counts, 0) - counts)[prompt]   # [R]
-            layers = [(layer.keys, layer.values) for layer in cache.layers]
-            prompts = ([k for k, _ in layers], [v for _, v in layers], mask.bool(), prompt, slot, max(counts.tolist()))
+            prompts = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], mask.bool(),
+                       prompt, slot, max(counts.tolist()))
             cache, kw = DynamicCache(), {"shared_prompts": prompts}
         else:
             cache.batch_select_indices(prompt)                                 # copy each prompt's K/V to its rows
-            mask = mask[prompt]                                                                             # [R, P]
+        mask = mask[prompt]                                             # [R, P]; read by the copying path only
         owner = [p for p, c in batch for _ in range(c)]
         tokens = [[] for _ in owner]
         live = torch.arange(len(owner), device=device)                                                     # [R]
-        with attention(model, "shared_prompts" if share else model.config._attn_implementation):
+        with sharing_prompts(model, share):
             for _ in range(max_new_tokens):
                 nxt = sample_next(logits, temperature, top_p, generator)                                    # [R]
                 keep = []
@@ -214,15 +212,12 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                     break
                 if not all(keep):                                              # drop finished rows from the batch
                     sel = torch.tensor(keep, device=device)
-                    live, nxt, position = live[sel], nxt[sel], position[sel]
+                    live, nxt, position, mask = live[sel], nxt[sel], position[sel], mask[sel]
                     cache.batch_select_indices(sel.nonzero().squeeze(-1))
                     if share:
                         kw["shared_prompts"] = prompts[:3] + (prompts[3][live], prompts[4][live], prompts[5])
-                    else:
-                        mask = mask[sel]
-                if not share:
-                    mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
-                logits = model(input_ids=nxt[:, None], attention_mask=None if share else mask, position_ids=position,
+                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
+                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
                                past_key_values=cache, use_cache=True, **kw).logits[:, -1]
                 position = position + 1
         for row, p in enumerate(owner):

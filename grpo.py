@@ -24,7 +24,7 @@ from transformers import DynamicCache
 
 from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
                     read_resumable, training_problems)
-from generation import attention, generate, left_pad, load_model, shares_prompts
+from generation import generate, left_pad, load_model, shares_prompts, sharing_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -162,7 +162,7 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
         states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]   # last hidden, K0, V0, ...
         leaves = [t.detach().requires_grad_() for t in states]
         keys, values = leaves[1::2], leaves[2::2]                                   # per layer [B', Hkv, P, d]
-        with attention(model, "shared_prompts" if share else model.config._attn_implementation):  # and backward
+        with sharing_prompts(model, share):                                         # backward too
             for i, b in ((i, groups[j]) for i, j in enumerate(chunk)):
                 for mb in micro_batches([width + len(c) for c in completions[b]], args.micro_batch_tokens):
                     seqs, n = [completions[b][g] for g in mb], len(mb)
