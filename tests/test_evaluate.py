@@ -300,3 +300,20 @@ def test_plot_without_matplotlib_names_the_install_command(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "matplotlib.pyplot", None)                      # as if not installed
     with pytest.raises(ImportError, match="pip install matplotlib"):
         evaluate.main(["plot", "--metrics", str(tmp_path), "--output", str(tmp_path / "x.png")])
+
+
+def test_rollouts_hold_each_prompt_once(tiny):
+    """The KV cache a rollout batch holds is at most B*P + B*G*L tokens (each prompt once, each row its own tokens);
+    copying the prompt to each row holds B*G*(P + L). Counted on every decode step's cache, each tensor once."""
+    import copy
+    from bench import kv_bytes_held                                 # bench.py rollout's counter, on a copy
+    model, tok = copy.deepcopy(tiny[0]), tiny[1]
+    peak = kv_bytes_held(model)
+    B, G, P, L = 3, 4, 40, 10
+    ids = [torch.randint(4, 500, (P,)).tolist() for _ in range(B)]
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
+    for share, bound in ((True, B * P + B * G * L), (False, B * G * (P + L))):
+        peak[0] = 0
+        generate(model, ids, n=G, max_new_tokens=L, eos_token_id=-1, pad_token_id=tok.pad_token_id, share=share)
+        assert (bound - B * G) * per_token <= peak[0] <= bound * per_token, share   # counted entering each step
