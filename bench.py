@@ -474,7 +474,9 @@ def main():
     ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
     args = ap.parse_args()
-    {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout, "gpu": bench_gpu}[args.section](args)
+    sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout,
+                "gpu": bench_gpu}
+    sections[args.section](args)
 
 
 if __name__ == "__main__":
