@@ -128,7 +128,7 @@ def bench_cpu(args):
     result["hf_generate_s"] = time.perf_counter() - t
     result["generate_speedup_vs_hf"] = result["hf_generate_s"] / result["ours_generate_s"]
     result["ours_generate_tok_s"] = tokens / result["ours_generate_s"]
-    lora_model = apply_lora(small_model(tok, args.hidden, args.layers), verbose=False).eval()
+    lora_model = apply_lora(small_model(tok, args.hidden, args.layers)).eval()
     t = time.perf_counter()
     generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
     result["lora_unmerged_generate_s"] = time.perf_counter() - t
@@ -151,7 +151,7 @@ def bench_cpu(args):
                                  str(steps), "--prompts-per-step", str(B), "--num-generations", str(G),
                                  "--max-new-tokens", str(L), "--save-every", "100000", "--exclude", ""])
         torch.manual_seed(0)
-        grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers), verbose=False), tok, reward_fn=reward_fn)
+        grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers)), tok, reward_fn=reward_fn)
         times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
         result[f"ours_step_s_{label}"] = statistics.median(times)
         try:
@@ -204,7 +204,7 @@ def bench_update(args):
     from lora import apply_lora
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
-    model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers), verbose=False)
+    model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers))
     for name, p in model.named_parameters():
         if "lora_B" in name:
             p.data.normal_(0, 0.02)                     # B = 0 would hide the gradient through the prompt
@@ -284,6 +284,47 @@ MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=143
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
                        max_position_embeddings=32768)            # mistralai/Mathstral-7B-v0.1's config.json
 # ----------------------------------------------------------------------------- rollouts: the prompt held once
+def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
+                    pad_token_id=0, seed=0, batch_size=64):
+    """generation.generate before the prompt-once change, as the baseline: each prompt is prefilled once and its K/V
+    copied to each of its n rows, read through the model's own attention (masks and sliding windows included);
+    the same keyed sampling, so the same tokens up to float rounding. No stop strings."""
+    import torch
+    from generation import left_pad, mix, sample_keys, sample_next
+    device, jobs = next(model.parameters()).device, [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
+    results = [[] for _ in prompt_ids]
+    for start in range(0, len(jobs), batch_size):
+        owner = [p for p, _ in jobs[start:start + batch_size]]
+        firsts = sorted(set(owner))
+        ids, mask, positions = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)              # [J, P]
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+        prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
+        cache = out.past_key_values
+        cache.batch_select_indices(prompt)                                     # copy each prompt's K/V to its rows
+        logits, position, mask = out.logits[prompt, -1], mask.sum(-1, keepdim=True)[prompt], mask[prompt]   # [R, *]
+        key, tokens = sample_keys(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
+        live = torch.arange(len(owner), device=device)
+        for t in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_p, mix(key ^ t))
+            for row, tok in zip(live.tolist(), nxt.tolist()):
+                tokens[row].append(tok)
+            keep = nxt != (-1 if eos_token_id is None else eos_token_id)
+            if not keep.any():
+                break
+            if not keep.all():                                                 # drop finished rows from the batch
+                live, nxt, position, mask, key = (x[keep] for x in (live, nxt, position, mask, key))
+                cache.batch_select_indices(keep.nonzero().squeeze(-1))
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                                  # [R, P+t]
+            with torch.no_grad():
+                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
+                               past_key_values=cache, use_cache=True).logits[:, -1]
+            position = position + 1
+        for row, p in enumerate(owner):
+            results[p].append(tokens[row])
+    return results
+
+
 def kv_bytes_held(model):
     """Wrap model.forward to record the most KV-cache bytes held entering any forward: the rows' cache plus the
     prompts' shared K/V, each tensor counted once. Returns the one-element list the peak is kept in."""
@@ -303,7 +344,7 @@ def kv_bytes_held(model):
 
 def bench_rollout(args):
     """generate() holding each prompt's K/V once (shared_prompt_attention) vs copying it to the prompt's G rows (the
-    path before, kept as generate(share=False) for sliding-window models): time, KV bytes held, same tokens."""
+    path before, copied_generate): time, KV bytes held, same tokens."""
     import torch
     from generation import generate, tiny_tokenizer
     torch.manual_seed(0)
@@ -319,13 +360,13 @@ def bench_rollout(args):
     for P in (100, 500, 2000):
         prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
         row, outs = {}, {}
-        for label, share in (("shared", True), ("copied", False)):
+        for label, gen in (("shared", generate), ("copied", copied_generate)):
             times = []
             for _ in range(args.steps):
                 peak[0] = 0
                 t = time.perf_counter()
-                outs[label] = generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
-                                       pad_token_id=3, seed=1, share=share)
+                outs[label] = gen(model, prompts, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
+                                  pad_token_id=3, seed=1)
                 times.append(time.perf_counter() - t)
             row[f"{label}_s"], row[f"{label}_kv_bytes"] = statistics.median(times[1:]), peak[0]
         flat = lambda o: [t for group in o for s in group for t in s]
@@ -397,9 +438,9 @@ def bench_gpu(args):
         prompts = [rand(prompt_len) for _ in range(batch // 16)]
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
-        for label, share in (("ours", True), ("copied", False)):
-            t1, _ = timed(lambda: generate(model, prompts, max_new_tokens=1, share=share, **kw), device)
-            tn, _ = timed(lambda: generate(model, prompts, max_new_tokens=new, share=share, **kw), device)
+        for label, gen in (("ours", generate), ("copied", copied_generate)):
+            t1, _ = timed(lambda: gen(model, prompts, max_new_tokens=1, **kw), device)
+            tn, _ = timed(lambda: gen(model, prompts, max_new_tokens=new, **kw), device)
             rate[label] = batch * (new - 1) / (tn - t1)
         ids = torch.tensor([p for p in prompts for _ in range(16)], device=device)
         with torch.no_grad():
@@ -423,7 +464,7 @@ def bench_gpu(args):
         t, _ = timed(lambda: model(torch.tensor([rand(P) for _ in range(B)], device=device), logits_to_keep=1), device)
     result["prefill_s"] = {f"{B}x{P}": t}
     torch.manual_seed(0)
-    apply_lora(model, verbose=False)
+    apply_lora(model)
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
     grpo.enable_checkpointing(model)
     params = [p for p in model.parameters() if p.requires_grad]

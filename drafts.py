@@ -1,6 +1,7 @@
 """Draft pool and the five training variants: which draft sits in which prompt.
 
   python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl --out pool.jsonl
+  torchrun --nproc-per-node 8 drafts.py generate ...                                 # the same pool, 8 GPUs
   python drafts.py import --src drafts_qwen25_math_1.5b.json --out pool.jsonl       # the author's released pool
   python drafts.py stats --drafts pool.jsonl [--model M]                              # the referee's table
 
@@ -73,13 +74,6 @@ def read_resumable(path):
         with open(path, "w", encoding="utf-8") as f:
             f.writelines(lines[:len(records)])
     return records
-
-
-def pending_chunks(rows, size, todo):
-    """(start, chunk) over fixed chunks of all rows that still hold an id in `todo`. Chunks never depend on what is
-    done, so seeding each by its start makes a resumed run sample exactly what an uninterrupted one would."""
-    chunks = [(s, rows[s:s + size]) for s in range(0, len(rows), size)]
-    return [(s, chunk) for s, chunk in chunks if any(r["id"] in todo for r in chunk)]
 
 
 def training_problems(rows, levels=(3, 4, 5)):
@@ -201,32 +195,31 @@ def grade_draft(text, gold, length):
 
 
 def cmd_generate(args):
-    from tqdm import tqdm
-    from generation import generate, load_model
-    problems = load_jsonl(args.data)
-    problems = training_problems(problems, args.levels)[:args.limit]
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    done = {r.get("id") for r in read_resumable(args.out)}
-    todo = {r["id"] for r in problems} - done
-    print(f"{len(problems)} problems, {len(problems) - len(todo)} already in {args.out}, {len(todo)} to draft")
-    model, tokenizer = load_model(args.model)
-    per_batch = max(1, args.batch_size // args.num_drafts)
-    bar = tqdm(total=len(todo) * args.num_drafts, unit="draft", desc="drafts")
-    with open(args.out, "a", encoding="utf-8") as out:
-        for start, chunk in pending_chunks(problems, per_batch, todo):
-            ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for r in chunk]
-            samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
-                               temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + start,
-                               batch_size=args.batch_size)
-            for r, outs in ((r, o) for r, o in zip(chunk, samples) if r["id"] in todo):
-                row = {k: v for k, v in r.items() if k != "_line"}
-                row["drafts"] = [grade_draft(tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o))
-                                 for o in outs]
-                out.write(json.dumps(row, ensure_ascii=False) + "\n")
-            out.flush()
-            bar.update(sum(r["id"] in todo for r in chunk) * args.num_drafts)
-    bar.close()
+    """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's processes, the same pool."""
+    from generation import distributed, gather, generate, load_model, rounds
+    rank, world = distributed(vars(args))
+    problems = training_problems(load_jsonl(args.data), args.levels)[:args.limit]
+    done = None
+    if rank == 0:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        done = {r["id"] for r in read_resumable(args.out)}
+        print(f"{len(problems)} problems, {len(done)} already in {args.out}, {world} process(es)")
+    done = gather(done)[0]
+    todo = [(i, r) for i, r in enumerate(problems) if r["id"] not in done]
+    size = max(1, args.batch_size // args.num_drafts)
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    model, tokenizer = load_model(args.model) if rank < len(chunks) else (None, None)
+
+    def draft(chunk):
+        ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for _, r in chunk]
+        samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
+                           temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, seed=args.seed, keys=[i for i, _ in chunk],
+                           batch_size=args.batch_size)
+        return [{**{k: v for k, v in r.items() if k != "_line"}, "drafts": [grade_draft(
+                 tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o)) for o in outs]}
+                for (_, r), outs in zip(chunk, samples)]
+    rounds(chunks, draft, args.out, f"drafts, {size} problem(s) x {world} process(es) a round")
 
 
 def cmd_import(args):

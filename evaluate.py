@@ -4,10 +4,11 @@
       --data data/math500.jsonl --output results/mw-seed0.json                        # greedy, Thinking: N/A
   python evaluate.py --model M --adapter A --data data/aime2025.jsonl --samples 2048 --k 1,2,4,...,1024 \\
       --output results/aime25.json
+  torchrun --nproc-per-node 8 evaluate.py ...                  # the same samples and summary on 8 GPUs
   python evaluate.py compare mismatched-wrong=a0.json,a1.json matched-wrong=b0.json,b1.json
 
-Every sample is appended to <output>.records.jsonl as it is produced; rerunning the same command resumes, and
-the summary is recomputed from the records. Grading is strict (last \\boxed{} only); lenient is reported beside.
+Every sample is appended to <output>.records.jsonl as it is drawn (by process 0, for all); rerunning the command,
+with any number of processes, draws only the missing ones. Grading is strict (last \\boxed{} only); lenient beside.
 """
 import argparse
 import functools
@@ -17,12 +18,10 @@ import os
 import random
 import statistics
 import sys
-from collections import Counter
 
 import numpy as np
 
-from drafts import (DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_json, load_jsonl, pending_chunks,
-                    read_resumable)
+from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_json, load_jsonl, read_resumable
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -149,9 +148,8 @@ def summarize(rows, records, ks):
         out["maj"] = {f"maj@{k}": statistics.mean(v) for k, v in maj.items()}
     for field in ("level", "subject"):
         groups = {}
-        for r in problems:
-            if r.get(field) is not None:
-                groups.setdefault(str(r[field]), []).append(accuracy[r["id"]])
+        for r in (r for r in problems if r.get(field) is not None):
+            groups.setdefault(str(r[field]), []).append(accuracy[r["id"]])
         if groups:
             out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)} for g, v in sorted(groups.items())}
     return out
@@ -159,55 +157,55 @@ def summarize(rows, records, ks):
 
 # ----------------------------------------------------------------------------- commands
 def run(args):
+    from generation import distributed, gather, generate, load_model, rounds      # torch: only here
+    from lora import load_lora, merge_lora
+    rank, world = distributed(vars(args))
     rows = load_jsonl(args.data)[:args.limit]
-    ks = sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
-    n = args.samples
+    n, ks = args.samples, sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
     records_path = args.output + ".records.jsonl"
     setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p", "max_new_tokens",
-                                           "samples", "seed", "no_stop", "batch_size")}   # what the samples depend on
+                                           "samples", "seed", "no_stop")}   # what the samples depend on
     config = "|".join(map(str, setup.values()))
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    records = read_resumable(records_path)
-    if any(r.get("config") != config for r in records):
-        raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
-    done = Counter(rec["id"] for rec in records)
-    todo = [r for r in rows if done.get(r["id"], 0) < n]
-    if any(done[rec["id"]] < n for rec in records):      # a half-sampled problem is dropped and sampled again
-        records = [rec for rec in records if done[rec["id"]] >= n]
-        with open(records_path, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
-    print(f"{len(rows)} problems from {args.data}: {len(rows) - len(todo)} already done, {len(todo)} to run")
-    if todo:
-        from generation import generate, load_model
-        from lora import load_lora, merged
+    read = lambda: {(r["id"], r["sample"]): r for r in read_resumable(records_path)}   # (id, sample) -> record
+    missing = None
+    if rank == 0:                               # process 0 alone reads and writes the files
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        records = read()
+        if any(r.get("config") != config for r in records.values()):
+            raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
+        missing = {r["id"]: [s for s in range(n) if (r["id"], s) not in records] for r in rows}
+        print(f"{len(rows)} problems from {args.data}, {sum(map(len, missing.values()))} samples to draw")
+    missing = gather(missing)[0]                # sample s of problem i is keyed (seed, i, s): draw only those missing
+    todo, size = [(i, r) for i, r in enumerate(rows) if missing[r["id"]]], max(1, args.batch_size // n)
+    chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
+    if rank < len(chunks):
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
         if args.adapter:
             load_lora(model, args.adapter)
-        per_batch = max(1, args.batch_size // n)
-        pending = {r["id"] for r in todo}
-        with merged(model), open(records_path, "a", encoding="utf-8") as f:
-            for start, chunk in pending_chunks(rows, per_batch, pending):
-                ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for r in chunk]
-                outs = generate(model, ids, n=n, max_new_tokens=args.max_new_tokens,
-                                temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                seed=args.seed * 1_000_003 + start,
-                                stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
-                                batch_size=args.batch_size, desc=f"eval {start + len(chunk)}/{len(rows)}")
-                for r, samples in zip(chunk, outs):
-                    if r["id"] not in pending:
-                        continue
-                    for s, toks in enumerate(samples):
-                        text = tokenizer.decode(toks, skip_special_tokens=True)
-                        for stop in ([] if args.no_stop else STOP_STRINGS):
-                            text = text.split(stop)[0]
-                        pred = extract_boxed(text)
-                        rec = {"id": r["id"], "sample": s, "tokens": len(toks), "completion": text,
-                               "pred": pred, "strict": is_equiv(pred, r["answer"]),
-                               "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": config}
-                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                        records.append(rec)
-                f.flush()
+        merge_lora(model)                       # sampling at base-model speed
+
+    def sample(chunk):
+        ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for _, r in chunk]
+        outs = generate(model, ids, n=[missing[r["id"]] for _, r in chunk], max_new_tokens=args.max_new_tokens,
+                        temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed,
+                        keys=[i for i, _ in chunk], stop_strings=() if args.no_stop else STOP_STRINGS,
+                        tokenizer=tokenizer, batch_size=args.batch_size)
+        recs = []
+        for (_, r), samples in zip(chunk, outs):
+            for s, toks in zip(missing[r["id"]], samples):
+                text = tokenizer.decode(toks, skip_special_tokens=True)
+                for stop in ([] if args.no_stop else STOP_STRINGS):
+                    text = text.split(stop)[0]
+                pred = extract_boxed(text)
+                recs.append({"id": r["id"], "sample": s, "tokens": len(toks), "completion": text, "pred": pred,
+                             "strict": is_equiv(pred, r["answer"]),
+                             "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": config})
+        return recs
+    rounds(chunks, sample, records_path, f"eval, {size} problem(s) x {world} process(es) a round")
+    if rank > 0:
+        return None
+    records = sorted(read().values(), key=lambda r: r["sample"])
     summary = {"data": args.data, **setup, **summarize(rows, records, ks)}
     with open(args.output + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
@@ -351,7 +349,7 @@ def main(argv=None):
     a("--top-p", type=float, default=0.95, help="nucleus top_p for sampling (paper: 0.95)")
     a("--max-new-tokens", type=int, default=4096, help="generation cap (paper: 4096)")
     a("--seed", type=int, default=0, help="sampling seed")
-    a("--batch-size", type=int, default=64, help="sequences decoded together (samples depend on it and --seed)")
+    a("--batch-size", type=int, default=64, help="sequences decoded together (samples do not depend on it)")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
     args = ap.parse_args(argv)

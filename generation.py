@@ -2,11 +2,12 @@
 
 generate() prefills each prompt once and keeps its K/V once: its n samples' cache holds only their own tokens, and
 their attention reads the prompt's K/V through shared_prompt_attention (all n queries in one product). Finished
-samples leave the batch (a step costs what the live samples cost; the loop ends with the longest one), and sampling
-uses a seeded torch.Generator (same seed, same batch -> same tokens).
-`--model tiny` everywhere builds a random Mistral-architecture model and a BPE tokenizer on the spot, so the whole
-pipeline runs offline on a CPU.
+samples leave the batch (a step costs what the live samples cost; the loop ends with the longest one). Sample s of
+prompt p draws from noise keyed by (seed, p's key, s, step): its tokens do not depend on the batch or the process.
+`--model tiny` builds a random Mistral-architecture model and a BPE tokenizer on the spot (the pipeline runs offline
+on a CPU). Under torchrun, distributed(), gather() and rounds() are all that the three scripts need.
 """
+import atexit
 import contextlib
 import functools
 import itertools
@@ -14,8 +15,11 @@ import json
 import os
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 from transformers import DynamicCache
+
+M32 = 0xFFFFFFFF              # the noise hash works in 32 bits
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -75,13 +79,20 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     else:
         from transformers import AutoModelForCausalLM
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
-        model.name_or_path = name
     return model.eval(), tokenizer
 
 
 # ----------------------------------------------------------------------------- sampling
-def sample_next(logits, temperature, top_p, generator):
-    """logits [R, V] -> next tokens [R]. temperature 0 = greedy; nucleus (top_p) filtering before sampling."""
+def mix(x):
+    """A 32-bit integer hash of an int64 tensor (values < 2**32; constants < 2**31, so no product overflows)."""
+    for c in (0x7FEB352D, 0x45D9F3B):
+        x = ((x ^ (x >> 16)) * c) & M32
+    return x ^ (x >> 16)
+
+
+def sample_next(logits, temperature, top_p, keys):
+    """logits [R, V], keys [R] (one per row and step) -> next tokens [R]. temperature 0 = greedy; else nucleus (top_p)
+    filtering, then argmax p / E with E ~ Exp(1) hashed from (key, token): exactly a draw from p, the row's own."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
@@ -90,51 +101,59 @@ def sample_next(logits, temperature, top_p, generator):
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p                      # keep the smallest nucleus
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    u = ((mix(keys[:, None] ^ torch.arange(probs.shape[-1], device=probs.device)) >> 8) + 0.5) * 2 ** -24  # [R, V]
+    return (probs / -torch.log(u)).argmax(dim=-1)                                     # u in (0, 1): E = -log u
+
+
+def sample_keys(seed, jobs, device):
+    """[R] int64: the root of each (prompt key, sample) job's noise under `seed`; step t's key is mix(root ^ t)."""
+    key = torch.tensor([[seed & M32, p, s] for p, s in jobs], device=device)                          # [R, 3]
+    return mix(mix(mix(key[:, 0]) ^ key[:, 1]) ^ key[:, 2])
 
 
 def left_pad(seqs, pad_token_id, device):
     """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left so that every
-    sequence ends in the last column (and slot distances equal position distances, which sliding-window attention
-    counts); each sequence's positions start at 0, pads sit at 0."""
+    sequence ends in the last column; each sequence's positions start at 0, pads sit at 0."""
     width = max(map(len, seqs))
     ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
     mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def shares_prompts(model):
-    """Whether generate() and grpo's update can hold each prompt's K/V once: not with sliding-window attention,
-    whose mask our attention does not implement (those models copy the prompt to every row, as before)."""
-    return getattr(model.config, "sliding_window", None) is None
-
-
 def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                            shared_prompts=None, **kwargs):
+                            shared_prompts=None, record=None, sliding_window=None, **kwargs):
     """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens' K/V, the two
-    parts merged exactly (online softmax). Registered with transformers as "shared_prompts" (its attention-function
-    seam), so Mistral, Llama and Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own
-    tokens, the last T of them the queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer
-    [B, Hkv, P, d]; mask [B, P] (False on left padding); row -> its prompt and its place among that prompt's <= G
-    rows. attention_mask is not used: the prompt part masks padding, the own part is causal. Like transformers'
-    eager attention: products in the model's dtype, softmax in fp32; no dropout (the recipe has none)."""
+    parts merged exactly (online softmax); registered with transformers as "shared_prompts", so Mistral, Llama and
+    Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own tokens, the last T the
+    queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer [B, Hkv, P, d]; mask [B, P] (False on
+    left padding); row -> its prompt and its place among that prompt's <= G rows. The prompt part masks padding, the
+    own part is causal, both the sliding window. Products in the model's dtype, softmax in fp32 (as eager attention).
+    record (a dict): a prompt pass, plain SDPA that keeps each layer's K/V (grpo's rows then attend to them)."""
+    if record is not None:
+        record[module.layer_idx] = (key, value)
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
     keys, values, mask, prompt, slot, G = shared_prompts
     kp, vp = keys[module.layer_idx], values[module.layer_idx]                                 # [B, Hkv, P, d]
-    (n, H, T, d), (B, Hkv, P, _) = query.shape, kp.shape
+    (n, H, T, d), (B, Hkv, P, _), S = query.shape, kp.shape, key.shape[2]
+    W = sliding_window or 2 ** 62                               # a key W or more positions back is out of the window
     q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling        # GQA: head h reads K/V head h // (H // Hkv)
     qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)               # [B, G, Hkv, M, d]
     qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)           # all G rows' queries of a prompt in one product
     pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :], float("-inf"))   # [B, 1, 1, P]
     s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
-    m1 = s1.detach().amax(-1, keepdim=True)                 # any constant per query is exact; the max is stable
+    if sliding_window:          # query t sits at position len + S - T + t, prompt key j at j - (left padding)
+        back = (mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device))[:, :, None] \
+            - (mask.cumsum(-1) - 1)[:, None, :]                                               # [B, T, P]
+        s1.view(B, Hkv, -1, T, P).masked_fill_((back >= W)[:, None, None], float("-inf"))
+    m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)   # any constant per query is exact; the max is stable
     e1 = s1.sub_(m1).exp_()                                  # in place: scores are the big tensors [B, Hkv, G*M, P]
     u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)      # unnormalised output [B, Hkv, G*M, d] and sum
     u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))  # [n, Hkv, M, *]
     s2 = (q @ key.transpose(-1, -2)).float()                                                  # [n, Hkv, M, S]
-    if T > 1:                                                   # own tokens: causal (row padding sits at the end)
-        S = key.shape[2]
-        future = torch.arange(S, device=q.device) > torch.arange(S - T, S, device=q.device)[:, None]   # [T, S]
-        s2 = s2.masked_fill_(future.repeat(H // Hkv, 1), float("-inf"))
+    j, i = torch.arange(S, device=q.device), torch.arange(S - T, S, device=q.device)[:, None]  # own key, query
+    hide = (j > i) | (i - j >= W)                               # own tokens: causal (row padding sits at the end)
+    s2 = s2.masked_fill_(hide.repeat(H // Hkv, 1), float("-inf"))                             # [T, S] per head
     m2 = s2.detach().amax(-1, keepdim=True)
     e2 = s2.sub_(m2).exp_()                                                                   # [n, Hkv, M, S]
     u2, z2 = e2.to(value.dtype) @ value, e2.sum(-1, keepdim=True)
@@ -145,63 +164,47 @@ def shared_prompt_attention(module, query, key, value, attention_mask=None, scal
 
 
 @contextlib.contextmanager
-def sharing_prompts(model, share=True):
-    """Within the block (backward passes included), the model's attention layers run shared_prompt_attention."""
+def sharing_prompts(model):
+    """Within the block (backward passes included), attention layers run shared_prompt_attention, with SDPA's masks."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     AttentionInterface.register("shared_prompts", shared_prompt_attention)
-    old = model.config._attn_implementation
-    model.config._attn_implementation = "shared_prompts" if share else old
+    AttentionMaskInterface.register("shared_prompts", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    old, model.config._attn_implementation = model.config._attn_implementation, "shared_prompts"
     try:
         yield
     finally:
         model.config._attn_implementation = old
 
 
-def _plan(num_prompts, n, batch_size):
-    """Split (prompt, sample) work into batches of at most batch_size sequences: [[(prompt, count), ...], ...]."""
-    batches = [[]]
-    for job in ((p, min(batch_size, n - start)) for p in range(num_prompts) for start in range(0, n, batch_size)):
-        if sum(c for _, c in batches[-1]) + job[1] > batch_size:
-            batches.append([])
-        batches[-1].append(job)
-    return [b for b in batches if b]
-
-
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-             pad_token_id=0, seed=0, stop_strings=(), tokenizer=None, batch_size=64, desc=None, share=None):
-    """prompt_ids: list of token-id lists. Returns, per prompt, n completions as token-id lists (EOS kept).
-
-    Stops at EOS, at max_new_tokens, or (with a tokenizer) once the decoded tail contains a stop string.
-    share (default: shares_prompts(model)): each prompt's K/V is held once, and its rows' cache holds only their own
-    tokens (shared_prompt_attention); False copies the prompt's K/V to each of its n rows (sliding-window models,
-    and bench.py's baseline). Both sample the same tokens, up to float rounding."""
-    share = shares_prompts(model) if share is None else share
-    device = next(model.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(seed)
-    results = [[] for _ in prompt_ids]
-    bar = tqdm(total=len(prompt_ids) * n, desc=desc, disable=desc is None, unit="seq")
-    for batch in _plan(len(prompt_ids), n, batch_size):
-        ids, mask, positions = left_pad([prompt_ids[p] for p, _ in batch], pad_token_id, device)           # [J, P]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        counts = torch.tensor([c for _, c in batch], device=device)                                         # [J]
-        prompt = torch.repeat_interleave(torch.arange(len(batch), device=device), counts)                   # [R]
+             pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None, batch_size=64):
+    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers. Returns, per prompt,
+    its completions (token-id lists, EOS kept) in sample order. Sample s of prompt p draws from noise keyed by
+    (seed, keys[p], s) (keys default to 0, 1, ...): the same tokens whichever rows share its batch or process, up to
+    float rounding of the logits. Stops at EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail."""
+    samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
+    keys = range(len(prompt_ids)) if keys is None else keys
+    jobs = [(p, s) for p in range(len(prompt_ids)) for s in samples[p]]
+    device, results = next(model.parameters()).device, [[] for _ in prompt_ids]
+    for start in range(0, len(jobs), batch_size):                      # consecutive rows; a prompt may straddle two
+        owner = [p for p, _ in jobs[start:start + batch_size]]
+        firsts = sorted(set(owner))                                                                         # [J]
+        ids, mask, positions = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)              # [J, P]
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(),
+                    use_cache=True, logits_to_keep=1)             # a plain cache keeps all of a windowed prompt
+        prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
+        slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)               # [R]
+        cache = out.past_key_values                                          # each prompt's K/V, prefilled once
+        prompts = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], mask.bool(),
+                   prompt, slot, max(slot.tolist()) + 1)
         logits, position = out.logits[prompt, -1], mask.sum(-1, keepdim=True)[prompt]                      # [R, V]
-        cache, kw = out.past_key_values, {}                                    # prefilled once per prompt
-        if share:                                        # the prompts' K/V stay as they are; rows get a new cache
-            slot = torch.arange(len(prompt), device=device) - (torch.cumsum(counts, 0) - counts)[prompt]   # [R]
-            prompts = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], mask.bool(),
-                       prompt, slot, max(counts.tolist()))
-            cache, kw = DynamicCache(), {"shared_prompts": prompts}
-        else:
-            cache.batch_select_indices(prompt)                                 # copy each prompt's K/V to its rows
-        mask = mask[prompt]                                             # [R, P]; read by the copying path only
-        owner = [p for p, c in batch for _ in range(c)]
-        tokens = [[] for _ in owner]
-        live = torch.arange(len(owner), device=device)                                                     # [R]
-        with sharing_prompts(model, share):
-            for _ in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_p, generator)                                    # [R]
+        key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]], device)          # [R]
+        tokens, live, cache = [[] for _ in owner], torch.arange(len(owner), device=device), DynamicCache()
+        with sharing_prompts(model):                                       # the rows' cache holds their own tokens
+            for t in range(max_new_tokens):
+                nxt = sample_next(logits, temperature, top_p, mix(key ^ t))                                 # [R]
                 keep = []
                 for row, tok in zip(live.tolist(), nxt.tolist()):
                     tokens[row].append(tok)
@@ -212,16 +215,49 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                     break
                 if not all(keep):                                              # drop finished rows from the batch
                     sel = torch.tensor(keep, device=device)
-                    live, nxt, position, mask = live[sel], nxt[sel], position[sel], mask[sel]
+                    live, nxt, position, key = live[sel], nxt[sel], position[sel], key[sel]
                     cache.batch_select_indices(sel.nonzero().squeeze(-1))
-                    if share:
-                        kw["shared_prompts"] = prompts[:3] + (prompts[3][live], prompts[4][live], prompts[5])
-                mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)
-                logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
-                               past_key_values=cache, use_cache=True, **kw).logits[:, -1]
+                    prompts = prompts[:3] + (prompts[3][sel], prompts[4][sel], prompts[5])
+                logits = model(input_ids=nxt[:, None], position_ids=position, past_key_values=cache, use_cache=True,
+                               shared_prompts=prompts).logits[:, -1]
                 position = position + 1
         for row, p in enumerate(owner):
             results[p].append(tokens[row])
-        bar.update(len(owner))
-    bar.close()
     return results
+
+
+# ----------------------------------------------------------------------------- processes (torchrun)
+def distributed(flags=None):
+    """(rank, world size); plain `python` is process 0 of 1. Under torchrun: joins its process group (NCCL on GPUs, gloo
+    on CPU), takes GPU LOCAL_RANK, and stops every process if any was started with `flags` other than process 0's."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        atexit.register(dist.destroy_process_group)
+    ranks = gather(flags) if flags is not None else [{}]
+    bad = [f"process {r}: --{k.replace('_', '-')}" for r, f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
+    if bad:
+        raise ValueError(f"processes were started with flags other than process 0's (the run's): {', '.join(bad)}")
+    return int(os.environ.get("RANK", 0)), world
+
+
+def gather(obj):
+    """Every process's obj, in rank order, on every process ([obj] alone); also a barrier."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rounds(chunks, work, path, desc):
+    """Deal chunks round-robin over the processes: each round, every process runs work(its chunk) -> a list of rows,
+    and process 0 appends them all to the JSONL file `path` in chunk order, the order one process would."""
+    rank, world = distributed()
+    for first in tqdm(range(0, len(chunks), world), desc=desc, unit="round", disable=rank > 0):
+        rows = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
+        if rank == 0:
+            with open(path, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for part in rows for row in part)

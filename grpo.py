@@ -1,7 +1,8 @@
-"""Dr. GRPO with LoRA on MATH, one process, one GPU: the trainer of "Weak-to-Strong Elicitation via Mismatched
-Wrong Drafts" (arXiv 2605.17314). Read top to bottom: config, the two formulas, log-probs, the loop, checkpoints.
+"""Dr. GRPO with LoRA on MATH: the trainer of "Weak-to-Strong Elicitation via Mismatched Wrong Drafts"
+(arXiv 2605.17314). Read top to bottom: config, the two formulas, log-probs, the loop, checkpoints.
 
-  python grpo.py --variant mismatched-wrong --drafts pool.jsonl          # the paper's headline run
+  python grpo.py --variant mismatched-wrong --drafts pool.jsonl          # the paper's headline run, one GPU
+  torchrun --nproc-per-node 8 grpo.py --variant mismatched-wrong ...    # the same run (same numbers) on 8 GPUs
   python grpo.py --model tiny --variant no-draft --max-steps 4 ...       # a CPU smoke run
 
 Each step: 4 prompts x 16 rollouts are sampled (LoRA merged), graded 0/1 by reward.py, turned into group-relative
@@ -17,14 +18,14 @@ import sys
 import time
 
 import torch
+import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
-from transformers import DynamicCache
 
 from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
                     read_resumable, training_problems)
-from generation import generate, left_pad, load_model, shares_prompts, sharing_prompts
+from generation import distributed, gather, generate, load_model, sharing_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -63,7 +64,6 @@ def parse_args(argv=None):
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
     a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
     a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
-    a("--no-grad-ckpt", action="store_true", help="disable gradient checkpointing (faster, more memory)")
     args = ap.parse_args(argv)
     args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
     return args
@@ -102,33 +102,10 @@ def _token_logprobs(weight, hidden, targets):
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
 
 
-def _replayable_cache(prefix=()):
-    """A KV cache whose update() may run twice, as a checkpointed layer's replay in backward does: it returns the
-    prompts' K/V (`prefix`, per layer) + the new K/V without appending. Without a prefix (the prompt pass) it keeps
-    the new K/V in .new. No reference cycle, so the cache and its tensors go when the forward's output does."""
-    cache, new = DynamicCache(), {}
-    for i, (k, v) in enumerate(prefix):
-        cache.update(k[:1], v[:1], i)                           # [1, heads, P, d]: the length the masks count
-
-    def update(k, v, i, *args, **kwargs):                       # k, v [n, heads, T, d]
-        if not prefix:
-            new[i] = (k, v)
-            return k, v
-        return tuple(torch.cat([p, x], dim=-2) for p, x in zip(prefix[i], (k, v)))
-    cache.update, cache.new = update, new
-    return cache
-
-
 def enable_checkpointing(model):
-    """Per-layer activation checkpointing that keeps the KV cache (transformers' own drops it under checkpointing)."""
-    for layer in model.get_decoder().layers:
-        layer.forward = functools.partial(_checkpointed, layer.forward)
-
-
-def _checkpointed(forward, *args, **kwargs):                    # rollouts (no grad) skip the checkpoint's overhead
-    if not torch.is_grad_enabled():
-        return forward(*args, **kwargs)
-    return checkpoint(forward, *args, use_reentrant=False, **kwargs)
+    """Per-layer activation checkpointing, transformers' own (5.x's name, else 4.x's): recomputed in backward."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
 
 
 def micro_batches(lengths, budget):
@@ -143,50 +120,38 @@ def micro_batches(lengths, budget):
     return batches + ([current] if current else [])
 
 
-def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id):
-    """Accumulate the Dr. GRPO gradient of one batch of rollouts (B prompts x G completions); return the loss.
-    The prompts run forward once (as many at a time as --micro-batch-tokens allows); their K/V and last hidden
-    states are cut from the graph as leaves; each prompt's completions attend to its K/V, held once
-    (generation.shared_prompt_attention), micro-batch by micro-batch (sorted by length), and the gradient gathered
-    on the leaves then flows back through the prompts once. One update per
-    batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id, owned=None):
+    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's samples owned[b]);
+    return the loss. Each prompt runs forward once, its K/V and last hidden state cut from the graph as leaves that
+    its completions attend to (shared_prompt_attention), micro-batch by micro-batch; the leaves' gradient then flows
+    back through the prompt once. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
-    groups = [b for b in range(B) if not zero_std[b]]          # zero-std groups: every advantage is 0, no gradient
-    decoder, loss_sum, share = model.get_decoder(), 0.0, shares_prompts(model)
-    for chunk in micro_batches([len(prompt_ids[b]) for b in groups], args.micro_batch_tokens):   # B' prompts
-        cache = _replayable_cache()
-        ids, prompt_mask, positions = left_pad([prompt_ids[groups[j]] for j in chunk], pad_token_id, device)
-        width, lengths = ids.shape[1], prompt_mask.sum(-1)                                         # P, [B']
-        hidden = decoder(input_ids=ids, attention_mask=prompt_mask, position_ids=positions, past_key_values=cache,
-                         use_cache=True).last_hidden_state                                         # [B', P, H]
-        states = [hidden[:, -1:]] + [t for i in sorted(cache.new) for t in cache.new[i]]   # last hidden, K0, V0, ...
-        leaves = [t.detach().requires_grad_() for t in states]
-        keys, values = leaves[1::2], leaves[2::2]                                   # per layer [B', Hkv, P, d]
-        with sharing_prompts(model, share):                                         # backward too
-            for i, b in ((i, groups[j]) for i, j in enumerate(chunk)):
-                for mb in micro_batches([width + len(c) for c in completions[b]], args.micro_batch_tokens):
-                    seqs, n = [completions[b][g] for g in mb], len(mb)
-                    T = max(map(len, seqs))
-                    comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
-                    comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)  # [n, T]
-                    kv = [(k[i:i + 1], v[i:i + 1]) for k, v in zip(keys, values)]     # this prompt's, [1, Hkv, P, d]
-                    if share:   # its K/V once for all n rows (views, no copy); the rows keep no cache
-                        kw = {"use_cache": False, "shared_prompts": ([k for k, _ in kv], [v for _, v in kv],
-                              prompt_mask[i:i + 1].bool(), comp.new_zeros(n), torch.arange(n, device=device), n)}
-                    else:       # sliding-window models: copied to each row, attended through a cache
-                        kw = {"use_cache": True, "past_key_values": _replayable_cache(
-                              [(k.expand(n, -1, -1, -1), v.expand(n, -1, -1, -1)) for k, v in kv]),
-                              "attention_mask": torch.cat([prompt_mask[i:i + 1].expand(n, -1), comp], dim=1)}
-                    hidden = decoder(input_ids=comp_ids, position_ids=(lengths[i] + torch.arange(T, device=device))
-                                     .expand(n, -1), **kw).last_hidden_state                    # [n, T, H]
-                    hidden = torch.cat([leaves[0][i:i + 1].expand(n, -1, -1), hidden[:, :-1]], dim=1)  # t predicts t
-                    logprobs = completion_logprobs(model, hidden, comp_ids, comp)                  # [n, T]
-                    loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, mb].to(device), comp.float(),
-                                        args.max_new_tokens, args.clip_eps)
-                    loss = loss * n / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
-                    loss.backward()
-                    loss_sum += loss.item()
-        torch.autograd.backward(states, [leaf.grad for leaf in leaves])
+    owned, decoder, loss_sum = owned or [range(G)] * B, model.get_decoder(), 0.0
+    with sharing_prompts(model):                                    # backward too: the replays of checkpointed layers
+        for b in (b for b in range(B) if not zero_std[b] and owned[b]):   # zero std: all advantages 0, no gradient
+            P, record = len(prompt_ids[b]), {}
+            hidden = decoder(input_ids=torch.tensor([prompt_ids[b]], device=device), use_cache=False,
+                             record=record).last_hidden_state                                      # [1, P, H]
+            states = [hidden[:, -1:]] + [t for i in sorted(record) for t in record[i]]  # last hidden, K0, V0, ...
+            leaves = [t.detach().requires_grad_() for t in states]
+            prompt = (leaves[1::2], leaves[2::2], torch.ones(1, P, dtype=torch.bool, device=device))  # [1, Hkv, P, d]
+            for mb in micro_batches([P + len(completions[b][g]) for g in owned[b]], args.micro_batch_tokens):
+                gs = [owned[b][k] for k in mb]
+                seqs, n = [completions[b][g] for g in gs], len(gs)
+                T = max(map(len, seqs))
+                comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
+                comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T]
+                hidden = decoder(input_ids=comp_ids, position_ids=(P + torch.arange(T, device=device)).expand(n, -1),
+                                 use_cache=False, shared_prompts=(*prompt, comp.new_zeros(n),
+                                 torch.arange(n, device=device), n)).last_hidden_state                # [n, T, H]
+                hidden = torch.cat([leaves[0].expand(n, -1, -1), hidden[:, :-1]], dim=1)          # t predicts t
+                logprobs = completion_logprobs(model, hidden, comp_ids, comp)                      # [n, T]
+                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device), comp.float(),
+                                    args.max_new_tokens, args.clip_eps)
+                loss = loss * n / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+                loss.backward()
+                loss_sum += loss.item()
+            torch.autograd.backward(states, [leaf.grad for leaf in leaves])
     return loss_sum
 
 
@@ -270,35 +235,39 @@ def resume(args, model, optimizer):
 
 
 def _keep_metrics_upto(path, step):
-    """metrics.jsonl's records up to `step` (later ones, and a line torn by a crash, are dropped from the file)."""
+    """Keep metrics.jsonl's records up to `step` (later ones, and a line torn by a crash, are dropped from the file);
+    return how many of them were skipped steps."""
     records = [r for r in read_resumable(path) if r["step"] <= step]
     with open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(path + ".tmp", path)
-    return records
+    return sum(r.get("skipped", False) for r in records)
 
 
 # ----------------------------------------------------------------------------- the loop
 def train(args, rows, model, tokenizer, reward_fn=None):
     """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float (reward.py's
     lenient training reward by default)."""
-    reward_fn = reward_fn or reward
+    reward_fn, (rank, world) = reward_fn or reward, distributed()
     os.makedirs(args.output_dir, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
                                   weight_decay=args.weight_decay)
     for p in params:
         p.grad = torch.zeros_like(p)            # every step is an optimizer step, even with all-zero advantages
-    if not args.no_grad_ckpt:                   # recompute layer activations in backward: memory for compute
-        enable_checkpointing(model)
+    enable_checkpointing(model)                 # recompute layer activations in backward: memory for compute
     metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
     if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
         raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
-    skipped_steps, streak = sum(r.get("skipped", False) for r in _keep_metrics_upto(metrics_path, start)), 0
+    if len(set(starts := gather(start))) > 1:
+        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder that all nodes share")
+    skipped_steps, streak = _keep_metrics_upto(metrics_path, start) if rank == 0 else 0, 0   # process 0 writes files
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
+    share = range(rank * B * G // world, (rank + 1) * B * G // world)      # this process's rollouts b*G + g
+    owned = [[g for g in range(G) if b * G + g in share] for b in range(B)]   # a group may span two processes
     bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
-               initial=start, total=args.max_steps)
+               initial=start, total=args.max_steps, disable=rank > 0)
     for step in bar:
         t0 = time.time()
         batch = step_rows(rows, step, B, args.seed)
@@ -306,20 +275,26 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         model.eval()
         with merged(model):                     # rollouts at base-model speed; exact base weights restored after
-            completions = generate(model, prompt_ids, n=G, max_new_tokens=L, temperature=args.temperature,
-                                   top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
-                                   pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
-                                   batch_size=args.rollout_batch_size)
+            outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
+                            top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                            seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size)   # keyed (b, g)
         t1 = time.time()
-        texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in completions]
-        rewards = torch.tensor([[reward_fn(t, r["answer"]) for t in group] for group, r in zip(texts, batch)],
-                               dtype=torch.float32)                                        # [B, G]
+        graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t, r["answer"])) for c in group]
+                  for group, r in zip(outs, batch)]                           # this process's rollouts, graded
+        graded = [sum(parts, []) for parts in zip(*gather(graded))]   # every process: all B x G, in sample order
+        completions, texts = [[x[0] for x in group] for group in graded], [[x[1] for x in group] for group in graded]
+        rewards = torch.tensor([[x[2] for x in group] for group in graded], dtype=torch.float32)   # [B, G]
         advantages = group_advantages(rewards)                                             # [B, G]
         zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
 
         model.train()
         optimizer.zero_grad(set_to_none=False)
-        loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id)
+        loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id,
+                                 owned)
+        if world > 1:                           # the LoRA gradients summed over processes (the normaliser: B*G*L_max)
+            for p in params:
+                dist.all_reduce(p.grad)
+            loss_sum = sum(gather(loss_sum))
         grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
         skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
         if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
@@ -335,24 +310,29 @@ def train(args, rows, model, tokenizer, reward_fn=None):
                   "skipped": skipped, "skipped_steps": skipped_steps, "draft_answer_rate": rate("draft_pred"),
                   "gold_answer_rate": rate("answer"), "rollout_time": t1 - t0, "update_time": time.time() - t1,
                   "step_time": time.time() - t0}
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if rank == 0:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
         bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
         if streak >= MAX_SKIPS:
             raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
                                      "(skipped); try a lower --lr, and check the data and the model's dtype")
-        if step % args.save_every == 0 or step == args.max_steps:
+        if rank == 0 and (step % args.save_every == 0 or step == args.max_steps):
             save_checkpoint(args, step, model, optimizer)
     return model
 
 
 def main(argv=None):
     args = parse_args(argv)
+    rank, world = distributed(vars(args))       # under torchrun; every set-up error here comes before a model loads
+    if world > (rollouts := args.prompts_per_step * args.num_generations):
+        raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process per rollout")
     rows = load_rows(args)                      # fail on bad data before loading a 7B model
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)                # LoRA A init
     apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS)
-    print(f"{len(rows)} training prompts, variant {args.variant}, output {args.output_dir}")
+    print(f"{len(rows)} training prompts, variant {args.variant}, {world} process(es), output {args.output_dir}, "
+          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} LoRA weights")
     return train(args, rows, model, tokenizer)
 
 

@@ -45,7 +45,7 @@ def lora_modules(model):
     return [(name, m) for name, m in model.named_modules() if isinstance(m, LoRALinear)]
 
 
-def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS, verbose=True):
+def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
     """Wrap every nn.Linear whose attribute name (q_proj) or full path (model.layers.0.self_attn.q_proj) is in
     `targets`, freeze everything else, return the model."""
     for p in model.parameters():
@@ -59,12 +59,7 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS, verb
                 wrapped.append(child_name)
     if not wrapped:
         raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in {type(model).__name__}")
-    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-                         "target_modules": sorted(set(wrapped))}
-    if verbose:
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        total = sum(p.numel() for p in model.parameters())
-        print(f"trainable params: {trainable:,} || all params: {total:,} || trainable%: {100 * trainable / total:.4f}")
+    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(set(wrapped))}
     return model
 
 
@@ -87,8 +82,7 @@ def save_lora(model, directory, base_model_name_or_path=None):
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     save_file({k: v.detach().contiguous() for k, v in lora_parameters(model).items()},
-              os.path.join(directory, "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+              os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
 def load_lora(model, directory):
@@ -110,7 +104,7 @@ def load_lora(model, directory):
                for k, v in tensors.items()}
     if not lora_modules(model):     # wrap exactly the modules the file has (covers regex target_modules too)
         paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)}
-        apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths, verbose=False)
+        apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths)
     params = lora_parameters(model)
     missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
     if missing or unexpected:

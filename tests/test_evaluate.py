@@ -8,6 +8,7 @@ import torch
 
 import evaluate
 from evaluate import betainc, maj_at_k, pass_at_k, vote_clusters, welch_t_test
+from bench import copied_generate
 from generation import generate
 
 
@@ -82,22 +83,38 @@ def test_greedy_is_token_identical_to_hf_generate(which, request):
         assert hf[0, len(x):].tolist() == ours[i][0]
 
 
-def test_sampling_is_reproducible_and_shares_the_prompt(tiny):
+def test_sampling_is_keyed_by_seed_prompt_and_sample_not_by_batch(tiny):
+    """A sample's tokens are a function of (seed, prompt key, sample number): the same in any batch size, asked for
+    alone, or under another prompt order, which is what lets processes split the work; another seed, other tokens."""
     model, tok = tiny
     ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
-    kw = dict(n=5, max_new_tokens=16, temperature=1.0, top_p=0.9, eos_token_id=tok.eos_token_id,
+    kw = dict(max_new_tokens=16, temperature=1.0, top_p=0.9, eos_token_id=tok.eos_token_id,
               pad_token_id=tok.pad_token_id)
-    a = generate(model, ids, seed=7, **kw)
-    assert a == generate(model, ids, seed=7, **kw)
-    assert a != generate(model, ids, seed=8, **kw)
+    a = generate(model, ids, n=5, seed=7, **kw)
+    assert a == generate(model, ids, n=5, seed=7, **kw)
+    assert a != generate(model, ids, n=5, seed=8, **kw)
     assert [len(x) for x in a] == [5, 5] and len({tuple(s) for s in a[0]}) > 1
-    small = generate(model, ids, seed=7, batch_size=3, **kw)          # n larger than a batch: split per prompt
-    assert [len(x) for x in small] == [5, 5]
+    assert generate(model, ids, n=5, seed=7, batch_size=3, **kw) == a     # batches that split and mix prompts
+    part = generate(model, ids[::-1], n=[[0, 3], [4, 1]], keys=[1, 0], seed=7, batch_size=3, **kw)
+    assert part == [[a[1][0], a[1][3]], [a[0][4], a[0][1]]]
+    assert generate(model, ids, n=[[], []], seed=7, **kw) == [[], []]
+
+
+def test_sampling_draws_from_the_distribution():
+    """The keyed exponential race samples each token with its probability (top_p: renormalised over the nucleus)."""
+    from generation import mix, sample_keys, sample_next
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
+    keys = mix(sample_keys(0, [(0, s) for s in range(20000)], "cpu") ^ 3)                       # [R]
+    logits = probs.log().expand(len(keys), -1)
+    freq = torch.bincount(sample_next(logits, 1.0, 1.0, keys), minlength=4) / len(keys)
+    assert torch.allclose(freq, probs, atol=0.012), freq
+    nucleus = torch.bincount(sample_next(logits, 1.0, 0.7, keys), minlength=4) / len(keys)   # {0.5, 0.3}
+    assert torch.allclose(nucleus, torch.tensor([0.625, 0.375, 0, 0]), atol=0.012), nucleus
 
 
 def _rows_ending_apart(model, tok, ids, **kw):
     """An EOS that some rows sample early and others never: rows finish at different steps."""
-    free = generate(model, ids, eos_token_id=-1, share=False, **kw)
+    free = copied_generate(model, ids, eos_token_id=-1, **kw)
     return free[0][0][2]
 
 
@@ -113,9 +130,9 @@ def test_shared_prompts_sample_what_copied_prompts_sample(sharp, temperature, n,
     kw = dict(n=n, max_new_tokens=12, temperature=temperature, top_p=0.95, pad_token_id=tok.pad_token_id, seed=3,
               batch_size=batch_size)
     eos = _rows_ending_apart(model, tok, ids, **kw)
-    copied = generate(model, ids, eos_token_id=eos, share=False, **kw)
+    copied = copied_generate(model, ids, eos_token_id=eos, **kw)
     assert len({len(s) for group in copied for s in group}) > 1      # rows do finish at different steps
-    assert generate(model, ids, eos_token_id=eos, share=True, **kw) == copied
+    assert generate(model, ids, eos_token_id=eos, **kw) == copied
 
 
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
@@ -135,12 +152,14 @@ def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
         model.get_output_embeddings().weight.mul_(30)
     ids = [tiny[1]("Problem: x")["input_ids"], tiny[1]("Problem: a longer problem, $x^2$")["input_ids"]]
     kw = dict(n=4, max_new_tokens=10, temperature=1.0, top_p=1.0, pad_token_id=tiny[1].pad_token_id, seed=1)
-    assert generate(model, ids, share=True, **kw) == generate(model, ids, share=False, **kw)
+    assert generate(model, ids, **kw) == copied_generate(model, ids, **kw)
 
 
-def test_shared_prompt_attention_equals_attention_over_the_concatenation():
+@pytest.mark.parametrize("window", [None, 3, 6])
+def test_shared_prompt_attention_equals_attention_over_the_concatenation(window):
     """The exact merge: prompt part (one copy per prompt, left padding masked) + own part (causal), against softmax
-    attention over [prompt; own] keys per row; values and gradients, with GQA and prompts of 1 or 3 rows."""
+    attention over [prompt; own] keys per row; values and gradients, with GQA, prompts of 1 or 3 rows, and sliding
+    windows (3: some queries see no prompt key at all)."""
     from generation import shared_prompt_attention
     torch.manual_seed(0)
     B, Hkv, H, P, S, T, d = 2, 2, 4, 5, 4, 3, 8
@@ -149,37 +168,38 @@ def test_shared_prompt_attention_equals_attention_over_the_concatenation():
     kp, vp = torch.randn(B, Hkv, P, d, requires_grad=True), torch.randn(B, Hkv, P, d, requires_grad=True)
     q, k, v = (torch.randn(4, h, t, d, requires_grad=True) for h, t in ((H, T), (Hkv, S), (Hkv, S)))
     layer = type("Layer", (), {"layer_idx": 0})()
-    out, _ = shared_prompt_attention(layer, q, k, v, scaling=d ** -0.5,
+    out, _ = shared_prompt_attention(layer, q, k, v, scaling=d ** -0.5, sliding_window=window,
                                      shared_prompts=([kp], [vp], mask, prompt, slot, 3))         # [n, T, H, d]
     keys = torch.cat([kp[prompt], k], 2).repeat_interleave(H // Hkv, 1)                          # [n, H, P+S, d]
     values = torch.cat([vp[prompt], v], 2).repeat_interleave(H // Hkv, 1)
-    allowed = torch.cat([mask[prompt][:, None, :].expand(-1, T, -1),                            # [n, T, P+S]
-                         (torch.arange(S) <= torch.arange(S - T, S)[:, None]).expand(4, -1, -1)], -1)
+    length = mask.sum(-1)[prompt]                                                                 # [n]
+    key_pos = torch.cat([mask.cumsum(-1)[prompt] - 1, length[:, None] + torch.arange(S)], -1)    # [n, P+S]
+    query_pos = length[:, None] + torch.arange(S - T, S)                                          # [n, T]
+    allowed = torch.cat([mask[prompt], torch.ones(4, S, dtype=torch.bool)], -1)[:, None, :] \
+        & (key_pos[:, None, :] <= query_pos[:, :, None]) & (query_pos[:, :, None] - key_pos[:, None, :] < (window or 99))
     ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None]).transpose(1, 2)
     assert torch.allclose(out, ref, atol=1e-6)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v, kp, vp))
     for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v, kp, vp))):
         assert torch.allclose(g, r, atol=1e-5)
+    if window == 3:
+        assert not (allowed[:, :, :P].any(-1)).all()        # the case the clamp of the prompt part's max is for
 
 
-def test_sliding_window_models_copy_the_prompt(sharp, monkeypatch):
-    """Our attention does not implement a sliding window: such a model takes the copying path (and its tokens are
-    the copied path's), while a full-attention model goes through shared_prompt_attention."""
+def test_sliding_window_models_share_the_prompt_too(sharp, monkeypatch):
+    """A sliding-window model (window 4, far shorter than prompt + completion) goes through shared_prompt_attention
+    and samples the tokens of the copying path, whose window is transformers' own mask."""
     import copy
     import generation
     calls = []
     real = generation.shared_prompt_attention
     monkeypatch.setattr(generation, "shared_prompt_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-    model, tok = sharp
-    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
-    kw = dict(n=3, max_new_tokens=6, temperature=1.0, pad_token_id=tok.pad_token_id, seed=2)
-    generate(model, ids, **kw)
-    assert calls and generation.shares_prompts(model)
-    windowed = copy.deepcopy(model)
+    windowed, tok = copy.deepcopy(sharp[0]), sharp[1]
     windowed.config.sliding_window = 4
-    calls.clear()
-    assert not generation.shares_prompts(windowed)
-    assert generate(windowed, ids, **kw) == generate(windowed, ids, share=False, **kw) and not calls
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
+    kw = dict(n=3, max_new_tokens=10, temperature=1.0, pad_token_id=tok.pad_token_id, seed=2)
+    assert generate(windowed, ids, **kw) == copied_generate(windowed, ids, **kw) and calls
+    assert generate(windowed, ids, **kw) != generate(sharp[0], ids, **kw)        # the window does change the tokens
 
 
 def test_stop_strings_end_generation(tiny):
@@ -313,7 +333,7 @@ def test_rollouts_hold_each_prompt_once(tiny):
     ids = [torch.randint(4, 500, (P,)).tolist() for _ in range(B)]
     c = model.config
     per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
-    for share, bound in ((True, B * P + B * G * L), (False, B * G * (P + L))):
+    for gen, bound in ((generate, B * P + B * G * L), (copied_generate, B * G * (P + L))):
         peak[0] = 0
-        generate(model, ids, n=G, max_new_tokens=L, eos_token_id=-1, pad_token_id=tok.pad_token_id, share=share)
-        assert (bound - B * G) * per_token <= peak[0] <= bound * per_token, share   # counted entering each step
+        gen(model, ids, n=G, max_new_tokens=L, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        assert (bound - B * G) * per_token <= peak[0] <= bound * per_token, gen   # counted entering each step

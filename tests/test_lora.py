@@ -85,7 +85,7 @@ def test_load_rejects_missing_unexpected_and_misshaped(tmp_path):
                           ({**tensors, key: torch.zeros(3, 3)}, "shape")]:
         save_file(broken, path)
         with pytest.raises((KeyError, ValueError), match=match):
-            load_lora(apply_lora(tiny_model(300), r=4, alpha=8, verbose=False), tmp_path / "a")
+            load_lora(apply_lora(tiny_model(300), r=4, alpha=8), tmp_path / "a")
 
 
 def test_merge_matches_unmerged_and_unmerge_restores_bit_exactly():

@@ -19,7 +19,7 @@ def randomize(model, seed):
 
 
 def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path):
-    ours = apply_lora(tiny_model(300), r=16, alpha=32, verbose=False)
+    ours = apply_lora(tiny_model(300), r=16, alpha=32)
     randomize(ours, 1)
     save_lora(ours, tmp_path / "ours", base_model_name_or_path="tiny")
     theirs = peft.PeftModel.from_pretrained(tiny_model(300), str(tmp_path / "ours"))
