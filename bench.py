@@ -382,6 +382,50 @@ def bench_rollout(args):
     save("rollout", result)
 
 
+def multinomial_next(logits, temperature, top_p, generator):
+    """The sampler before keyed noise, as the baseline: nucleus filtering, then torch.multinomial on one generator
+    shared by the batch (so a row's tokens depended on its batch and process)."""
+    import torch
+    probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(dim=-1) - sorted_probs > top_p, 0.0)
+        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
+    """What keying every sample costs: generation.sample_next (hashed noise per row and step) vs multinomial_next,
+    per decode step of 64 rows at Mathstral's vocabulary (top_p 1, as in training), and that both draw the same
+    distribution: every row shares one set of logits, and the rows x steps draws' frequencies of the 20 likeliest
+    tokens are compared with their probabilities."""
+    import torch
+    from generation import mix, sample_keys, sample_next
+    torch.manual_seed(0)
+    logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)                    # [R, V], rows alike
+    keys, gen = sample_keys(0, [(0, r) for r in range(rows)], device), torch.Generator(device=device).manual_seed(0)
+    probs = torch.softmax(logits[0].float(), -1)
+    top = probs.topk(20).indices
+    out = {"rows": rows, "vocab": vocab, "steps": steps, "top_p": 1.0, "device": device,
+           "top_token_prob": probs.max().item()}
+    for label, fn in (("keyed", lambda t: sample_next(logits, 1.0, 1.0, mix(keys ^ t))),
+                      ("multinomial", lambda t: multinomial_next(logits, 1.0, 1.0, gen))):
+        fn(0)
+        seconds, draws = timed(lambda: [fn(t) for t in range(steps)], device)
+        freq = torch.bincount(torch.stack(draws).flatten(), minlength=vocab).float() / (rows * steps)
+        out[f"{label}_ms_per_step"] = 1e3 * seconds / steps
+        out[f"{label}_max_gap_top20"] = (freq[top] - probs[top]).abs().max().item()
+    out["keyed_vs_multinomial"] = out["keyed_ms_per_step"] / out["multinomial_ms_per_step"]
+    print(f"sampling {rows} rows x {vocab} tokens on {device}: keyed {out['keyed_ms_per_step']:.3f} ms per step, "
+          f"multinomial {out['multinomial_ms_per_step']:.3f} ms ({out['keyed_vs_multinomial']:.2f}x); over "
+          f"{rows * steps} draws the 20 likeliest tokens' frequencies are within {out['keyed_max_gap_top20']:.4f} "
+          f"(keyed) and {out['multinomial_max_gap_top20']:.4f} (multinomial) of their probabilities "
+          f"(the likeliest: p = {out['top_token_prob']:.3f})")
+    if args.section == "sampler":                                # inside `bench.py gpu` it goes into gpu's JSON
+        save("sampler", {**out, "device": "cpu-" + platform.machine()})
+    return out
+
+
 TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768)
 
@@ -458,6 +502,7 @@ def bench_gpu(args):
         print(f"decode batch {batch:3d} after {prompt_len}-token prompts: ours {rate['ours']:8.0f} tok/s, prompt "
               f"copied per row {rate['copied']:8.0f} tok/s, HF generate {hf:8.0f} tok/s ({rate['ours'] / hf:.2f}x), "
               f"roofline {roof:8.0f} tok/s ({100 * rate['ours'] / roof:.0f}%)")
+    result["sampler"] = bench_sampler(args, device, vocab=config.vocab_size)   # keyed noise vs multinomial, per step
     B, G, L = (4, 16, 4096) if big else (4, 4, 32)
     P = 3072 if big else 64
     with torch.no_grad():
@@ -505,7 +550,7 @@ def bench_gpu(args):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "gpu"])
+    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
     ap.add_argument("--steps", type=int, default=6, help="cpu/update: steps (the first is not timed; median of rest)")
@@ -516,7 +561,7 @@ def main():
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
     args = ap.parse_args()
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout,
-                "gpu": bench_gpu}
+                "sampler": bench_sampler, "gpu": bench_gpu}
     sections[args.section](args)
 
 
