@@ -14,7 +14,6 @@ import json
 import os
 import random
 import statistics
-import sys
 
 from reward import is_equiv, lenient_answer, reward
 
@@ -297,7 +296,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        sys.exit(f"error: {e}")
+    from generation import run_main          # torch is imported only now
+    run_main(main, (FileNotFoundError, ValueError, KeyError))

@@ -359,7 +359,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, KeyError, ImportError) as e:
-        sys.exit(f"error: {e}")
+    from generation import run_main          # torch is imported only now
+    run_main(main, (FileNotFoundError, ValueError, KeyError, ImportError))

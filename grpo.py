@@ -14,7 +14,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import time
 
 import torch
@@ -25,7 +24,7 @@ from tqdm import tqdm
 
 from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
                     read_resumable, training_problems)
-from generation import distributed, gather, generate, load_model, sharing_prompts
+from generation import distributed, gather, generate, load_model, run_main, sharing_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -337,7 +336,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError, KeyError, FloatingPointError) as e:
-        sys.exit(f"error: {e}")
+    run_main(main, (FileNotFoundError, ValueError, KeyError, FloatingPointError))
