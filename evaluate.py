@@ -182,7 +182,7 @@ def run(args):
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
         if args.adapter:
             load_lora(model, args.adapter)
-        merge_lora(model)                       # sampling at base-model speed
+        merge_lora(model, spare=None)           # sampling at base-model speed; no way back needed, no copy kept
 
     def sample(chunk):
         ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for _, r in chunk]

@@ -8,6 +8,7 @@ prompt p draws from noise keyed by (seed, p's key, s, step): its tokens do not d
 on a CPU). Under torchrun, distributed(), gather() and rounds() are all that the three scripts need.
 """
 import contextlib
+import datetime
 import functools
 import itertools
 import json
@@ -81,6 +82,14 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     return model.eval(), tokenizer
 
 
+
+def cache_bytes(model, prompt_tokens, rows, new_tokens):
+    """The most K/V bytes a rollout batch holds: each prompt's once, plus every row's own new tokens."""
+    c = model.config
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (getattr(c, "head_dim", None) or
+                                                                   c.hidden_size // c.num_attention_heads)
+    return per_token * model.dtype.itemsize * (prompt_tokens + rows * new_tokens)
+
 # ----------------------------------------------------------------------------- sampling
 def mix(x):
     """A 32-bit integer hash of an int64 tensor (values < 2**32; constants < 2**31, so no product overflows)."""
@@ -100,8 +109,8 @@ def sample_next(logits, temperature, top_p, keys):
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p                      # keep the smallest nucleus
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    u = ((mix(keys[:, None] ^ torch.arange(probs.shape[-1], device=probs.device)) >> 8) + 0.5) * 2 ** -24  # [R, V]
-    return (probs / -torch.log(u)).argmax(dim=-1)                                     # u in (0, 1): E = -log u
+    u = ((mix(keys[:, None] ^ torch.arange(probs.shape[-1], device=probs.device)) >> 9) + 0.5) * 2 ** -23  # [R, V]
+    return (probs / -torch.log(u)).argmax(dim=-1)    # 23 bits + 0.5 are exact in fp32: u in (0, 1), E > 0, 0/E = 0
 
 
 def sample_keys(seed, jobs, device):
@@ -190,15 +199,20 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     for start in range(0, len(jobs), batch_size):                      # consecutive rows; a prompt may straddle two
         owner = [p for p, _ in jobs[start:start + batch_size]]
         firsts = sorted(set(owner))                                                                         # [J]
-        ids, mask, positions = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)              # [J, P]
-        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=DynamicCache(),
-                    use_cache=True, logits_to_keep=1)             # a plain cache keeps all of a windowed prompt
+        # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel to return NaN on;
+        # the K/V are then left-padded with zeros, which the attention masks.
+        outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device), past_key_values=DynamicCache(),
+                      use_cache=True, logits_to_keep=1) for p in firsts]  # a plain cache keeps a windowed prompt
+        mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]                          # [J, P]
+        P = mask.shape[1]
+        kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part), (0, 0, P - len(
+            prompt_ids[p]), 0)) for o, p in zip(outs, firsts)]) for i in range(len(outs[0].past_key_values.layers))]
+            for part in ("keys", "values")]                                                    # [J, Hkv, P, d]
         prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
         slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)               # [R]
-        cache = out.past_key_values                                          # each prompt's K/V, prefilled once
-        prompts = ([layer.keys for layer in cache.layers], [layer.values for layer in cache.layers], mask.bool(),
-                   prompt, slot, max(slot.tolist()) + 1)
-        logits, position = out.logits[prompt, -1], mask.sum(-1, keepdim=True)[prompt]                      # [R, V]
+        prompts = (kv[0], kv[1], mask.bool(), prompt, slot, max(slot.tolist()) + 1)
+        logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]                                         # [R, V]
+        position = mask.sum(-1, keepdim=True)[prompt]                                                      # [R, 1]
         key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]], device)          # [R]
         tokens, live, cache = [[] for _ in owner], torch.arange(len(owner), device=device), DynamicCache()
         with sharing_prompts(model):                                       # the rows' cache holds their own tokens
@@ -226,14 +240,20 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
 
 
 # ----------------------------------------------------------------------------- processes (torchrun)
+TIMEOUT = "DIST_TIMEOUT_MINUTES"     # how long a process may wait for the others (an AIME chunk: tens of minutes)
+
+
 def distributed(flags=None):
     """(rank, world size); plain `python` is process 0 of 1. Under torchrun: joins its process group (NCCL on GPUs, gloo
-    on CPU), takes GPU LOCAL_RANK, and stops every process if any was started with `flags` other than process 0's."""
+    on CPU), takes GPU LOCAL_RANK, and stops every process if any was started with `flags` other than process 0's.
+    A process waits for the others at most $DIST_TIMEOUT_MINUTES (default 180; NCCL's own default, 10 minutes, is
+    shorter than one evaluation chunk at n = 2,048, and its watchdog would tear the run down)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
     if world > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                timeout=datetime.timedelta(minutes=float(os.environ.get(TIMEOUT, 180))))
     ranks = gather(flags) if flags is not None else [{}]
     bad = [f"process {r}: --{k.replace('_', '-')}" for r, f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
     if bad:
@@ -263,12 +283,19 @@ def rounds(chunks, work, path, desc):
 
 def run_main(main, errors):
     """A script's entry: main(); one of `errors` -> "error: ..." and exit status 1. Under torchrun, after success,
-    the processes wait for each other and exit skipping C++ teardown, where finished gloo processes aborted (~3 %)."""
+    the processes wait for each other (every send has arrived), then tear the process group down; on gloo they exit
+    skipping C++ teardown instead, where finished processes aborted in 1-3 % of runs."""
     try:
         main()
     except errors as e:
         sys.exit(f"error: {e}")
+    except RuntimeError as e:                  # gloo's and NCCL's timeouts say "Timed out"
+        if "imed out" not in str(e):
+            raise
+        sys.exit(f"error: a process waited longer than ${TIMEOUT} minutes for the others ({str(e).splitlines()[0]})")
     if dist.is_initialized():
         gather(None)
+        if dist.get_backend() != "gloo":
+            return dist.destroy_process_group()
         sys.stdout.flush(), sys.stderr.flush()
         os._exit(0)

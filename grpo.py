@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
                     read_resumable, training_problems)
-from generation import distributed, gather, generate, load_model, run_main, sharing_prompts
+from generation import cache_bytes, distributed, gather, generate, load_model, run_main, sharing_prompts
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -83,21 +83,22 @@ def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_
 
 
 # ----------------------------------------------------------------------------- log-probs: the prompt once per group
-def completion_logprobs(model, hidden, targets, mask, chunk=1024):
-    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0 where mask is 0.
+def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
+    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0 where mask is 0,
+    at the sampling temperature (pi = softmax(logits / temperature): the policy the rollouts were drawn from).
     The LM head runs only where mask is 1, a chunk at a time, recomputed in backward: never [N, T, V] in fp32."""
     sel = mask.bool()                                                                      # [N, T]
     h, y = hidden[sel], targets[sel]                                                       # [K, H], [K]
     weight = model.get_output_embeddings().weight                                          # [V, H]
-    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], use_reentrant=False)
+    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature, use_reentrant=False)
              for i in range(0, len(y), chunk)]
     out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T]
     out[sel] = torch.cat(parts) if parts else out[sel]
     return out
 
 
-def _token_logprobs(weight, hidden, targets):
-    logits = (hidden @ weight.T).float()                                                   # [K, V] one chunk
+def _token_logprobs(weight, hidden, targets, temperature):
+    logits = (hidden @ weight.T).float() / temperature                                     # [K, V] one chunk
     return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
 
 
@@ -144,7 +145,7 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
                                  use_cache=False, shared_prompts=(*prompt, comp.new_zeros(n),
                                  torch.arange(n, device=device), n)).last_hidden_state                # [n, T, H]
                 hidden = torch.cat([leaves[0].expand(n, -1, -1), hidden[:, :-1]], dim=1)          # t predicts t
-                logprobs = completion_logprobs(model, hidden, comp_ids, comp)                      # [n, T]
+                logprobs = completion_logprobs(model, hidden, comp_ids, comp, args.temperature)    # [n, T]
                 loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device), comp.float(),
                                     args.max_new_tokens, args.clip_eps)
                 loss = loss * n / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
@@ -273,7 +274,8 @@ def train(args, rows, model, tokenizer, reward_fn=None):
         prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in batch]
         prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
         model.eval()
-        with merged(model):                     # rollouts at base-model speed; exact base weights restored after
+        spare = cache_bytes(model, B * args.max_prompt_tokens, min(B * G, args.rollout_batch_size), L)
+        with merged(model, spare):              # rollouts at base-model speed; exact base weights restored after
             outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
                             top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                             seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size)   # keyed (b, g)

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 import drafts
 import evaluate
+import generation
 import grpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -26,9 +27,9 @@ GRPO_ARGS = ["--model", "tiny", "--variant", "no-draft", "--exclude", "", "--pro
              "--num-generations", "2", "--max-new-tokens", "6", "--lr", "1e-3", "--save-every", "1"]
 
 
-def torchrun(script, *args, n=2):
+def torchrun(script, *args, n=2, env=None):
     """Run `script args` under torchrun with n CPU processes; returns the completed process (output captured)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={n}",
                            script, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
@@ -93,6 +94,36 @@ def test_drafts_two_processes_write_one_process_pool(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()   # same order too
 
+
+
+def test_processes_wait_for_each_other_up_to_the_timeout_they_are_given(tmp_path):
+    """Uneven chunks: process 1's takes 8 s. With $DIST_TIMEOUT_MINUTES at 3 s, process 0 stops waiting and the run
+    ends with one line naming the variable (the default, 180 minutes, outlasts an AIME chunk at n = 2,048, where
+    NCCL's own 10 minutes would tear the run down); the other torchrun tests run under the default."""
+    script = tmp_path / "slow.py"
+    script.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\nimport evaluate, generation\n"
+                      "work = generation.generate\n"
+                      "def slow(*a, **kw):\n    time.sleep(8 * (os.environ['RANK'] == '1'))\n    return work(*a, **kw)\n"
+                      "generation.generate = slow\n"
+                      "generation.run_main(lambda: evaluate.main(sys.argv[1:]), ValueError)\n")
+    run = torchrun(str(script), "--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "2",
+                   "--max-new-tokens", "4", "--batch-size", "1", "--output", tmp_path / "r.json",
+                   env={generation.TIMEOUT: "0.05"})
+    assert run.returncode != 0 and f"waited longer than ${generation.TIMEOUT}" in run.stderr, run.stderr[-3000:]
+    assert "Timed out waiting 3000ms" in run.stderr
+
+
+def test_run_main_tears_nccl_down_and_skips_only_gloos_teardown(monkeypatch):
+    import torch.distributed as dist
+    calls = []
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(generation, "gather", lambda obj: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(os, "_exit", lambda code: calls.append(f"_exit {code}"))
+    for backend in ("nccl", "gloo"):
+        monkeypatch.setattr(dist, "get_backend", lambda: backend)
+        generation.run_main(lambda: None, ValueError)
+    assert calls == ["barrier", "destroy", "barrier", "_exit 0"]
 
 def test_bad_setups_stop_before_a_model_loads(tmp_path):
     """More processes than rollouts, and processes started with different flags (rank 0's are the run's)."""

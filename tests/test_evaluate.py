@@ -1,3 +1,4 @@
+import contextlib
 import json
 import os
 from fractions import Fraction
@@ -111,6 +112,71 @@ def test_sampling_draws_from_the_distribution():
     nucleus = torch.bincount(sample_next(logits, 1.0, 0.7, keys), minlength=4) / len(keys)   # {0.5, 0.3}
     assert torch.allclose(nucleus, torch.tensor([0.625, 0.375, 0, 0]), atol=0.012), nucleus
 
+
+
+def test_sampling_never_draws_a_token_of_probability_zero():
+    """Every hash maps to u strictly inside (0, 1): a token with p = 0 scores 0 / E = 0 and never wins. (u = 1 gave
+    E = -0 and 0 / -0 = NaN, which argmax picks: ~1 in 2^24 token draws, 12 expected here.) With top_p, no token
+    outside the nucleus wins either."""
+    from generation import mix, sample_keys, sample_next
+    rows, steps, vocab = 100, 1000, 2048
+    gen = torch.Generator().manual_seed(0)
+    target = torch.randint(vocab, (rows,), generator=gen)                                   # [R]
+    logits = torch.full((rows, vocab), float("-inf")).scatter_(1, target[:, None], 0.0)      # all mass on one token
+    keys = sample_keys(0, [(0, r) for r in range(rows)], "cpu")
+    drawn = torch.stack([sample_next(logits, 1.0, 1.0, mix(keys ^ t)) for t in range(steps)])  # [steps, R]
+    assert drawn.numel() >= 10 ** 5 and torch.equal(drawn, target.expand(steps, -1))
+    logits = torch.randn(rows, vocab, generator=gen) * 3
+    probs = torch.softmax(logits, -1)
+    sorted_probs, order = probs.sort(-1, descending=True)
+    nucleus = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, sorted_probs.cumsum(-1) - sorted_probs
+                                                                 <= 0.95)                 # [R, V]
+    drawn = torch.stack([sample_next(logits, 1.0, 0.95, mix(keys ^ t)) for t in range(200)])    # [200, R]
+    assert nucleus.gather(1, drawn.T).all()
+
+
+@contextlib.contextmanager
+def fused_kernels_that_return_nan_on_padding(model):
+    """What fused CUDA SDPA kernels have done with padded batches (torch 2.13, transformers 5.x): a fully masked query
+    row comes back NaN. On top of that, NaN in every padded position's hidden state, and so in its K/V at every
+    layer: a prompt path that is robust by construction never reads either."""
+    sdpa, masks = torch.nn.functional.scaled_dot_product_attention, []
+
+    def nan_sdpa(query, key, value, attn_mask=None, **kw):
+        out = sdpa(query, key, value, attn_mask=attn_mask, **kw)
+        if attn_mask is not None and attn_mask.dtype == torch.bool:
+            out = out.masked_fill(~attn_mask.any(-1, keepdim=True), float("nan"))   # fully masked rows
+        return out
+
+    def remember_mask(module, args, kwargs):
+        masks.append(kwargs.get("attention_mask"))
+
+    def poison_pads(module, args, out):
+        mask = masks[-1]
+        return out if mask is None else out.masked_fill(mask[..., None] == 0, float("nan"))
+    hooks = [model.model.register_forward_pre_hook(remember_mask, with_kwargs=True),
+             model.model.embed_tokens.register_forward_hook(poison_pads)]
+    torch.nn.functional.scaled_dot_product_attention = nan_sdpa
+    try:
+        yield
+    finally:
+        torch.nn.functional.scaled_dot_product_attention = sdpa
+        for h in hooks:
+            h.remove()
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_prompts_of_different_lengths_survive_kernels_that_return_nan_on_padding(sharp, temperature):
+    """Prompts of 5, 37 and 90 tokens sampled together, under kernels that return NaN for padded rows, give the
+    tokens each gives alone on clean kernels (before: 8 of 12 rows differed, greedy and sampled)."""
+    model, tok = sharp
+    gen = torch.Generator().manual_seed(0)
+    ids = [torch.randint(4, len(tok), (n,), generator=gen).tolist() for n in (5, 37, 90)]
+    kw = dict(n=4, max_new_tokens=8, temperature=temperature, eos_token_id=-1, pad_token_id=tok.pad_token_id, seed=1)
+    alone = [generate(model, [x], keys=[i], **kw)[0] for i, x in enumerate(ids)]
+    with fused_kernels_that_return_nan_on_padding(model):
+        together = generate(model, ids, **kw)
+    assert together == alone
 
 def _rows_ending_apart(model, tok, ids, **kw):
     """An EOS that some rows sample early and others never: rows finish at different steps."""

@@ -39,21 +39,24 @@ def test_loss_clips_off_policy_ratios():
     assert torch.allclose(neg, -torch.tensor((-1.5 - 0.8) / 2))       # with A < 0
 
 
-def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny):
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temperature):
+    """log pi at the sampling temperature (logits / T, as TRL), only where the mask is 1."""
     model, _ = tiny
     torch.manual_seed(0)
     hidden = torch.randn(2, 6, 64, requires_grad=True)                # [N, T, H]
     targets = torch.randint(4, 500, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]])
-    lp = completion_logprobs(model, hidden, targets, mask, chunk=3)   # [2, 6]
-    ref = torch.log_softmax(model.lm_head(hidden).float(), -1).gather(-1, targets[..., None]).squeeze(-1) * mask
+    lp = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)   # [2, 6]
+    logits = model.lm_head(hidden).float() / temperature
+    ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
     assert torch.allclose(lp, ref, atol=1e-5)
     lp.sum().backward()
     assert torch.equal(lp == 0, mask == 0)
     assert torch.equal(hidden.grad.abs().sum(-1) > 0, mask.bool())    # masked-out positions get no gradient
 
 
-def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_new_tokens):
+def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_new_tokens, temperature=1.0):
     """The Dr. GRPO gradient the slow, obvious way: one full forward per (prompt + completion) sequence."""
     B, G = advantages.shape
     loss = 0.0
@@ -62,7 +65,7 @@ def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_n
             if zero_std[b]:
                 continue
             ids = torch.tensor([prompts[b] + completions[b][g]])
-            logp = torch.log_softmax(model(input_ids=ids).logits.float(), -1)[0, :-1]
+            logp = torch.log_softmax(model(input_ids=ids).logits.float() / temperature, -1)[0, :-1]
             logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompts[b]) - 1:]   # completion tokens only
             loss = loss - advantages[b, g] * logp.sum() / (B * G * max_new_tokens)
     loss.backward()
@@ -104,6 +107,29 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     a_grads = [p.grad for name, p in fast.named_parameters() if "lora_A" in name]
     assert all(g.abs().sum() > 0 for g in a_grads)                    # the gradient reached every adapter
 
+
+
+def test_policy_update_takes_log_probs_at_the_sampling_temperature():
+    """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi = softmax(logits / 0.7)."""
+    import copy
+    from generation import tiny_model
+    from lora import apply_lora
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(500))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
+    advantages, zero_std = torch.tensor([[0.5, -0.5], [-0.5, 0.5]]), torch.zeros(2, dtype=torch.bool)
+    args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
+    fast = copy.deepcopy(model)
+    grpo.policy_update(fast, prompts, completions, advantages, zero_std, args, pad_token_id=3)
+    at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std, 8, 0.7)
+    at_1 = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8, 1.0)
+    for name, p in fast.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, at_07[name], rtol=1e-4, atol=1e-7), name
+    assert any(not torch.allclose(at_07[k], at_1[k], rtol=1e-3) for k in at_1)    # the temperature matters
 
 def run_args(tmp_path, *extra):
     return grpo.parse_args(["--model", "tiny", "--output-dir", str(tmp_path), "--exclude", "", *extra])
