@@ -9,6 +9,7 @@
 Each section prints a table and writes bench/results/<section>-<device>.json.
 """
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,15 +20,18 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def save(section, result):
-    os.makedirs(os.path.join(HERE, "bench", "results"), exist_ok=True)
+def save(section, result, folder=None):
+    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole, then renamed into place."""
+    folder = folder or os.path.join(HERE, "bench", "results")
+    os.makedirs(folder, exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
     tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts" if result.get("drafts") else "") + \
         (f"-p{result['prompt_tokens']}" if section == "update" else "")
-    path = os.path.join(HERE, "bench", "results", f"{section}-{name}{tag}.json")
-    with open(path, "w") as f:
+    path = os.path.join(folder, f"{section}-{name}{tag}.json")
+    with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
-    print(f"wrote {path}")
+    os.replace(path + ".tmp", path)
+    print(f"wrote {path}", flush=True)
 
 
 # ----------------------------------------------------------------------------- grader
@@ -284,13 +288,23 @@ MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=143
                        num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
                        max_position_embeddings=32768)            # mistralai/Mathstral-7B-v0.1's config.json
 # ----------------------------------------------------------------------------- rollouts: the prompt held once
+def left_pad(seqs, pad_token_id, device):
+    """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left so that every
+    sequence ends in the last column; each sequence's positions start at 0, pads sit at 0."""
+    import torch
+    width = max(map(len, seqs))
+    ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
                     pad_token_id=0, seed=0, batch_size=64):
     """generation.generate before the prompt-once change, as the baseline: each prompt is prefilled once and its K/V
     copied to each of its n rows, read through the model's own attention (masks and sliding windows included);
     the same keyed sampling, so the same tokens up to float rounding. No stop strings."""
     import torch
-    from generation import left_pad, mix, sample_keys, sample_next
+    from generation import mix, sample_keys, sample_next
     device, jobs = next(model.parameters()).device, [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
     results = [[] for _ in prompt_ids]
     for start in range(0, len(jobs), batch_size):
@@ -325,60 +339,259 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     return results
 
 
-def kv_bytes_held(model):
-    """Wrap model.forward to record the most KV-cache bytes held entering any forward: the rows' cache plus the
-    prompts' shared K/V, each tensor counted once. Returns the one-element list the peak is kept in."""
+# ----------------------------------------------------------------------------- rollouts: the previous engine
+def online_softmax_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
+                             shared_prompts=None, sliding_window=None, **kwargs):
+    """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens' K/V, the two
+    parts merged exactly (online softmax); registered with transformers as "shared_prompts", so Mistral, Llama and
+    Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own tokens, the last T the
+    queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer [B, Hkv, P, d]; mask [B, P] (False on
+    left padding); row -> its prompt and its place among that prompt's <= G rows. The prompt part masks padding, the
+    own part is causal, both the sliding window. Products in the model's dtype, softmax in fp32 (as eager attention).
+    The attention of dynamic_generate, the baseline: kept as it was, the decode part only."""
     import torch
-    peak, forward = [0], model.forward
+    keys, values, mask, prompt, slot, G = shared_prompts
+    kp, vp = keys[module.layer_idx], values[module.layer_idx]                                 # [B, Hkv, P, d]
+    (n, H, T, d), (B, Hkv, P, _), S = query.shape, kp.shape, key.shape[2]
+    W = sliding_window or 2 ** 62                               # a key W or more positions back is out of the window
+    q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling        # GQA: head h reads K/V head h // (H // Hkv)
+    qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)               # [B, G, Hkv, M, d]
+    qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)           # all G rows' queries of a prompt in one product
+    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :], float("-inf"))   # [B, 1, 1, P]
+    s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
+    if sliding_window:          # query t sits at position len + S - T + t, prompt key j at j - (left padding)
+        back = (mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device))[:, :, None] \
+            - (mask.cumsum(-1) - 1)[:, None, :]                                               # [B, T, P]
+        s1.view(B, Hkv, -1, T, P).masked_fill_((back >= W)[:, None, None], float("-inf"))
+    m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)   # any constant per query is exact; the max is stable
+    e1 = s1.sub_(m1).exp_()                                  # in place: scores are the big tensors [B, Hkv, G*M, P]
+    u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)      # unnormalised output [B, Hkv, G*M, d] and sum
+    u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))  # [n, Hkv, M, *]
+    s2 = (q @ key.transpose(-1, -2)).float()                                                  # [n, Hkv, M, S]
+    j, i = torch.arange(S, device=q.device), torch.arange(S - T, S, device=q.device)[:, None]  # own key, query
+    hide = (j > i) | (i - j >= W)                               # own tokens: causal (row padding sits at the end)
+    s2 = s2.masked_fill_(hide.repeat(H // Hkv, 1), float("-inf"))                             # [T, S] per head
+    m2 = s2.detach().amax(-1, keepdim=True)
+    e2 = s2.sub_(m2).exp_()                                                                   # [n, Hkv, M, S]
+    u2, z2 = e2.to(value.dtype) @ value, e2.sum(-1, keepdim=True)
+    m = torch.maximum(m1, m2)                                   # the merge: one softmax over prompt + own tokens
+    a1, a2 = (m1 - m).exp(), (m2 - m).exp()                                                   # [n, Hkv, M, 1]
+    out = (u1 * a1 + u2 * a2) / (z1 * a1 + z2 * a2)                                           # [n, Hkv, M, d]
+    return out.reshape(n, H, T, d).transpose(1, 2).to(query.dtype), None                     # [n, T, H, d]
 
-    def counting(*args, past_key_values=None, shared_prompts=None, **kwargs):
+
+@contextlib.contextmanager
+def dynamic_attention(model):
+    """dynamic_generate's attention switch: online_softmax_attention, with SDPA's masks."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
+    AttentionInterface.register("online_softmax", online_softmax_attention)
+    AttentionMaskInterface.register("online_softmax", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
+    old, model.config._attn_implementation = model.config._attn_implementation, "online_softmax"
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = old
+
+
+def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
+                     pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None, batch_size=64):
+    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers. Returns, per prompt,
+    its completions (token-id lists, EOS kept) in sample order. Sample s of prompt p draws from noise keyed by
+    (seed, keys[p], s) (keys default to 0, 1, ...): the same tokens whichever rows share its batch or process, up to
+    float rounding of the logits. Stops at EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail.
+    generation.generate before the fixed-shape engine, as the baseline of `bench.py rollout`: a DynamicCache that
+    concatenates every layer's K/V at every step, finished rows dropped every step, every token read by the host."""
+    import torch
+    from transformers import DynamicCache
+    from generation import mix, sample_keys, sample_next
+    with torch.no_grad():
+        samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
+        keys = range(len(prompt_ids)) if keys is None else keys
+        jobs = [(p, s) for p in range(len(prompt_ids)) for s in samples[p]]
+        device, results = next(model.parameters()).device, [[] for _ in prompt_ids]
+        for start in range(0, len(jobs), batch_size):                      # consecutive rows; a prompt may straddle two
+            owner = [p for p, _ in jobs[start:start + batch_size]]
+            firsts = sorted(set(owner))                                                                         # [J]
+            # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel to return NaN on;
+            # the K/V are then left-padded with zeros, which the attention masks.
+            outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device), past_key_values=DynamicCache(),
+                          use_cache=True, logits_to_keep=1) for p in firsts]  # a plain cache keeps a windowed prompt
+            mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]                          # [J, P]
+            P = mask.shape[1]
+            kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part), (0, 0, P - len(
+                prompt_ids[p]), 0)) for o, p in zip(outs, firsts)]) for i in range(len(outs[0].past_key_values.layers))]
+                for part in ("keys", "values")]                                                    # [J, Hkv, P, d]
+            prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
+            slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)               # [R]
+            prompts = (kv[0], kv[1], mask.bool(), prompt, slot, max(slot.tolist()) + 1)
+            logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]                                         # [R, V]
+            position = mask.sum(-1, keepdim=True)[prompt]                                                      # [R, 1]
+            key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]], device)          # [R]
+            tokens, live, cache = [[] for _ in owner], torch.arange(len(owner), device=device), DynamicCache()
+            with dynamic_attention(model):                                     # the rows' cache holds their own tokens
+                for t in range(max_new_tokens):
+                    nxt = sample_next(logits, temperature, top_p, mix(key ^ t))                                 # [R]
+                    keep = []
+                    for row, tok in zip(live.tolist(), nxt.tolist()):
+                        tokens[row].append(tok)
+                        done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
+                            s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
+                        keep.append(not done)
+                    if not any(keep):
+                        break
+                    if not all(keep):                                              # drop finished rows from the batch
+                        sel = torch.tensor(keep, device=device)
+                        live, nxt, position, key = live[sel], nxt[sel], position[sel], key[sel]
+                        cache.batch_select_indices(sel.nonzero().squeeze(-1))
+                        prompts = prompts[:3] + (prompts[3][sel], prompts[4][sel], prompts[5])
+                    logits = model(input_ids=nxt[:, None], position_ids=position, cache=cache, use_cache=True,
+                                   shared_prompts=prompts).logits[:, -1]
+                    position = position + 1
+            for row, p in enumerate(owner):
+                results[p].append(tokens[row])
+        return results
+
+
+    # ----------------------------------------------------------------------------- processes (torchrun)
+    TIMEOUT = "DIST_TIMEOUT_MINUTES"     # how long a process may wait for the others (an AIME chunk: tens of minutes)
+
+
+@contextlib.contextmanager
+def kv_bytes_held(model):
+    """Within the block, record the most KV-cache bytes held entering any decode step of `model`: a DynamicCache's
+    tensors (the baselines), or generate()'s buffers (each prompt's K/V and the rows' own caches), each tensor
+    counted once. Yields the one-element list the peak is kept in."""
+    import torch
+    import generation
+    peak, forward, decode_forward = [0], model.forward, generation.decode_forward
+
+    def count(past_key_values=None, shared=None):
         held = [t for layer in getattr(past_key_values, "layers", []) for t in (layer.keys, layer.values)
                 if isinstance(t, torch.Tensor)]
-        held += list(shared_prompts[0]) + list(shared_prompts[1]) if shared_prompts else []
+        if shared is not None:
+            held += list(shared.keys) + list(shared.values) + [t for layer in shared.cache or [] for t in layer]
         peak[0] = max(peak[0], sum({t.data_ptr(): t.nbytes for t in held}.values()))
-        extra = {"shared_prompts": shared_prompts} if shared_prompts else {}
-        return forward(*args, past_key_values=past_key_values, **extra, **kwargs)
-    model.forward = counting
-    return peak
+
+    def counting(*args, past_key_values=None, **kwargs):
+        count(past_key_values)
+        return forward(*args, **({"past_key_values": past_key_values} if past_key_values is not None else {}),
+                       **kwargs)
+
+    def counting_decode(m, plan, ids, position, shared):
+        count(shared=shared) if m is model else None
+        return decode_forward(m, plan, ids, position, shared)
+    model.forward, generation.decode_forward = counting, counting_decode
+    try:
+        yield peak
+    finally:
+        model.forward, generation.decode_forward = forward, decode_forward
+
+
+def median_time(fn, runs):
+    """Median seconds of `runs` calls of fn() after one untimed call (warm-up: the allocator, lazy imports)."""
+    fn()
+    times = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def ops_per_step(fn, steps=16):
+    """aten ops of one decode step, nested calls counted: the profiler's difference between fn(1 + steps) and fn(1)
+    (the prefill and set-up cancel), over steps."""
+    from torch.profiler import ProfilerActivity, profile
+    counts = []
+    for n in (1, 1 + steps):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn(n)
+        counts.append(sum(e.name.startswith("aten::") for e in prof.events()))
+    return (counts[1] - counts[0]) / steps
 
 
 def bench_rollout(args):
-    """generate() holding each prompt's K/V once (shared_prompt_attention) vs copying it to the prompt's G rows (the
-    path before, copied_generate): time, KV bytes held, same tokens."""
+    """generate() (fixed shapes, preallocated K/V, a look from the host every CHECK_EVERY steps) against the engines
+    before it, on the CPU. 1. The decode engine vs dynamic_generate (the previous generate: a DynamicCache that
+    concatenates every step, rows dropped every step, every token read by the host), 4 prompts of 512 tokens x 16
+    rows, no EOS: time at 64 and 1,024 new tokens, the late/early per-step ratio, aten ops per step, greedy rows
+    identical. 2. Finished rows leaving the batch (compaction) or staying, masked, with rows ending at EOS.
+    3. Each prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
     import torch
+    import generation
     from generation import generate, tiny_tokenizer
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = small_model(tiny_tokenizer(), args.hidden, args.layers).eval()
     c = model.config
     kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4  # fp32
-    peak = kv_bytes_held(model)
-    B, G, L = 4, 16, args.new_tokens
+    B, G, P = 4, 16, 512
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
               "layers": args.layers, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "B": B,
-              "G": G, "new_tokens": L, "kv_bytes_per_token": kv_token, "prompts": {}}
+              "G": G, "runs": args.steps, "kv_bytes_per_token": kv_token}
+    prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
+    kw = dict(n=G, eos_token_id=-1, pad_token_id=3, seed=1)
+    engine = {"prompt_tokens": P}
+    for label, gen in (("ours", generate), ("before", dynamic_generate)):
+        for L in (64, 1024):
+            engine[f"{label}_s_{L}"] = median_time(lambda: gen(model, prompts, max_new_tokens=L, **kw), args.steps)
+        engine[f"{label}_late_early"] = (engine[f"{label}_s_1024"] / 1024) / (engine[f"{label}_s_64"] / 64)
+        engine[f"{label}_ops_per_step"] = ops_per_step(lambda n: gen(model, prompts, max_new_tokens=n, **kw))
+        engine[f"{label}_greedy"] = gen(model, prompts, max_new_tokens=1024, temperature=0, **kw)
+    rows = lambda out: [row for group in out for row in group]
+    engine["greedy_rows_identical"] = sum(a == b for a, b in zip(rows(engine.pop("ours_greedy")),
+                                                                 rows(engine.pop("before_greedy")))) / (B * G)
+    for L in (64, 1024):
+        engine[f"speedup_{L}"] = engine[f"before_s_{L}"] / engine[f"ours_s_{L}"]
+    engine["ops_ratio"] = engine["ours_ops_per_step"] / engine["before_ops_per_step"]
+    result["engine"] = engine
+    print(f"decode engine, {B} x {G} rows after {P}-token prompts, no EOS, median of {args.steps} runs: 64 tokens "
+          f"{engine['ours_s_64']:.2f} s vs {engine['before_s_64']:.2f} s before ({engine['speedup_64']:.2f}x); "
+          f"1,024 tokens {engine['ours_s_1024']:.2f} s vs {engine['before_s_1024']:.2f} s "
+          f"({engine['speedup_1024']:.2f}x); late/early per-step time {engine['ours_late_early']:.2f} vs "
+          f"{engine['before_late_early']:.2f}; aten ops per step {engine['ours_ops_per_step']:.0f} vs "
+          f"{engine['before_ops_per_step']:.0f} ({engine['ops_ratio']:.2f}); greedy rows identical "
+          f"{100 * engine['greedy_rows_identical']:.1f} %")
+
+    # 2. rows ending at EOS (an LM-head bias makes it ~1 in 300 a step): compaction at half the rows vs never
+    eos, compact, head = 7, generation.COMPACT_AT, model.get_output_embeddings()
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features).index_fill_(0, torch.tensor([eos]), 1.9))
+    ending = {}
+    for label, at in (("compacted", compact), ("masked", 0.0)):
+        generation.COMPACT_AT = at
+        ending[f"{label}_s"] = median_time(lambda: generate(model, prompts, max_new_tokens=1024, **{
+            **kw, "eos_token_id": eos}), args.steps)
+        ending[f"{label}_rows"] = generate(model, prompts, max_new_tokens=1024, **{**kw, "eos_token_id": eos})
+    generation.COMPACT_AT, head.bias = compact, None
+    lengths = [len(r) for r in rows(ending["compacted_rows"])]
+    ending.update(same_tokens=ending.pop("compacted_rows") == ending.pop("masked_rows"), speedup=ending["masked_s"] /
+                  ending["compacted_s"], median_length=statistics.median(lengths), longest=max(lengths))
+    result["rows_ending"] = ending
+    print(f"rows ending at EOS (median {ending['median_length']:.0f} tokens, longest {ending['longest']}): finished "
+          f"rows leaving the batch {ending['compacted_s']:.2f} s, staying masked {ending['masked_s']:.2f} s "
+          f"({ending['speedup']:.2f}x); same tokens: {ending['same_tokens']}")
+
+    # 3. the prompt held once vs copied to every row
+    result["prompts"] = {}
     for P in (100, 500, 2000):
         prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
         row, outs = {}, {}
         for label, gen in (("shared", generate), ("copied", copied_generate)):
-            times = []
-            for _ in range(args.steps):
-                peak[0] = 0
-                t = time.perf_counter()
-                outs[label] = gen(model, prompts, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
-                                  pad_token_id=3, seed=1)
-                times.append(time.perf_counter() - t)
-            row[f"{label}_s"], row[f"{label}_kv_bytes"] = statistics.median(times[1:]), peak[0]
-        flat = lambda o: [t for group in o for s in group for t in s]
+            row[f"{label}_s"] = median_time(lambda: gen(model, prompts, max_new_tokens=64, **kw), args.steps)
+            with kv_bytes_held(model) as peak:
+                outs[label] = gen(model, prompts, max_new_tokens=64, temperature=1.0, **kw)
+            row[f"{label}_kv_bytes"] = peak[0]
+        flat = lambda o: [t for r in rows(o) for t in r]
         row["speedup"] = row["copied_s"] / row["shared_s"]
         row["kv_ratio"] = row["copied_kv_bytes"] / row["shared_kv_bytes"]
-        row["bound_kv_bytes"] = (B * P + B * G * L) * kv_token             # the issue's bound: B*P + B*G*L tokens
+        row["bound_kv_bytes"] = (B * P + B * G * 64) * kv_token            # the bound: B*P + B*G*L tokens
         row["tokens_differing"] = sum(a != b for a, b in zip(flat(outs["shared"]), flat(outs["copied"])))
         result["prompts"][P] = row
-        print(f"rollouts {B} x {G} x {L} tokens after {P}-token prompts: shared {row['shared_s']:.3f} s, copied "
+        print(f"rollouts {B} x {G} x 64 tokens after {P}-token prompts: shared {row['shared_s']:.3f} s, copied "
               f"{row['copied_s']:.3f} s -> {row['speedup']:.2f}x; KV held {row['shared_kv_bytes'] / 2**20:.1f} MiB "
               f"vs {row['copied_kv_bytes'] / 2**20:.1f} MiB (bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
-              f"{row['tokens_differing']} of {B * G * L} tokens differ")
+              f"{row['tokens_differing']} of {B * G * 64} tokens differ")
     save("rollout", result)
 
 
@@ -426,6 +639,36 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
     return out
 
 
+def bench_merge(args):
+    """What bf16 does to a LoRA adapter's effect on a layer's output, early in training: merged into the bf16 weights
+    (our rollouts), applied unmerged and added to the bf16 output (vLLM's LoRA kernels: the author's rollouts), or
+    added in fp32. A 4096 x 4096 layer, W ~ N(0, 0.02) in bf16, A at PEFT's init, B after k steps of lr = 5e-6 per
+    element with one sign kept (consistent) or drawn afresh each step (random walk); the share of the adapter's exact
+    effect that survives is the realised change projected on it. Early in a bf16 run both pipelines sample from
+    nearly the base model."""
+    import torch
+    n, r, alpha, lr = 4096, 16, 32, 5e-6
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randn(n, n, generator=g) * 0.02).bfloat16()
+    a = (torch.rand(r, n, generator=g) * 2 - 1) / n ** 0.5              # PEFT's init: kaiming_uniform(a=sqrt(5))
+    x = torch.randn(n, 64, generator=g).bfloat16().float()
+    y0 = (w.float() @ x).bfloat16().float()
+    result = {"device": "cpu-" + platform.machine(), "shape": [n, n], "r": r, "alpha": alpha, "lr": lr, "runs": []}
+    sign = lambda: torch.randint(0, 2, (n, r), generator=g).float() * 2 - 1      # a fresh +-1 per element of B
+    for k in (10, 100, 1000):
+        for signs in ("consistent", "random-walk"):
+            b = lr * (k * sign() if signs == "consistent" else sum(sign() for _ in range(k)))
+            delta = alpha / r * (b @ (a @ x))                                        # the adapter's exact effect
+            ys = {"merged": (((w.float() + alpha / r * (b @ a)).bfloat16()).float() @ x).bfloat16(),
+                  "unmerged_bf16_add": (y0 + delta.bfloat16().float()).bfloat16(), "fp32_add": y0 + delta}
+            share = {m: ((y.float() - y0) * delta).sum().item() / (delta * delta).sum().item() for m, y in ys.items()}
+            result["runs"].append({"steps": k, "signs": signs, **share})
+            print(f"bf16, {k} steps, {signs} signs: merged keeps {100 * share['merged']:.1f} %, unmerged + bf16 add "
+                  f"{100 * share['unmerged_bf16_add']:.1f} %, fp32 add {100 * share['fp32_add']:.1f} % of the "
+                  "adapter's effect")
+    save("merge", result)
+
+
 TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                   num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768)
 
@@ -451,12 +694,65 @@ def copy_bandwidth(nbytes, device):
     return 2 * nbytes * 10 / t / 1e9
 
 
-def bench_gpu(args):
-    """Random weights of Mathstral's exact shape (no download): decode tok/s (ours vs HF generate vs the HBM
-    roofline), prefill, and one paper-config step (4 prompts x 3,072 tokens, 16 x 4,096 new tokens) with peak memory.
-    --shape tiny runs the same code on a tiny model (CPU smoke test of this script)."""
+def memory(device):
+    """Peak GB allocated and reserved since the last reset (CUDA), then a reset; {} on the CPU."""
     import torch
+    if device != "cuda":
+        return {}
+    peak = {"peak_allocated_GB": torch.cuda.max_memory_allocated() / 1e9,
+            "peak_reserved_GB": torch.cuda.max_memory_reserved() / 1e9}
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, first=32):
+    """generate() with full-size buffers for `new_tokens`, stopped after `steps` decode steps: seconds per step over
+    steps first..steps (the first ones warm up, and CUDA graphs capture there)."""
+    import generation
+    count, marks = [0], {}
+
+    class Enough(Exception):
+        pass
+
+    def tick():
+        count[0] += 1
+        if count[0] in (first, steps):
+            timed(lambda: None, device)
+            marks[count[0]] = time.perf_counter()
+        if count[0] == steps:
+            raise Enough
+    step, captured = generation.decode_step, generation.captured
+    generation.decode_step = lambda *a: (step(*a), None if cuda_graphs else tick())[0]
+    generation.captured = lambda graphs, key, fn: (captured(graphs, key, fn), tick())[0]
+    try:
+        generation.generate(model, prompts, n=rows // len(prompts), max_new_tokens=new_tokens, temperature=1.0,
+                            eos_token_id=-1, pad_token_id=0, batch_size=rows, cuda_graphs=cuda_graphs)
+    except Enough:
+        pass
+    finally:
+        generation.decode_step, generation.captured = step, captured
+    return (marks[steps] - marks[first]) / (steps - first)
+
+
+def bench_gpu(args):
+    """Mathstral-7B's exact shape with random weights (no download), section by section; bench/results/gpu-<device>.json
+    is rewritten after each, so a run cut short keeps what it measured. --quick (<= 5 minutes on an H100/H200):
+      1. left padding: prompts of 5, 37 and 90 tokens sampled together equal each sampled alone on this device's
+         kernels, and how many positions of a left-padded batch the fused kernels return as NaN (what generate avoids);
+      2. copy bandwidth (the HBM roofline's ceiling);
+      3. 256 decode steps of 64 rows after 4 x 3,072-token prompts (the paper's worst case, full-size buffers for
+         4,096 new tokens), eager and CUDA graphs: ms per step, tokens/s against the roofline at that context, peak
+         memory allocated and reserved, and a whole rollout extrapolated; HF generate on the same batch for 32 steps;
+      4. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion tokens) and the
+         2,000-step wall-clock these give (an upper bound: every completion at the cap);
+      5. NCCL with the process group's timeout.
+    Without --quick, then: decode at batch 16/64/128 against the copying path and HF generate, the sampler, and two
+    whole training steps. --shape tiny runs all of it on a CPU in seconds (a dry run; its JSON goes to /tmp)."""
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")    # before CUDA starts
+    import torch
+    import torch.distributed as dist
     from transformers import MistralConfig, MistralForCausalLM
+    import generation
     import grpo
     from generation import generate
     from lora import apply_lora, merged
@@ -470,48 +766,160 @@ def bench_gpu(args):
     torch.set_default_dtype(torch.float32)
     dtype_bytes = 2 if device == "cuda" else 4
     weight_bytes = sum(p.numel() for p in model.parameters()) * dtype_bytes
-    result = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine(),
-              "shape": args.shape, "params": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
-    result["copy_bandwidth_GBps"] = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
-    prompt_len, new = (1536, 128) if big else (32, 16)             # a draft-variant prompt: 1,000-2,000 tokens
-    kv_per_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+    kv_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine()
+    result = {"device": name, "shape": args.shape, "quick": args.quick, "torch": torch.__version__,
+              "params": sum(p.numel() for p in model.parameters()), "kv_bytes_per_token": kv_token,
+              "alloc_conf": os.environ["PYTORCH_CUDA_ALLOC_CONF"]}
+    folder = None if big else "/tmp/bench-gpu-tiny"
+
+    def section(key, value, line):
+        result[key] = value
+        print(line, flush=True)
+        save("gpu", result, folder)
     rng = torch.Generator().manual_seed(0)
     rand = lambda n: torch.randint(0, config.vocab_size, (n,), generator=rng).tolist()
-    result["decode"] = {}
+    memory(device)
+
+    # 1. left padding on this device's kernels
+    ids = [rand(n) for n in (5, 37, 90)]
+    kw = dict(n=4, max_new_tokens=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, seed=1)
+    alone = [generate(model, [x], keys=[i], **kw)[0] for i, x in enumerate(ids)]
+    together = generate(model, ids, **kw)
+    padded, mask, positions = left_pad(ids, 0, device)
+    with torch.no_grad():
+        hidden = model.model(input_ids=padded, attention_mask=mask, position_ids=positions).last_hidden_state
+    nan = torch.isnan(hidden).any(-1)
+    section("left_padding", {"rows_identical": sum(a == b for a, b in zip(sum(alone, []), sum(together, []))),
+                             "rows": 12, "padded_batch_nan_positions": int(nan.sum()),
+                             "padded_batch_nan_in_real_tokens": int((nan & mask.bool()).sum())},
+            f"1. left padding: {sum(a == b for a, b in zip(sum(alone, []), sum(together, [])))} of 12 rows sampled "
+            f"together equal each prompt alone; a left-padded batch through this device's fused kernels: "
+            f"{int(nan.sum())} positions NaN ({int((nan & mask.bool()).sum())} of them real tokens)")
+
+    # 2. copy bandwidth
+    bandwidth = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
+    section("copy_bandwidth_GBps", bandwidth, f"2. copy bandwidth {bandwidth:.0f} GB/s (read + write)")
+
+    # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for 4,096 new tokens
+    B, G, P, L, steps = (4, 16, 3072, 4096, 256) if big else (4, 4, 64, 128, 48)
+    prompts = [rand(P) for _ in range(B)]
+    read = lambda t: weight_bytes + (B * P + B * G * t) * kv_token          # HBM bytes a step reads at context t
+    decode = {"prompts": B, "rows": B * G, "prompt_tokens": P, "new_tokens": L, "steps_timed": f"32..{steps}"}
+    for mode in ("eager", "cuda_graphs") if device == "cuda" else ("eager",):
+        try:                                               # a failure is recorded; the sections after it still run
+            s = decode_only(model, prompts, B * G, L, steps, mode == "cuda_graphs", device)
+        except Exception as e:
+            decode[mode] = {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)}
+            continue
+        at = read((32 + steps) / 2) / (bandwidth * 1e9)                    # the roofline's step at that context
+        whole = s * sum(read(t) for t in range(L)) / read((32 + steps) / 2)          # as memory-bound as measured
+        decode[mode] = {"ms_per_step": 1e3 * s, "tok_s": B * G / s, "roofline_tok_s": B * G / at,
+                        "of_roofline": at / s, "rollout_s_extrapolated": whole, **memory(device)}
+    hf = torch.tensor([p for p in prompts for _ in range(G)], device=device)
+    hf_steps = lambda n: model.generate(hf, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
+                                        pad_token_id=0)
+    try:
+        with torch.no_grad():
+            hf_steps(2)
+            t1, _ = timed(lambda: hf_steps(1), device)
+            tn, _ = timed(lambda: hf_steps(33), device)
+        decode["hf_generate"] = {"ms_per_step": 1e3 * (tn - t1) / 32, **memory(device)}
+    except Exception as e:
+        decode["hf_generate"] = {"error": f"{type(e).__name__}: {e}"[:2000], "ms_per_step": float("nan")}
+    best = min((m for m in ("eager", "cuda_graphs") if "ms_per_step" in decode.get(m, {})),
+               key=lambda m: decode[m]["ms_per_step"], default="eager")
+    ours = decode[best].get("ms_per_step", float("nan"))
+    decode["best"], decode["vs_hf"] = best, decode["hf_generate"]["ms_per_step"] / ours
+    decode["arithmetic"] = ("rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / read(t_measured), "
+                            "read(t) = weights + (prompts x prompt_tokens + rows x t) x kv_bytes_per_token, t_measured "
+                            "the mean context of the timed steps: the steps stay as memory-bound as measured")
+    section("decode", decode, f"3. decode, {B * G} rows after {B} x {P}-token prompts: " + "; ".join(
+        f"{m} {decode[m]['ms_per_step']:.1f} ms per step, {100 * decode[m]['of_roofline']:.0f} % of the roofline, "
+        f"a whole rollout ~{decode[m]['rollout_s_extrapolated']:.0f} s, peak "
+        f"{decode[m].get('peak_allocated_GB', 0):.1f} GB allocated / {decode[m].get('peak_reserved_GB', 0):.1f} GB reserved"
+        if "error" not in decode[m] else f"{m} failed: {decode[m]['error'][:300]}"
+        for m in ("eager", "cuda_graphs") if m in decode) + f"; HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
+        f"per step ({decode['vs_hf']:.1f}x slower than {best})")
+
+    # 4. one update micro-batch at the worst case, and the 2,000-step projection
+    torch.manual_seed(0)
+    apply_lora(model)
+    grpo.enable_checkpointing(model)
+    model.train()
+    targs = grpo.parse_args(["--max-new-tokens", str(L)])
+    completions = [[rand(L), rand(L)]]                                       # 2 rows = --micro-batch-tokens 16,384
+    advantages = torch.tensor([[1.0, -1.0]])
+    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, torch.zeros(1, dtype=torch.bool),
+                                     targs, 0)
+    try:
+        run()
+        memory(device)
+        s, _ = timed(run, device)
+    except Exception as e:
+        section("update_micro_batch", {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)},
+                f"4. update micro-batch failed: {e}")
+        s = float("nan")
+    rollout = decode[best].get("rollout_s_extrapolated", float("nan"))
+    update = {"seconds": s, "prompt_tokens": P, "completion_tokens": [L, L], **memory(device),
+              "training_step_s": rollout + B * G / 2 * s, "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
+              "arithmetic": "training_step_s = the whole rollout extrapolated + (B x G / 2) micro-batches x seconds"}
+    section("update_micro_batch", update, f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak "
+            f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / {update.get('peak_reserved_GB', 0):.1f} GB reserved; "
+            f"a training step at the cap ~{update['training_step_s']:.0f} s, 2,000 steps ~"
+            f"{update['projected_2000_steps_h']:.1f} h (an upper bound)")
+
+    # 5. NCCL with the process group's timeout
+    minutes = float(os.environ.get(generation.TIMEOUT, 180))
+    nccl = {"timeout_minutes": minutes, "variable": generation.TIMEOUT}
+    if device == "cuda":
+        import datetime
+        dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1,
+                                timeout=datetime.timedelta(minutes=minutes))
+        x = torch.ones(1, device=device)
+        dist.all_reduce(x)
+        nccl.update(version=".".join(map(str, torch.cuda.nccl.version())), all_reduce_ok=x.item() == 1.0)
+        dist.destroy_process_group()
+    section("nccl", nccl, f"5. NCCL {nccl.get('version', '(no GPU)')}: a process group with a {minutes:.0f}-minute "
+            f"timeout (${generation.TIMEOUT}), all_reduce {'ok' if nccl.get('all_reduce_ok') else 'not run'}")
+    if args.quick:
+        return result
+
+    # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two whole training steps
+    prompt_len, new = (1536, 128) if big else (32, 16)             # a draft-variant prompt: 1,000-2,000 tokens
+    result["decode_by_batch"] = {}
+    model.eval()
     for batch in (16, 64, 128):                                     # batch/16 prompts x 16 samples, as in training
         prompts = [rand(prompt_len) for _ in range(batch // 16)]
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
-        for label, gen in (("ours", generate), ("copied", copied_generate)):
-            t1, _ = timed(lambda: gen(model, prompts, max_new_tokens=1, **kw), device)
-            tn, _ = timed(lambda: gen(model, prompts, max_new_tokens=new, **kw), device)
-            rate[label] = batch * (new - 1) / (tn - t1)
-        ids = torch.tensor([p for p in prompts for _ in range(16)], device=device)
-        with torch.no_grad():
-            model.generate(ids, max_new_tokens=2, min_new_tokens=2, do_sample=True, top_k=0, pad_token_id=0)
-            h1, _ = timed(lambda: model.generate(ids, max_new_tokens=1, min_new_tokens=1, do_sample=True, top_k=0,
-                                                 pad_token_id=0), device)
-            hn, _ = timed(lambda: model.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=True,
-                                                 top_k=0, pad_token_id=0), device)
+        with merged(model):
+            for label, gen in (("ours", generate), ("graphs", lambda *a, **k: generate(*a, cuda_graphs=True, **k)),
+                               ("copied", copied_generate)):
+                if label == "graphs" and device != "cuda":
+                    continue
+                t1, _ = timed(lambda: gen(model, prompts, max_new_tokens=1, **kw), device)
+                tn, _ = timed(lambda: gen(model, prompts, max_new_tokens=new, **kw), device)
+                rate[label] = batch * (new - 1) / (tn - t1)
+            ids = torch.tensor([p for p in prompts for _ in range(16)], device=device)
+            with torch.no_grad():
+                hf_steps = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
+                                                    pad_token_id=0)
+                hf_steps(2)
+                h1, _ = timed(lambda: hf_steps(1), device)
+                hn, _ = timed(lambda: hf_steps(new), device)
         hf = batch * (new - 1) / (hn - h1)
-        step_bytes = weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_per_token   # read per step
-        roof = batch / (step_bytes / (result["copy_bandwidth_GBps"] * 1e9))
-        result["decode"][batch] = {"prompt_tokens": prompt_len, "ours_tok_s": rate["ours"], "hf_tok_s": hf,
-                                   "copied_tok_s": rate["copied"], "roofline_tok_s": roof, "vs_hf": rate["ours"] / hf,
-                                   "vs_copied": rate["ours"] / rate["copied"], "of_roofline": rate["ours"] / roof}
-        print(f"decode batch {batch:3d} after {prompt_len}-token prompts: ours {rate['ours']:8.0f} tok/s, prompt "
-              f"copied per row {rate['copied']:8.0f} tok/s, HF generate {hf:8.0f} tok/s ({rate['ours'] / hf:.2f}x), "
-              f"roofline {roof:8.0f} tok/s ({100 * rate['ours'] / roof:.0f}%)")
+        roof = batch / ((weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_token) / (bandwidth * 1e9))
+        best = max(v for k, v in rate.items() if k != "copied")
+        result["decode_by_batch"][batch] = {"prompt_tokens": prompt_len, **{f"{k}_tok_s": v for k, v in rate.items()},
+                                            "hf_tok_s": hf, "roofline_tok_s": roof, "vs_hf": best / hf,
+                                            "vs_copied": best / rate["copied"], "of_roofline": best / roof}
+        print(f"decode batch {batch:3d} after {prompt_len}-token prompts: " + ", ".join(
+            f"{k} {v:.0f} tok/s" for k, v in rate.items()) + f", HF generate {hf:.0f} tok/s ({best / hf:.2f}x), "
+            f"roofline {roof:.0f} tok/s ({100 * best / roof:.0f} %)", flush=True)
+        save("gpu", result, folder)
     result["sampler"] = bench_sampler(args, device, vocab=config.vocab_size)   # keyed noise vs multinomial, per step
-    B, G, L = (4, 16, 4096) if big else (4, 4, 32)
-    P = 3072 if big else 64
-    with torch.no_grad():
-        t, _ = timed(lambda: model(torch.tensor([rand(P) for _ in range(B)], device=device), logits_to_keep=1), device)
-    result["prefill_s"] = {f"{B}x{P}": t}
-    torch.manual_seed(0)
-    apply_lora(model)
-    targs = grpo.parse_args(["--max-new-tokens", str(L)])
-    grpo.enable_checkpointing(model)
+    save("gpu", result, folder)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-6, betas=(0.9, 0.99), weight_decay=0.01)
     rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])       # every group has a gradient
@@ -525,32 +933,31 @@ def bench_gpu(args):
         return loss
     lengths = {"paper_step": [P] * B,                                                    # the worst case
                "draft_step": [int(x) for x in torch.randint(P // 3, 2 * P // 3, (B,), generator=rng)]}  # 1-2k
-    for name, lens in lengths.items():
+    for step_name, lens in lengths.items():
         prompts = [rand(n) for n in lens]
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        memory(device)
         model.eval()
-        with merged(model):
+        with merged(model, generation.cache_bytes(model, sum(lens), B * G, L)):
             t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
-                                                         eos_token_id=-1, pad_token_id=0, seed=1), device)
+                                                         eos_token_id=-1, pad_token_id=0, seed=1,
+                                                         cuda_graphs=device == "cuda"), device)
         model.train()
         t_upd, _ = timed(lambda: update(prompts, completions), device)
-        result[name] = {"prompt_tokens": lens, "prompts": B, "generations": G, "new_tokens": L,
-                        "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd,
-                        "peak_memory_GB": torch.cuda.max_memory_allocated() / 1e9 if device == "cuda" else None,
-                        "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
-        s = result[name]
-        print(f"{name} ({B}x{G} rollouts, prompts of {lens} tokens, every completion at the {L}-token cap): rollouts "
-              f"{s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak {s['peak_memory_GB'] or 0:.1f} GB; "
-              f"2,000 such steps: {s['projected_2000_steps_h']:.1f} h (an upper bound)")
-    print(f"prefill {B}x{P}: {result['prefill_s'][f'{B}x{P}']:.3f} s")
-    if big:
-        save("gpu", result)
+        result[step_name] = {"prompt_tokens": lens, "prompts": B, "generations": G, "new_tokens": L,
+                             "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd, **memory(device),
+                             "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
+        s = result[step_name]
+        print(f"{step_name} ({B}x{G} rollouts, prompts of {lens} tokens, every completion at the {L}-token cap): "
+              f"rollouts {s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak "
+              f"{s.get('peak_allocated_GB', 0):.1f} GB; 2,000 such steps: {s['projected_2000_steps_h']:.1f} h "
+              "(an upper bound)", flush=True)
+        save("gpu", result, folder)
+    return result
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "gpu"])
+    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "merge", "gpu"])
     ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
     ap.add_argument("--steps", type=int, default=6, help="cpu/update: steps (the first is not timed; median of rest)")
@@ -559,9 +966,10 @@ def main():
     ap.add_argument("--layers", type=int, default=4, help="cpu/update: model depth")
     ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
+    ap.add_argument("--quick", action="store_true", help="gpu: the first-GPU sections only (<= 5 minutes)")
     args = ap.parse_args()
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout,
-                "sampler": bench_sampler, "gpu": bench_gpu}
+                "sampler": bench_sampler, "merge": bench_merge, "gpu": bench_gpu}
     sections[args.section](args)
 
 

@@ -7,18 +7,20 @@ prompt p draws from noise keyed by (seed, p's key, s, step): its tokens do not d
 `--model tiny` builds a random Mistral-architecture model and a BPE tokenizer on the spot (the pipeline runs offline
 on a CPU). Under torchrun, distributed(), gather() and rounds() are all that the three scripts need.
 """
+import collections
 import contextlib
+import dataclasses
 import datetime
 import functools
 import itertools
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
 from tqdm import tqdm
-from transformers import DynamicCache
 
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -100,7 +102,9 @@ def mix(x):
 
 def sample_next(logits, temperature, top_p, keys):
     """logits [R, V], keys [R] (one per row and step) -> next tokens [R]. temperature 0 = greedy; else nucleus (top_p)
-    filtering, then argmax p / E with E ~ Exp(1) hashed from (key, token): exactly a draw from p, the row's own."""
+    filtering, then argmax p / E with E ~ Exp(1) hashed from (key, token): exactly a draw from p, the row's own. (An
+    inverse CDF needs one hash per row, not V, but float rounding of the logits moves a cumulative sum across a
+    token boundary ~1,000x as often as it reorders the race's top two: batches and processes would disagree more.)"""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
@@ -119,65 +123,70 @@ def sample_keys(seed, jobs, device):
     return mix(mix(mix(key[:, 0]) ^ key[:, 1]) ^ key[:, 2])
 
 
-def left_pad(seqs, pad_token_id, device):
-    """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left so that every
-    sequence ends in the last column; each sequence's positions start at 0, pads sit at 0."""
-    width = max(map(len, seqs))
-    ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=device)
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
+# ----------------------------------------------------------------------------- attention: each prompt's K/V once
+NO_KEY = 2 ** 40         # the position given to a slot that holds no key (past a prompt's end): no query sees it
+
+
+@dataclasses.dataclass
+class SharedPrompts:
+    """What shared_prompt_attention reads beside a layer's own query, key and value. Rows are laid out prompt by
+    prompt, G to a prompt (row b * G + g), so a prompt's rows reach its one copy of K/V through a reshape."""
+    keys: list                  # per layer [B, Hkv, P, d]: each prompt's K/V, zero past its end
+    values: list
+    visible: torch.Tensor       # [B, 1, 1, T, P + S] bool: the prompt and own keys each query sees
+    cache: list = None          # decoding: per layer [K, V], each [B, Hkv, G, L, d]: the rows' own tokens so far
+    slot: torch.Tensor = None   # decoding: [1], the cache slot of this step's token
+    width: int = 0              # decoding: the own slots a step reads, the cache's first `width`
+
+
+def visible(key_pos, query_pos, window=None):
+    """key_pos [B, K], query_pos [B, T] -> [B, 1, 1, T, K] bool: a query sees the keys at or before its position
+    (within the sliding window, if the model has one)."""
+    back = query_pos[:, :, None] - key_pos[:, None, :]                                            # [B, T, K]
+    return ((back >= 0) & (back < (window or NO_KEY)))[:, None, None]
 
 
 def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                            shared_prompts=None, record=None, sliding_window=None, **kwargs):
-    """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens' K/V, the two
-    parts merged exactly (online softmax); registered with transformers as "shared_prompts", so Mistral, Llama and
-    Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own tokens, the last T the
-    queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer [B, Hkv, P, d]; mask [B, P] (False on
-    left padding); row -> its prompt and its place among that prompt's <= G rows. The prompt part masks padding, the
-    own part is causal, both the sliding window. Products in the model's dtype, softmax in fp32 (as eager attention).
-    record (a dict): a prompt pass, plain SDPA that keeps each layer's K/V (grpo's rows then attend to them)."""
+                            shared=None, record=None, sliding_window=None, **kwargs):
+    """Softmax attention of R rows over their prompt's K/V, held once for its G rows, and their own tokens' K/V;
+    registered with transformers as "shared_prompts", so Mistral, Llama and Qwen2 run it unchanged. Its plain
+    equivalent, for row r of prompt b: softmax(q [K_b; K_r]^T * scaling, masked by `visible`) [V_b; V_r].
+    query [R, H, T, d]; key, value [R, Hkv, S, d]: the rows' own (decoding: this step's, kept in shared.cache).
+    Products in the model's dtype, softmax in fp32, as transformers' eager attention. record (a list): a prompt pass
+    instead: causal SDPA over one prompt, whose K/V each layer appends to the list."""
     if record is not None:
-        record[module.layer_idx] = (key, value)
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
-    keys, values, mask, prompt, slot, G = shared_prompts
-    kp, vp = keys[module.layer_idx], values[module.layer_idx]                                 # [B, Hkv, P, d]
-    (n, H, T, d), (B, Hkv, P, _), S = query.shape, kp.shape, key.shape[2]
-    W = sliding_window or 2 ** 62                               # a key W or more positions back is out of the window
-    q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling        # GQA: head h reads K/V head h // (H // Hkv)
-    qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)               # [B, G, Hkv, M, d]
-    qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)           # all G rows' queries of a prompt in one product
-    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :], float("-inf"))   # [B, 1, 1, P]
-    s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
-    if sliding_window:          # query t sits at position len + S - T + t, prompt key j at j - (left padding)
-        back = (mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device))[:, :, None] \
-            - (mask.cumsum(-1) - 1)[:, None, :]                                               # [B, T, P]
-        s1.view(B, Hkv, -1, T, P).masked_fill_((back >= W)[:, None, None], float("-inf"))
-    m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)   # any constant per query is exact; the max is stable
-    e1 = s1.sub_(m1).exp_()                                  # in place: scores are the big tensors [B, Hkv, G*M, P]
-    u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)      # unnormalised output [B, Hkv, G*M, d] and sum
-    u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))  # [n, Hkv, M, *]
-    s2 = (q @ key.transpose(-1, -2)).float()                                                  # [n, Hkv, M, S]
-    j, i = torch.arange(S, device=q.device), torch.arange(S - T, S, device=q.device)[:, None]  # own key, query
-    hide = (j > i) | (i - j >= W)                               # own tokens: causal (row padding sits at the end)
-    s2 = s2.masked_fill_(hide.repeat(H // Hkv, 1), float("-inf"))                             # [T, S] per head
-    m2 = s2.detach().amax(-1, keepdim=True)
-    e2 = s2.sub_(m2).exp_()                                                                   # [n, Hkv, M, S]
-    u2, z2 = e2.to(value.dtype) @ value, e2.sum(-1, keepdim=True)
-    m = torch.maximum(m1, m2)                                   # the merge: one softmax over prompt + own tokens
-    a1, a2 = (m1 - m).exp(), (m2 - m).exp()                                                   # [n, Hkv, M, 1]
-    out = (u1 * a1 + u2 * a2) / (z1 * a1 + z2 * a2)                                           # [n, Hkv, M, d]
-    return out.reshape(n, H, T, d).transpose(1, 2).to(query.dtype), None                     # [n, T, H, d]
+        record.append((key, value))
+        pos = torch.arange(key.shape[2], device=key.device)[None]
+        mask = visible(pos, pos, sliding_window)[:, 0] if sliding_window else None              # [1, 1, P, P]
+        return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling)
+    kp, vp = shared.keys[module.layer_idx], shared.values[module.layer_idx]                       # [B, Hkv, P, d]
+    (R, H, T, d), (B, Hkv, P, _) = query.shape, kp.shape
+    G, M = R // B, H // Hkv * T                         # GQA: query head h reads K/V head h // (H // Hkv)
+    by_prompt = lambda x: x.view(B, G, Hkv, -1, d).transpose(1, 2)                        # [B, Hkv, G, *, d]
+    if shared.cache is None:
+        key, value = by_prompt(key), by_prompt(value)
+    else:                                  # decoding: this step's K/V into its slot, then all the slots so far
+        kc, vc = shared.cache[module.layer_idx]                                               # [B, Hkv, G, L, d]
+        key = kc.index_copy_(3, shared.slot, by_prompt(key))[..., :shared.width, :]
+        value = vc.index_copy_(3, shared.slot, by_prompt(value))[..., :shared.width, :]
+    S, N = key.shape[3], B * Hkv * G                     # a batch of B*Hkv products per prompt, N per row
+    q = (query * scaling).reshape(B, G, Hkv, M, d).transpose(1, 2).reshape(B * Hkv, G * M, d)
+    scores = torch.cat([torch.bmm(q, kp.reshape(B * Hkv, P, d).transpose(1, 2)),          # a prompt's G rows at once
+                        torch.bmm(q.view(N, M, d), key.reshape(N, S, d).transpose(1, 2)).view(B * Hkv, G * M, S)], -1)
+    scores = scores.view(B, Hkv, G * H // Hkv, T, P + S).where(shared.visible, float("-inf"))   # selection
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype).view(B * Hkv, G * M, P + S)
+    out = torch.bmm(probs[..., :P], vp.reshape(B * Hkv, P, d)) + \
+        torch.bmm(probs[..., P:].view(N, M, S), value.reshape(N, S, d)).view(B * Hkv, G * M, d)    # one softmax
+    return out.view(B, Hkv, G, M, d).transpose(1, 2).reshape(R, H, T, d).transpose(1, 2), None   # [R, T, H, d]
 
 
 @contextlib.contextmanager
 def sharing_prompts(model):
-    """Within the block (backward passes included), attention layers run shared_prompt_attention, with SDPA's masks."""
+    """Within the block (backward passes included: checkpointed layers replay their forward there), attention layers
+    run shared_prompt_attention, and transformers builds no mask (the function's `visible` is the mask)."""
     from transformers import AttentionInterface
-    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
     AttentionInterface.register("shared_prompts", shared_prompt_attention)
-    AttentionMaskInterface.register("shared_prompts", ALL_MASK_ATTENTION_FUNCTIONS["sdpa"])
     old, model.config._attn_implementation = model.config._attn_implementation, "shared_prompts"
     try:
         yield
@@ -185,57 +194,246 @@ def sharing_prompts(model):
         model.config._attn_implementation = old
 
 
+def prompt_pass(model, ids):
+    """One prompt (token ids) through the decoder alone: no padding, so no fully masked row for a fused kernel to
+    return NaN on. Returns its hidden states [1, P, H] and each layer's (K, V), [1, Hkv, P, d] each."""
+    record = []
+    with sharing_prompts(model):
+        hidden = model.get_decoder()(input_ids=torch.tensor([ids], device=model.device), use_cache=False,
+                                     record=record).last_hidden_state
+    return hidden, record
+
+
+# ----------------------------------------------------------------------------- the update: the prompt once
+class Prompt(NamedTuple):
+    last: torch.Tensor          # [1, 1, H]: the prompt's last hidden state (it predicts a completion's first token)
+    keys: list                  # per layer [1, Hkv, P, d]
+    values: list
+
+
+@contextlib.contextmanager
+def prompt_once(model, ids):
+    """The prompt's forward pass, once for all its completions: yields a Prompt whose tensors are leaves cut from the
+    pass, which every micro-batch of completions attends to (completion_states); on leaving the block, their summed
+    gradient flows back through the pass once. Attention layers share prompts within the block, backward included."""
+    with sharing_prompts(model):
+        hidden, kv = prompt_pass(model, ids)
+        states = [hidden[:, -1:]] + [t for pair in kv for t in pair]        # last hidden, K0, V0, K1, V1, ...
+        leaves = [t.detach().requires_grad_() for t in states]
+        yield Prompt(leaves[0], leaves[1::2], leaves[2::2])
+        grads = [(s, leaf.grad) for s, leaf in zip(states, leaves) if leaf.grad is not None]
+        torch.autograd.backward([s for s, _ in grads], [g for _, g in grads])
+
+
+def completion_states(model, prompt, ids):
+    """ids [n, T]: completions of `prompt` (padded at the end) -> hidden states [n, T, H], position t predicting
+    token t: the prompt's last state, then each completion's own up to T - 1 (the next-token shift, in one place).
+    Each row attends to the prompt's one copy of K/V (plainly: the decoder run over [prompt; completion])."""
+    (n, T), P = ids.shape, prompt.keys[0].shape[2]
+    pos = torch.arange(P + T, device=ids.device)[None]                                           # [1, P + T]
+    window = getattr(model.config, "sliding_window", None)
+    shared = SharedPrompts(prompt.keys, prompt.values, visible(pos, pos[:, P:], window))
+    hidden = model.get_decoder()(input_ids=ids, position_ids=pos[:, P:].expand(n, -1), use_cache=False,
+                                 shared=shared).last_hidden_state                                # [n, T, H]
+    return torch.cat([prompt.last.expand(n, -1, -1), hidden[:, :-1]], 1)
+
+
+# ----------------------------------------------------------------------------- rollouts
+CHECK_EVERY = 16         # decode steps between two looks from the host: EOS and stop strings, the end, compaction
+WIDTH_STEP = 128         # CUDA graphs: a step reads the own slots up to the next multiple of this (few shapes)
+COMPACT_AT = 0.5         # at a look, finished rows leave the batch once at most this share is still going
+
+
+@dataclasses.dataclass
+class Rows:
+    """A batch being decoded: B prompts x G rows (row b * G + g); every field is indexed by prompt or by row."""
+    shared: SharedPrompts       # the prompts' K/V (by prompt) and the rows' own caches (by row)
+    length: torch.Tensor        # [B] prompt lengths
+    key_pos: torch.Tensor       # [B, P + L] the position of every prompt and own slot (NO_KEY past a prompt)
+    start: torch.Tensor         # [R] the position of a row's first new token (its prompt's length)
+    noise: torch.Tensor         # [R] the root of a row's noise
+    line: torch.Tensor          # [R] a row's line in the batch's token table
+    done: torch.Tensor          # [R] finished: EOS, a stop string, or a filler evening out the groups
+    logits: torch.Tensor        # [R, V] the next token's
+
+
+FAMILIES = ("mistral", "llama", "qwen2")    # decoders whose layers decode_forward knows: norm, q/k/v/o, RoPE, MLP
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def decode_plan(model):
+    """What decode_forward multiplies by, taken once per batch: per layer the seven projections' (weight transposed,
+    bias), the LM head's, and constants as 0-d tensors (a Python float costs a tensor conversion per op). None
+    where decode_forward cannot run: another family, or an adapter applied unmerged."""
+    decoder, head = model.get_decoder(), model.get_output_embeddings()
+    linears = [[getattr(layer.self_attn if name[0] in "qkvo" else layer.mlp, name) for name in PROJECTIONS]
+               for layer in decoder.layers] + [[head]]
+    if model.config.model_type not in FAMILIES or any(getattr(m, "merged", True) is False for ms in linears
+                                                       for m in ms):
+        return None
+    linears = [[(getattr(m, "base_layer", m).weight.t(), getattr(m, "base_layer", m).bias) for m in ms]
+               for ms in linears]
+    d, device, dtype = decoder.layers[0].self_attn.head_dim, head.weight.device, head.weight.dtype
+    const = lambda x: torch.tensor(x, dtype=torch.float32)
+    return dict(layers=linears[:-1], head=linears[-1][0], eps=const(decoder.norm.variance_epsilon),
+                width=const(model.config.hidden_size), scaling=const(decoder.layers[0].self_attn.scaling),
+                half=torch.arange(d, device=device).roll(d // 2),                   # [x1, x2] -> [x2, x1]
+                sign=torch.ones(d, device=device, dtype=dtype).index_fill_(0, torch.arange(d // 2, device=device), -1))
+
+
+def decode_forward(model, plan, ids, position, shared):
+    """ids [R] (one new token per row), their positions [R] -> next-token logits [R, V]. With a plan (decode_plan),
+    the model's forward by hand on its own weights, the same arithmetic in about half the ops of transformers'
+    generic forward, which is the plain equivalent (run without a plan; the two give the same tokens, tested):
+    hidden states stay [R, H], no masks or kwargs, and the constants are tensors."""
+    if plan is None:
+        return model(input_ids=ids[:, None], position_ids=position[:, None], use_cache=False,
+                     shared=shared).logits[:, -1]
+    decoder, R = model.get_decoder(), len(ids)
+    linear = lambda x, wb: torch.mm(x, wb[0]) if wb[1] is None else torch.addmm(wb[1], x, wb[0])
+
+    def rms_norm(x, norm):                 # transformers' RMSNorm: in fp32, then the weight in the input dtype
+        h = x.float()
+        return norm.weight * (h * (h * h).sum(-1, keepdim=True).div_(plan["width"]).add_(plan["eps"]).rsqrt_()
+                              ).to(x.dtype)
+    x = decoder.embed_tokens(ids)                                                                   # [R, H]
+    cos, sin = (t[:, None] for t in decoder.rotary_emb(x, position[:, None]))                   # [R, 1, 1, d]
+    sin = sin * plan["sign"]          # RoPE's rotate_half(x) * sin = x[..., half] * [-sin1, sin2]
+    for layer, (wq, wk, wv, wo, wg, wu, wd) in zip(decoder.layers, plan["layers"]):
+        h = rms_norm(x, layer.input_layernorm)
+        q, k, v = (linear(h, w).view(R, -1, 1, cos.shape[-1]) for w in (wq, wk, wv))              # [R, *, 1, d]
+        q, k = (t * cos + t.index_select(-1, plan["half"]) * sin for t in (q, k))
+        attention = shared_prompt_attention(layer.self_attn, q, k, v, scaling=plan["scaling"], shared=shared)[0]
+        x = x + linear(attention.reshape(R, -1), wo)
+        h = rms_norm(x, layer.post_attention_layernorm)
+        x = x + linear(layer.mlp.act_fn(linear(h, wg)) * linear(h, wu), wd)
+    return linear(rms_norm(x, decoder.norm), plan["head"])                                       # [R, V]
+
+
+def decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id):
+    """One token for every row: the same shapes at every step of a width, and nothing asked of the host, so a CUDA
+    graph can capture it. A finished row samples on, masked: its tokens go to the table as padding."""
+    s = rows.shared
+    nxt = sample(rows.logits, mix(rows.noise ^ s.slot)).masked_fill_(rows.done, pad_token_id)               # [R]
+    tokens.index_put_((rows.line, s.slot), nxt)
+    rows.done |= nxt == eos_token_id
+    s.visible = visible(rows.key_pos[:, :s.keys[0].shape[2] + s.width], (rows.length + s.slot)[:, None],
+                        getattr(model.config, "sliding_window", None))                       # [B, 1, 1, 1, P + W]
+    rows.logits.copy_(decode_forward(model, plan, nxt, rows.start + s.slot, s))
+    s.slot += 1
+
+
+def compact(rows, alive):
+    """The rows still going, each prompt's padded to a common G with its finished ones, in buffers of their size:
+    later steps read and compute for them alone. alive: [R] bools, read at a look."""
+    G = len(alive) // len(rows.length)
+    group = lambda b, want: [r for r in range(b * G, b * G + G) if alive[r] == want]
+    keep = [b for b in range(len(rows.length)) if group(b, True)]
+    pick = [r for b in keep for r in (group(b, True) + group(b, False))[:max(len(group(c, True)) for c in keep)]]
+    by_prompt, by_row = (torch.tensor(x, device=rows.done.device) for x in (keep, pick))
+    row = by_row.view(len(keep), -1)                                                 # [B', G'] old row numbers
+    s, W = rows.shared, rows.shared.width
+    s.keys, s.values = [k[by_prompt] for k in s.keys], [v[by_prompt] for v in s.values]
+    for layer in s.cache:                                              # layer by layer: the old one freed at once
+        for i, x in enumerate(layer):
+            layer[i] = x.new_zeros(*row.shape[:1], x.shape[1], row.shape[1], *x.shape[3:])         # [B', Hkv, G', L, d]
+            layer[i][..., :W, :] = x[row // G, :, row % G, :W].transpose(1, 2)
+    return Rows(s, rows.length[by_prompt], rows.key_pos[by_prompt],
+                *(getattr(rows, f)[by_row] for f in ("start", "noise", "line", "done", "logits")))
+
+
+def captured(graphs, key, step):
+    """Run step() as a CUDA graph, one per shape: the first time a shape comes, step() runs eagerly (on a side
+    stream: the capture's warm-up, and a real step), then is captured, not run; later steps replay the graph."""
+    if key in graphs:
+        return graphs[key].replay()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graphs[key] = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graphs[key], pool=graphs.setdefault("pool", torch.cuda.graph_pool_handle())):
+        step()
+
+
+def decode(model, prompts, groups, max_new_tokens, sample, eos_token_id, pad_token_id, stop, cuda_graphs):
+    """One batch: prompts (token-id lists) and per prompt its rows' noise roots -> each row's tokens (EOS kept)."""
+    device, L, B, G = model.device, max_new_tokens, len(prompts), max(map(len, groups))
+    passes = [prompt_pass(model, ids) for ids in prompts]               # each prompt's K/V, prefilled once
+    pad = lambda part: [torch.nn.utils.rnn.pad_sequence([kv[i][part][0].transpose(0, 1) for _, kv in passes],
+                                                        batch_first=True).transpose(1, 2).contiguous()
+                        for i in range(len(passes[0][1]))]                                     # [B, Hkv, P, d]
+    keys, values = pad(0), pad(1)
+    length = torch.tensor([len(ids) for ids in prompts], device=device)                                      # [B]
+    slots = torch.arange(keys[0].shape[2], device=device)
+    key_pos = torch.cat([torch.where(slots < length[:, None], slots, NO_KEY),
+                         length[:, None] + torch.arange(L, device=device)], 1)                             # [B, P + L]
+    real = [b * G + g for b, group in enumerate(groups) for g in range(len(group))]
+    done = torch.ones(B * G, dtype=torch.bool, device=device).index_fill_(0, torch.tensor(real, device=device), 0)
+    cache = [[k.new_zeros(B, k.shape[1], G, L, k.shape[3]) for _ in "kv"] for k in keys]  # [B, Hkv, G, L, d]
+    shared = SharedPrompts(keys, values, None, cache, torch.zeros(1, dtype=torch.long, device=device))
+    head = model.get_output_embeddings()
+    rows = Rows(shared, length, key_pos, length.repeat_interleave(G), torch.stack([
+        group[min(g, len(group) - 1)] for group in groups for g in range(G)]), torch.arange(B * G, device=device),
+        done, torch.cat([head(hidden[:, -1]) for hidden, _ in passes]).repeat_interleave(G, 0))
+    tokens = torch.full((B * G, L), pad_token_id, device=device)                        # [R, L] the batch's table
+    ends, graphs, going, plan = {}, {}, real, decode_plan(model)
+    with sharing_prompts(model):
+        for t in range(L):
+            shared.width = min(L, (t // WIDTH_STEP + 1) * WIDTH_STEP) if cuda_graphs else t + 1
+            step = lambda: decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id)
+            captured(graphs, (len(rows.noise), shared.width), step) if cuda_graphs else step()
+            if (t + 1) % CHECK_EVERY and t + 1 < L:
+                continue
+            if stop:                        # stop strings: the text of the rows going at the last look, read here
+                first = max(0, t + 1 - CHECK_EVERY)
+                for line, row in zip(going, tokens[going, :t + 1].tolist()):
+                    hit = next((u for u in range(first, t + 1) if stop(row[max(0, u - 11):u + 1])), None)
+                    if hit is not None:
+                        ends[line] = hit + 1
+                rows.done |= torch.isin(rows.line, torch.tensor(list(ends), dtype=torch.long, device=device))
+            alive = (~rows.done).tolist()
+            going = [line for line, a in zip(rows.line.tolist(), alive) if a]
+            if not any(alive):
+                break
+            if sum(alive) <= COMPACT_AT * len(alive):
+                graphs.clear()
+                rows = compact(rows, alive)
+    out = tokens.tolist()
+    cut = lambda row, end: row[:min(end, row.index(eos_token_id) + 1 if eos_token_id in row else end)]
+    return [cut(out[r], ends.get(r, L)) for r in real]
+
+
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-             pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None, batch_size=64):
+             pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None, batch_size=64, cuda_graphs=False):
     """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers. Returns, per prompt,
     its completions (token-id lists, EOS kept) in sample order. Sample s of prompt p draws from noise keyed by
     (seed, keys[p], s) (keys default to 0, 1, ...): the same tokens whichever rows share its batch or process, up to
-    float rounding of the logits. Stops at EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail."""
+    float rounding of the logits. Stops at EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail.
+    Each batch of rows decodes with fixed shapes into preallocated K/V (each prompt's once, B*P tokens, plus every
+    row's own, R*L tokens), looking from the host every CHECK_EVERY steps; cuda_graphs replays each step's kernels."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     keys = range(len(prompt_ids)) if keys is None else keys
-    jobs = [(p, s) for p in range(len(prompt_ids)) for s in samples[p]]
-    device, results = next(model.parameters()).device, [[] for _ in prompt_ids]
-    for start in range(0, len(jobs), batch_size):                      # consecutive rows; a prompt may straddle two
-        owner = [p for p, _ in jobs[start:start + batch_size]]
-        firsts = sorted(set(owner))                                                                         # [J]
-        # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel to return NaN on;
-        # the K/V are then left-padded with zeros, which the attention masks.
-        outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device), past_key_values=DynamicCache(),
-                      use_cache=True, logits_to_keep=1) for p in firsts]  # a plain cache keeps a windowed prompt
-        mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]                          # [J, P]
-        P = mask.shape[1]
-        kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part), (0, 0, P - len(
-            prompt_ids[p]), 0)) for o, p in zip(outs, firsts)]) for i in range(len(outs[0].past_key_values.layers))]
-            for part in ("keys", "values")]                                                    # [J, Hkv, P, d]
-        prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
-        slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)               # [R]
-        prompts = (kv[0], kv[1], mask.bool(), prompt, slot, max(slot.tolist()) + 1)
-        logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]                                         # [R, V]
-        position = mask.sum(-1, keepdim=True)[prompt]                                                      # [R, 1]
-        key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]], device)          # [R]
-        tokens, live, cache = [[] for _ in owner], torch.arange(len(owner), device=device), DynamicCache()
-        with sharing_prompts(model):                                       # the rows' cache holds their own tokens
-            for t in range(max_new_tokens):
-                nxt = sample_next(logits, temperature, top_p, mix(key ^ t))                                 # [R]
-                keep = []
-                for row, tok in zip(live.tolist(), nxt.tolist()):
-                    tokens[row].append(tok)
-                    done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
-                        s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
-                    keep.append(not done)
-                if not any(keep):
-                    break
-                if not all(keep):                                              # drop finished rows from the batch
-                    sel = torch.tensor(keep, device=device)
-                    live, nxt, position, key = live[sel], nxt[sel], position[sel], key[sel]
-                    cache.batch_select_indices(sel.nonzero().squeeze(-1))
-                    prompts = prompts[:3] + (prompts[3][sel], prompts[4][sel], prompts[5])
-                logits = model(input_ids=nxt[:, None], position_ids=position, past_key_values=cache, use_cache=True,
-                               shared_prompts=prompts).logits[:, -1]
-                position = position + 1
-        for row, p in enumerate(owner):
-            results[p].append(tokens[row])
+    sample = lambda logits, noise: sample_next(logits, temperature, top_p, noise)
+    stop = (lambda toks: any(s in tokenizer.decode(toks) for s in stop_strings)) if stop_strings and tokenizer \
+        else None
+    batches = []                 # consecutive rows, B prompts x G rows (the most of any prompt) <= batch_size
+    for job in ((p, s) for p in range(len(prompt_ids)) for s in samples[p]):
+        counts = collections.Counter(p for p, _ in batches[-1] + [job]) if batches else None
+        if counts and len(counts) * max(counts.values()) <= batch_size:
+            batches[-1].append(job)
+        else:
+            batches.append([job])
+    results = [[] for _ in prompt_ids]
+    for batch in batches:
+        prompts = list(dict.fromkeys(p for p, _ in batch))
+        noise = [sample_keys(seed, [(keys[p], s) for q, s in batch if q == p], model.device) for p in prompts]
+        rows = decode(model, [prompt_ids[p] for p in prompts], noise, max_new_tokens, sample,
+                      -1 if eos_token_id is None else eos_token_id, pad_token_id, stop, cuda_graphs)
+        for (p, _), tokens in zip(batch, rows):
+            results[p].append(tokens)
     return results
 
 

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
                     read_resumable, training_problems)
-from generation import cache_bytes, distributed, gather, generate, load_model, run_main, sharing_prompts
+from generation import (cache_bytes, completion_states, distributed, gather, generate, load_model, prompt_once,
+                        run_main)
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -122,36 +123,25 @@ def micro_batches(lengths, budget):
 
 def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id, owned=None):
     """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's samples owned[b]);
-    return the loss. Each prompt runs forward once, its K/V and last hidden state cut from the graph as leaves that
-    its completions attend to (shared_prompt_attention), micro-batch by micro-batch; the leaves' gradient then flows
-    back through the prompt once. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    return the loss. Each prompt runs forward once, and its completions attend to its K/V micro-batch by
+    micro-batch (generation.prompt_once). One update per batch: rho = 1, PPO clipping never acts, old = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
-    owned, decoder, loss_sum = owned or [range(G)] * B, model.get_decoder(), 0.0
-    with sharing_prompts(model):                                    # backward too: the replays of checkpointed layers
-        for b in (b for b in range(B) if not zero_std[b] and owned[b]):   # zero std: all advantages 0, no gradient
-            P, record = len(prompt_ids[b]), {}
-            hidden = decoder(input_ids=torch.tensor([prompt_ids[b]], device=device), use_cache=False,
-                             record=record).last_hidden_state                                      # [1, P, H]
-            states = [hidden[:, -1:]] + [t for i in sorted(record) for t in record[i]]  # last hidden, K0, V0, ...
-            leaves = [t.detach().requires_grad_() for t in states]
-            prompt = (leaves[1::2], leaves[2::2], torch.ones(1, P, dtype=torch.bool, device=device))  # [1, Hkv, P, d]
-            for mb in micro_batches([P + len(completions[b][g]) for g in owned[b]], args.micro_batch_tokens):
+    owned, loss_sum = owned or [range(G)] * B, 0.0
+    for b in (b for b in range(B) if not zero_std[b] and owned[b]):   # zero std: all advantages 0, no gradient
+        with prompt_once(model, prompt_ids[b]) as prompt:          # leaving the block: back through the prompt
+            for mb in micro_batches([len(prompt_ids[b]) + len(completions[b][g]) for g in owned[b]],
+                                    args.micro_batch_tokens):
                 gs = [owned[b][k] for k in mb]
-                seqs, n = [completions[b][g] for g in gs], len(gs)
-                T = max(map(len, seqs))
-                comp_ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)  # [n, T]
-                comp = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T]
-                hidden = decoder(input_ids=comp_ids, position_ids=(P + torch.arange(T, device=device)).expand(n, -1),
-                                 use_cache=False, shared_prompts=(*prompt, comp.new_zeros(n),
-                                 torch.arange(n, device=device), n)).last_hidden_state                # [n, T, H]
-                hidden = torch.cat([leaves[0].expand(n, -1, -1), hidden[:, :-1]], dim=1)          # t predicts t
-                logprobs = completion_logprobs(model, hidden, comp_ids, comp, args.temperature)    # [n, T]
-                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device), comp.float(),
+                seqs, T = [completions[b][g] for g in gs], max(len(completions[b][g]) for g in gs)
+                ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)       # [n, T]
+                mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T]
+                hidden = completion_states(model, prompt, ids)                                   # [n, T, H]
+                logprobs = completion_logprobs(model, hidden, ids, mask, args.temperature)       # [n, T]
+                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device), mask.float(),
                                     args.max_new_tokens, args.clip_eps)
-                loss = loss * n / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
+                loss = loss * len(gs) / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
                 loss.backward()
                 loss_sum += loss.item()
-            torch.autograd.backward(states, [leaf.grad for leaf in leaves])
     return loss_sum
 
 
@@ -324,6 +314,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
 
 
 def main(argv=None):
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")   # the update's shapes vary
     args = parse_args(argv)
     rank, world = distributed(vars(args))       # under torchrun; every set-up error here comes before a model loads
     if world > (rollouts := args.prompts_per_step * args.num_generations):

@@ -201,6 +201,63 @@ def test_shared_prompts_sample_what_copied_prompts_sample(sharp, temperature, n,
     assert generate(model, ids, eos_token_id=eos, **kw) == copied
 
 
+
+@pytest.mark.parametrize("n,batch_size", [(4, 64), (7, 5)])
+def test_finished_rows_leave_the_batch_without_changing_a_token(sharp, monkeypatch, n, batch_size):
+    """Looks from the host every 3 steps, reads in widths of 3 slots, and rows leaving the batch (compaction) once at
+    most 3/4 are going: still the copying path's tokens, for rows ending at EOS at many different steps."""
+    import generation
+    model, tok = sharp
+    calls, compact = [], generation.compact
+    monkeypatch.setattr(generation, "compact", lambda rows, alive: calls.append(sum(alive)) or compact(rows, alive))
+    for name, value in (("CHECK_EVERY", 3), ("WIDTH_STEP", 3), ("COMPACT_AT", 0.75)):
+        monkeypatch.setattr(generation, name, value)
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
+    kw = dict(n=n, max_new_tokens=30, temperature=1.0, pad_token_id=tok.pad_token_id, seed=5, batch_size=batch_size)
+    free = copied_generate(model, ids, eos_token_id=-1, **kw)
+    rows = [row for group in free for row in group]
+    eos = max({t for row in rows for t in row}, key=lambda t: len({row.index(t) for row in rows if t in row}))
+    copied = copied_generate(model, ids, eos_token_id=eos, **kw)
+    assert len({len(s) for group in copied for s in group}) > 2 and calls == []
+    assert generate(model, ids, eos_token_id=eos, **kw) == copied and calls
+
+
+def test_stop_strings_cut_each_row_where_its_text_first_holds_one(tiny, monkeypatch):
+    """Stop strings are read from the host every few steps, for all rows at once; each row still ends at the token
+    where the text of its last 12 tokens first holds a stop string, as if it were checked at every step."""
+    import generation
+    monkeypatch.setattr(generation, "CHECK_EVERY", 5)
+    model, tok = tiny
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: y = 2")["input_ids"]]
+    kw = dict(n=6, max_new_tokens=40, temperature=1.0, seed=2)
+    free = [row for group in generate(model, ids, eos_token_id=-1, **kw) for row in group]
+    stops = ("ea", "ab")
+    hit = lambda row: next((u + 1 for u in range(len(row))
+                            if any(s in tok.decode(row[max(0, u - 11):u + 1]) for s in stops)), len(row))
+    eos = max({t for row in free for t in row}, key=lambda t: sum(t in row[hit(row):hit(row) + 4] for row in free))
+    ended = [row[:hit(row)] for row in free]               # a stop string first (then, soon after, the EOS) ...
+    ended = [row[:row.index(eos) + 1] if eos in row else row for row in ended]   # ... or the EOS first
+    assert len({len(row) for row in ended}) > 2 and any(eos in row[hit(row):hit(row) + 4] for row in free)
+    out = generate(model, ids, eos_token_id=eos, stop_strings=stops, tokenizer=tok, **kw)
+    assert [row for group in out for row in group] == ended
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_decode_step_by_hand_samples_what_transformers_forward_samples(sharp, monkeypatch, dtype):
+    """decode_forward with a plan (the model's forward written out on its own weights) against transformers' forward
+    through the same attention (decode_forward without a plan): the same tokens, greedy and sampled, in fp32 and in
+    bf16 (the GPU's dtype), where both round alike."""
+    import copy
+    import generation
+    model, tok = copy.deepcopy(sharp[0]).to(dtype), sharp[1]
+    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
+    for temperature in (0.0, 1.0):
+        kw = dict(n=3, max_new_tokens=12, temperature=temperature, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        by_hand = generate(model, ids, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(generation, "decode_plan", lambda model: None)
+            assert generate(model, ids, **kw) == by_hand
+
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
     """The attention seam is transformers', not a forked model file: Qwen2 (q/k/v biases, tied embeddings) and Llama
@@ -223,33 +280,33 @@ def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
 
 @pytest.mark.parametrize("window", [None, 3, 6])
 def test_shared_prompt_attention_equals_attention_over_the_concatenation(window):
-    """The exact merge: prompt part (one copy per prompt, left padding masked) + own part (causal), against softmax
-    attention over [prompt; own] keys per row; values and gradients, with GQA, prompts of 1 or 3 rows, and sliding
-    windows (3: some queries see no prompt key at all)."""
-    from generation import shared_prompt_attention
+    """One softmax over [the prompt's one copy of K/V; the row's own], against softmax attention over the
+    concatenated keys row by row: values and gradients, GQA, 2 prompts x 2 rows, a prompt shorter than the buffer
+    (zero past its end, not seen), several queries per row (the update's shape) and sliding windows (3: some
+    queries see no prompt key at all)."""
+    from generation import NO_KEY, SharedPrompts, shared_prompt_attention, visible
     torch.manual_seed(0)
-    B, Hkv, H, P, S, T, d = 2, 2, 4, 5, 4, 3, 8
-    prompt, slot = torch.tensor([0, 0, 0, 1]), torch.tensor([0, 1, 2, 0])
-    mask = torch.tensor([[False, True, True, True, True], [False, False, False, True, True]])
-    kp, vp = torch.randn(B, Hkv, P, d, requires_grad=True), torch.randn(B, Hkv, P, d, requires_grad=True)
-    q, k, v = (torch.randn(4, h, t, d, requires_grad=True) for h, t in ((H, T), (Hkv, S), (Hkv, S)))
+    B, G, Hkv, H, P, T, d = 2, 2, 2, 4, 5, 3, 8
+    length = torch.tensor([5, 2])
+    kp, vp = (torch.randn(B, Hkv, P, d).masked_fill(torch.arange(P)[None, None, :, None] >= 2, 0)
+              .index_copy(0, torch.tensor([0]), torch.randn(1, Hkv, P, d)).requires_grad_() for _ in "kv")
+    q, k, v = (torch.randn(B * G, h, T, d, requires_grad=True) for h in (H, Hkv, Hkv))
+    slots = torch.arange(P)
+    key_pos = torch.cat([torch.where(slots < length[:, None], slots, NO_KEY), length[:, None] + torch.arange(T)], 1)
+    allowed = visible(key_pos, length[:, None] + torch.arange(T), window)                    # [B, 1, 1, T, P + T]
     layer = type("Layer", (), {"layer_idx": 0})()
-    out, _ = shared_prompt_attention(layer, q, k, v, scaling=d ** -0.5, sliding_window=window,
-                                     shared_prompts=([kp], [vp], mask, prompt, slot, 3))         # [n, T, H, d]
-    keys = torch.cat([kp[prompt], k], 2).repeat_interleave(H // Hkv, 1)                          # [n, H, P+S, d]
+    out, _ = shared_prompt_attention(layer, q, k, v, scaling=d ** -0.5,
+                                     shared=SharedPrompts([kp], [vp], allowed))               # [R, T, H, d]
+    prompt = torch.arange(B).repeat_interleave(G)                                               # [R]
+    keys = torch.cat([kp[prompt], k], 2).repeat_interleave(H // Hkv, 1)                        # [R, H, P + T, d]
     values = torch.cat([vp[prompt], v], 2).repeat_interleave(H // Hkv, 1)
-    length = mask.sum(-1)[prompt]                                                                 # [n]
-    key_pos = torch.cat([mask.cumsum(-1)[prompt] - 1, length[:, None] + torch.arange(S)], -1)    # [n, P+S]
-    query_pos = length[:, None] + torch.arange(S - T, S)                                          # [n, T]
-    allowed = torch.cat([mask[prompt], torch.ones(4, S, dtype=torch.bool)], -1)[:, None, :] \
-        & (key_pos[:, None, :] <= query_pos[:, :, None]) & (query_pos[:, :, None] - key_pos[:, None, :] < (window or 99))
-    ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[:, None]).transpose(1, 2)
-    assert torch.allclose(out, ref, atol=1e-6)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=allowed[prompt, 0])
+    assert torch.allclose(out, ref.transpose(1, 2), atol=1e-6)
     grads = torch.autograd.grad(out.square().sum(), (q, k, v, kp, vp))
-    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (q, k, v, kp, vp))):
+    for g, r in zip(grads, torch.autograd.grad(ref.transpose(1, 2).square().sum(), (q, k, v, kp, vp))):
         assert torch.allclose(g, r, atol=1e-5)
     if window == 3:
-        assert not (allowed[:, :, :P].any(-1)).all()        # the case the clamp of the prompt part's max is for
+        assert not allowed[..., :P].any(-1).all()             # some queries see no prompt key at all
 
 
 def test_sliding_window_models_share_the_prompt_too(sharp, monkeypatch):
@@ -394,12 +451,11 @@ def test_rollouts_hold_each_prompt_once(tiny):
     import copy
     from bench import kv_bytes_held                                 # bench.py rollout's counter, on a copy
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
-    peak = kv_bytes_held(model)
     B, G, P, L = 3, 4, 40, 10
     ids = [torch.randint(4, 500, (P,)).tolist() for _ in range(B)]
     c = model.config
     per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4
     for gen, bound in ((generate, B * P + B * G * L), (copied_generate, B * G * (P + L))):
-        peak[0] = 0
-        gen(model, ids, n=G, max_new_tokens=L, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+        with kv_bytes_held(model) as peak:
+            gen(model, ids, n=G, max_new_tokens=L, eos_token_id=-1, pad_token_id=tok.pad_token_id)
         assert (bound - B * G) * per_token <= peak[0] <= bound * per_token, gen   # counted entering each step

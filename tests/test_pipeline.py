@@ -47,3 +47,16 @@ def test_cli_errors_name_the_problem(tmp_path):
         out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and needle in out.stderr, (args, out.stderr[-500:])
         assert "Traceback" not in out.stderr
+
+
+def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
+    """`bench.py gpu --quick` is what the first lent GPU runs, in minutes it cannot spend on a crash: its dry run on
+    the tiny shape goes through every section and writes the JSON after each."""
+    import argparse
+    import json
+    import bench
+    result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True))
+    assert {"left_padding", "copy_bandwidth_GBps", "decode", "update_micro_batch", "nccl"} <= set(result)
+    assert result["left_padding"]["rows_identical"] == 12 and result["decode"]["eager"]["ms_per_step"] > 0
+    saved = json.load(open(f"/tmp/bench-gpu-tiny/gpu-{result['device']}.json"))
+    assert saved["nccl"] == result["nccl"] and saved["update_micro_batch"]["seconds"] > 0
