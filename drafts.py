@@ -11,6 +11,7 @@ and the mismatched variants move exactly those drafts along one seeded derangeme
 """
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -26,53 +27,93 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your
                         "\n\nProblem:\n{problem}\n\nSolution:")
 
 
-# ----------------------------------------------------------------------------- data
-def load_jsonl(path, required=("id", "problem", "answer")):
-    """Rows of a JSONL file; a missing file, a bad line or a missing field is an error naming file and line."""
+# ----------------------------------------------------------------------------- files and flags: one line per mistake
+class Parser(argparse.ArgumentParser):
+    def error(self, message):                  # one line naming the flag, no usage dump: `error: argument --x: ...`
+        raise SystemExit(f"error: {message}")
+
+
+def number(kind, ok, rule):
+    """An argparse type: a finite `kind` (int or float) for which ok(x) holds, else an error saying `rule`."""
+    def parse(text):
+        x = kind(text)
+        if not (math.isfinite(x) and ok(x)):
+            raise argparse.ArgumentTypeError(f"{text}: must be {rule}")
+        return x
+    parse.__name__ = kind.__name__                   # argparse's message for a non-number: "invalid int value"
+    return parse
+
+
+COUNT, SEED = number(int, lambda x: x >= 1, ">= 1"), number(int, lambda x: x >= 0, ">= 0")
+POSITIVE, NONNEGATIVE = number(float, lambda x: x > 0, "> 0"), number(float, lambda x: x >= 0, ">= 0")
+FRACTION, UNIT = number(float, lambda x: 0 < x <= 1, "in (0, 1]"), number(float, lambda x: 0 <= x < 1, "in [0, 1)")
+
+
+def lines(path):
+    """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.readlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
+
+
+def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "answer")):
+    """Rows of a JSONL file (blank lines skipped); a line that is not a JSON object, lacks a `required` field or
+    holds a non-string in a `text` field is an error naming file and line."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            missing = [k for k in required if k not in row] if isinstance(row, dict) else ["(not an object)"]
-            if missing:
-                raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
-            row["_line"] = lineno
-            rows.append(row)
+    for lineno, line in enumerate(lines(path), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+        missing = [k for k in required if k not in row] if isinstance(row, dict) else ["(not an object)"]
+        wrong = [k for k in text if k in required and not missing and not isinstance(row[k], str)]
+        if missing or wrong:
+            raise ValueError(f"{path}:{lineno}: " + (f"missing field(s) {missing}" if missing else
+                                                      f"field(s) {wrong} must be text"))
+        row["_line"] = lineno
+        rows.append(row)
     return rows
 
 
 def load_json(path):
     """A whole-file JSON document; a bad one is an error naming the file and line."""
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
+    try:
+        return json.loads("".join(lines(path)))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
 
 
 def read_resumable(path):
-    """Records of a JSONL file that is appended to as work is done; a torn last line (a crash mid-write) is
-    removed from the file, so rerunning the same command continues where it stopped."""
-    records, lines = [], []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
-        for line in lines:
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-    if len(records) != len(lines):
-        with open(path, "w", encoding="utf-8") as f:
-            f.writelines(lines[:len(records)])
+    """Records of a JSONL file that is appended to as work is done. A torn last line (a crash mid-write) is removed
+    from the file, so rerunning the same command continues where it stopped; a bad line before the last is damage,
+    not a crash, and an error naming the line (nothing after it is thrown away)."""
+    records, text = [], lines(path) if os.path.exists(path) else []
+    for lineno, line in enumerate(text, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if lineno < len(text) or line.endswith("\n"):
+                raise ValueError(f"{path}:{lineno}: not valid JSON: the file is damaged (move it away, or "
+                                 "remove the line, to go on)") from None
+            with open(path, "w", encoding="utf-8") as f:
+                f.writelines(text[:-1])
     return records
+
+
+def output_path(path, flag):
+    """Refuse an output file whose name is a folder, or whose folder is a file, before any work is done."""
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: " + ("a folder, not a file" if os.path.isdir(path) else
+                                               f"{folder} is a file, not a folder"))
 
 
 def training_problems(rows, levels=(3, 4, 5)):
@@ -82,14 +123,17 @@ def training_problems(rows, levels=(3, 4, 5)):
 
 
 def load_pool(path):
+    """A draft pool: load_jsonl's rows, each with a non-empty list of drafts {text, correct_strict, correct_quasi}."""
     rows = load_jsonl(path, required=("id", "problem", "answer", "drafts"))
     for r in rows:
-        if not r["drafts"]:
-            raise ValueError(f"{path}:{r['_line']}: problem {r['id']} has no drafts")
-        for k, d in enumerate(r["drafts"]):
-            missing = [f for f in ("text", "correct_strict", "correct_quasi") if f not in d]
-            if missing:
-                raise ValueError(f"{path}:{r['_line']}: draft {k} of {r['id']} lacks {missing}")
+        drafts = r["drafts"] if isinstance(r["drafts"], list) else []
+        bad = [] if drafts else ["has no drafts (a non-empty list of them is needed)"]
+        for k, d in enumerate(drafts):
+            bad += [f"draft {k} lacks {f}" for f in ("text", "correct_strict", "correct_quasi")
+                    if not isinstance(d, dict) or f not in d] or \
+                [f"draft {k}'s text is not text" for _ in [0] if not isinstance(d["text"], str)]
+        if bad:
+            raise ValueError(f"{path}:{r['_line']}: problem {r['id']} {', '.join(bad[:3])}")
     return rows
 
 
@@ -197,10 +241,12 @@ def cmd_generate(args):
     """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's processes, the same pool."""
     from generation import distributed, gather, generate, load_model, rounds
     rank, world = distributed(vars(args))
+    output_path(args.out, "--out")
     problems = training_problems(load_jsonl(args.data), args.levels)[:args.limit]
+    if not problems:
+        raise ValueError(f"{args.data}: no problems at levels {args.levels} with a gold answer")
     done = None
     if rank == 0:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         done = {r["id"] for r in read_resumable(args.out)}
         print(f"{len(problems)} problems, {len(done)} already in {args.out}, {world} process(es)")
     done = gather(done)[0]
@@ -214,7 +260,7 @@ def cmd_generate(args):
         samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
                            pad_token_id=tokenizer.pad_token_id, seed=args.seed, keys=[i for i, _ in chunk],
-                           batch_size=args.batch_size)
+                           batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
         return [{**{k: v for k, v in r.items() if k != "_line"}, "drafts": [grade_draft(
                  tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o)) for o in outs]}
                 for (_, r), outs in zip(chunk, samples)]
@@ -222,24 +268,31 @@ def cmd_generate(args):
 
 
 def cmd_import(args):
-    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts."""
+    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts. Checked whole
+    before anything is written, then written to a temporary file renamed into place."""
     data = load_json(args.src)
     if not isinstance(data, list):
         raise ValueError(f"{args.src}: expected a JSON list of problems")
-    with open(args.out, "w", encoding="utf-8") as out:
-        for k, p in enumerate(data):
-            missing = [f for f in ("unique_id", "problem", "answer", "drafts") if f not in p]
-            if missing:
-                raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
-            level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
-            row = {"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
-                   "level": int(level) if level.isdigit() else None,
-                   "subject": p.get("subject"), "split": p.get("split"),
-                   "drafts": [{"text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
-                               "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")}
-                              for d in p["drafts"]]}
-            out.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(f"imported {len(data)} problems into {args.out}")
+    output_path(args.out, "--out")
+    rows = []
+    for k, p in enumerate(data):
+        p = p if isinstance(p, dict) else {}
+        drafts = p.get("drafts") if isinstance(p.get("drafts"), list) else [None]
+        missing = [f for f in ("unique_id", "problem", "answer") if f not in p] + [
+            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict", "correct_quasi")
+            if not isinstance(d, dict) or f not in d][:3]
+        if missing:
+            raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
+        level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
+        rows.append({"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
+                     "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
+                     "split": p.get("split"), "drafts": [{
+                         "text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
+                         "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")} for d in drafts]})
+    with open(args.out + ".tmp", "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(args.out + ".tmp", args.out)
+    print(f"imported {len(rows)} problems into {args.out}")
 
 
 def cmd_stats(args):
@@ -268,28 +321,29 @@ def cmd_stats(args):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model")
     g.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B", help="draft model: hub id, local dir or 'tiny'")
     g.add_argument("--data", default=os.path.join(DATA, "math_train.jsonl"), help="problems JSONL (MATH train)")
     g.add_argument("--out", default="pool.jsonl", help="pool JSONL; appended to, and problems in it are skipped")
-    g.add_argument("--num-drafts", type=int, default=32, help="drafts per problem K (recipe: 32)")
-    g.add_argument("--max-new-tokens", type=int, default=2560, help="draft length cap (recipe: 2560)")
-    g.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (recipe: 0.8)")
-    g.add_argument("--top-p", type=float, default=0.95, help="nucleus top_p (recipe: 0.95)")
+    g.add_argument("--num-drafts", type=COUNT, default=32, help="drafts per problem K (recipe: 32)")
+    g.add_argument("--max-new-tokens", type=COUNT, default=2560, help="draft length cap (recipe: 2560)")
+    g.add_argument("--temperature", type=NONNEGATIVE, default=0.8, help="sampling temperature (recipe: 0.8)")
+    g.add_argument("--top-p", type=FRACTION, default=0.95, help="nucleus top_p (recipe: 0.95)")
     g.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="MATH levels kept (recipe: 3 4 5)")
-    g.add_argument("--limit", type=int, default=None, help="only the first N problems (smoke tests)")
-    g.add_argument("--batch-size", type=int, default=64, help="sequences decoded together")
-    g.add_argument("--seed", type=int, default=0, help="sampling seed")
+    g.add_argument("--limit", type=COUNT, default=None, help="only the first N problems (smoke tests)")
+    g.add_argument("--batch-size", type=COUNT, default=64, help="sequences decoded together")
+    g.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph")
+    g.add_argument("--seed", type=SEED, default=0, help="sampling seed")
     i = sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL")
     i.add_argument("--src", required=True, help="drafts_qwen25_math_1.5b.json (a JSON list)")
     i.add_argument("--out", default="pool.jsonl", help="pool JSONL to write")
     s = sub.add_parser("stats", help="per-variant tiers, wrong rates, pairing and prompt lengths")
     s.add_argument("--drafts", required=True, help="pool JSONL")
     s.add_argument("--model", default=None, help="tokenizer for lengths in tokens (else characters)")
-    s.add_argument("--seed", type=int, default=0, help="variant seed")
-    s.add_argument("--max-prompt-tokens", type=int, default=3072, help="prompt budget (recipe: 3072)")
+    s.add_argument("--seed", type=SEED, default=0, help="variant seed")
+    s.add_argument("--max-prompt-tokens", type=COUNT, default=3072, help="prompt budget (recipe: 3072)")
     s.add_argument("--length-matched", action="store_true", help="the length-matched control (see build_variant)")
     args = ap.parse_args(argv)
     {"generate": cmd_generate, "import": cmd_import, "stats": cmd_stats}[args.cmd](args)
@@ -297,4 +351,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from generation import run_main          # torch is imported only now
-    run_main(main, (FileNotFoundError, ValueError, KeyError))
+    run_main(main)

@@ -21,7 +21,8 @@ import sys
 
 import numpy as np
 
-from drafts import DATA, DRAFT_MODEL_TEMPLATE, build_prompt, encode_prompt, load_json, load_jsonl, read_resumable
+from drafts import (COUNT, DATA, DRAFT_MODEL_TEMPLATE, FRACTION, NONNEGATIVE, SEED, Parser, build_prompt, encode_prompt,
+                    load_json, load_jsonl, output_path, read_resumable)
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -160,8 +161,16 @@ def run(args):
     from generation import distributed, gather, generate, load_model, rounds      # torch: only here
     from lora import load_lora, merge_lora
     rank, world = distributed(vars(args))
+    n, ks = args.samples, sorted({int(k) for k in args.k.split(",") if k.strip().isdigit()}) if args.k else [1]
+    if args.k and (len(ks) != len(set(args.k.split(","))) or min(ks) < 1 or max(ks) > n):
+        raise ValueError(f"--k {args.k}: comma-separated whole numbers from 1 to --samples ({n}): pass@k and "
+                         "maj@k need k <= n")
+    output_path(args.output, "--output")
+    if args.adapter and not os.path.isdir(args.adapter):
+        raise FileNotFoundError(f"--adapter {args.adapter}: no such folder")
     rows = load_jsonl(args.data)[:args.limit]
-    n, ks = args.samples, sorted({int(k) for k in args.k.split(",")}) if args.k else [1]
+    if not rows:
+        raise ValueError(f"{args.data}: no problems")
     records_path = args.output + ".records.jsonl"
     setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p", "max_new_tokens",
                                            "samples", "seed", "no_stop")}   # what the samples depend on
@@ -169,7 +178,6 @@ def run(args):
     read = lambda: {(r["id"], r["sample"]): r for r in read_resumable(records_path)}   # (id, sample) -> record
     missing = None
     if rank == 0:                               # process 0 alone reads and writes the files
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         records = read()
         if any(r.get("config") != config for r in records.values()):
             raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
@@ -190,7 +198,7 @@ def run(args):
                         temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed,
                         keys=[i for i, _ in chunk], stop_strings=() if args.no_stop else STOP_STRINGS,
-                        tokenizer=tokenizer, batch_size=args.batch_size)
+                        tokenizer=tokenizer, batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
         recs = []
         for (_, r), samples in zip(chunk, outs):
             for s, toks in zip(missing[r["id"]], samples):
@@ -225,8 +233,10 @@ def load_groups(specs):
         label, _, files = spec.rpartition("=")
         for path in files.split(","):
             data = load_json(path)
-            groups.setdefault(label or files, []).extend({**r, "file": path} for r in
-                                                         (data if isinstance(data, list) else [data]))
+            data = data if isinstance(data, list) else [data]
+            if not all(isinstance(r, dict) for r in data):
+                raise ValueError(f"{path}: not a result of evaluate.py (a JSON object, or a list of them)")
+            groups.setdefault(label or files, []).extend({**r, "file": path} for r in data)
     return groups
 
 
@@ -323,33 +333,34 @@ def plot_metrics(run_dirs, window=20):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in ("compare", "plot"):
-        ap = argparse.ArgumentParser(prog=f"evaluate.py {argv[0]}", description="seed statistics, or figures")
+        ap = Parser(prog=f"evaluate.py {argv[0]}", description="seed statistics, or figures")
         ap.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (repeats pool); plot --metrics: run dirs")
         ap.add_argument("--metric", default="strict.pass@1", help="compare: dotted key into each result JSON")
         ap.add_argument("--output", required=argv[0] == "plot", help="plot: the figure file (.png, .pdf, .svg)")
         ap.add_argument("--reference", default=None, help="plot: the label that Welch's p is taken against")
         ap.add_argument("--metrics", action="store_true", help="plot: training curves of runs/NAME/metrics.jsonl")
-        ap.add_argument("--smooth", type=int, default=20, help="plot --metrics: moving-average window in steps")
+        ap.add_argument("--smooth", type=COUNT, default=20, help="plot --metrics: moving-average window in steps")
         a = ap.parse_args(argv[1:])
         if argv[0] == "compare":
             return compare(a.specs, a.metric)
         fig = plot_metrics(a.specs, a.smooth) if a.metrics else plot_results(a.specs, a.reference)
         return fig.savefig(a.output, dpi=120)
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--model", default="mistralai/Mathstral-7B-v0.1", help="base model: hub id, local dir, or 'tiny'")
     a("--adapter", default=None, help="a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)")
     a("--data", default=os.path.join(DATA, "math500.jsonl"), help="problems JSONL (math500, aime2025, ...)")
     a("--output", default="results.json", help="summary JSON; per-sample records go to OUTPUT.records.jsonl")
     a("--prompt", default="nodraft", choices=sorted(PROMPTS), help="nodraft (Thinking: N/A), instruct, draftgen")
-    a("--limit", type=int, default=None, help="only the first N problems")
-    a("--samples", type=int, default=1, help="n samples per problem (1 = greedy pass@1)")
+    a("--limit", type=COUNT, default=None, help="only the first N problems")
+    a("--samples", type=COUNT, default=1, help="n samples per problem (1 = greedy pass@1)")
     a("--k", default=None, help="comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)")
-    a("--temperature", type=float, default=None, help="0 = greedy (default with --samples 1), else 0.6")
-    a("--top-p", type=float, default=0.95, help="nucleus top_p for sampling (paper: 0.95)")
-    a("--max-new-tokens", type=int, default=4096, help="generation cap (paper: 4096)")
-    a("--seed", type=int, default=0, help="sampling seed")
-    a("--batch-size", type=int, default=64, help="sequences decoded together (samples do not depend on it)")
+    a("--temperature", type=NONNEGATIVE, default=None, help="0 = greedy (default with --samples 1), else 0.6")
+    a("--top-p", type=FRACTION, default=0.95, help="nucleus top_p for sampling (paper: 0.95)")
+    a("--max-new-tokens", type=COUNT, default=4096, help="generation cap (paper: 4096)")
+    a("--seed", type=SEED, default=0, help="sampling seed")
+    a("--batch-size", type=COUNT, default=64, help="sequences decoded together (samples do not depend on it)")
+    a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
     args = ap.parse_args(argv)
@@ -360,4 +371,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     from generation import run_main          # torch is imported only now
-    run_main(main, (FileNotFoundError, ValueError, KeyError, ImportError))
+    run_main(main)

@@ -61,11 +61,21 @@ def tiny_model(vocab_size, seed=0, hidden=64, layers=2, heads=4, kv_heads=2):
     return model
 
 
+def from_hub(auto, name, **kw):
+    """auto.from_pretrained(name, **kw) for a local folder or a hub id; one that does not load is an error naming it."""
+    try:
+        return auto.from_pretrained(name, **kw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--model {name}: " + ("not a folder, and it did not load from the hub" if not
+                                                os.path.isdir(name) else "the folder does not load") +
+                         f" ({str(e).strip().splitlines()[0]})") from None
+
+
 def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer alone (a hub id, a local directory or 'tiny'), with a pad token for batching."""
     from transformers import AutoTokenizer
-    tokenizer = tiny_tokenizer() if name == "tiny" else AutoTokenizer.from_pretrained(
-        name, trust_remote_code=trust_remote_code)
+    tokenizer = tiny_tokenizer() if name == "tiny" else from_hub(AutoTokenizer, name,
+                                                                 trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -80,7 +90,7 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
         model = tiny_model(len(tokenizer)).to(device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
+        model = from_hub(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
     return model.eval(), tokenizer
 
 
@@ -475,22 +485,25 @@ def rounds(chunks, work, path, desc):
     for first in tqdm(range(0, len(chunks), world), desc=desc, unit="round", disable=rank > 0):
         rows = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
         if rank == 0:
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)     # made when there is a row to keep
             with open(path, "a", encoding="utf-8") as f:
                 f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for part in rows for row in part)
 
 
-def run_main(main, errors):
-    """A script's entry: main(); one of `errors` -> "error: ..." and exit status 1. Under torchrun, after success,
-    the processes wait for each other (every send has arrived), then tear the process group down; on gloo they exit
-    skipping C++ teardown instead, where finished processes aborted in 1-3 % of runs."""
+def run_main(main):
+    """A script's entry: main(); a bad input (a missing or damaged file, an impossible flag, a model that does not
+    load) -> one line `error: ...` and exit status 1. Under torchrun, after success, the processes wait for each
+    other (every send has arrived), then tear the process group down; on gloo they exit skipping C++ teardown
+    instead, where finished processes aborted in 1-3 % of runs."""
     try:
         main()
-    except errors as e:
-        sys.exit(f"error: {e}")
-    except RuntimeError as e:                  # gloo's and NCCL's timeouts say "Timed out"
-        if "imed out" not in str(e):
-            raise
-        sys.exit(f"error: a process waited longer than ${TIMEOUT} minutes for the others ({str(e).splitlines()[0]})")
+    except (OSError, ValueError, KeyError, ImportError, FloatingPointError, RuntimeError) as e:
+        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip().splitlines() or [repr(e)]
+        if isinstance(e, RuntimeError) and "imed out" not in message[0]:
+            raise                                   # a bug, not a bad input: the traceback is wanted
+        if isinstance(e, RuntimeError):             # gloo's and NCCL's timeouts say "Timed out"
+            message = [f"a process waited longer than ${TIMEOUT} minutes for the others ({message[0]})"]
+        sys.exit(f"error: {message[0]}")
     if dist.is_initialized():
         gather(None)
         if dist.get_backend() != "gloo":

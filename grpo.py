@@ -9,11 +9,13 @@ Each step: 4 prompts x 16 rollouts are sampled (LoRA merged), graded 0/1 by rewa
 advantages, and ONE AdamW step is taken on the LoRA weights. Lines tagged `# Dr. GRPO:` depart from vanilla GRPO.
 """
 import argparse
+import contextlib
 import functools
 import json
 import os
 import re
 import shutil
+import signal
 import time
 
 import torch
@@ -22,8 +24,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from drafts import (DATA, VARIANTS, build_prompt, build_variant, encode_prompt, load_jsonl, load_pool,
-                    read_resumable, training_problems)
+from drafts import (COUNT, DATA, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, VARIANTS, Parser, build_prompt,
+                    build_variant, encode_prompt, load_json, load_jsonl, load_pool, read_resumable, training_problems)
 from generation import (cache_bytes, completion_states, distributed, gather, generate, load_model, prompt_once,
                         run_main)
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
@@ -33,7 +35,7 @@ MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
     a("--variant", default="mismatched-wrong", choices=VARIANTS, help="which draft the training prompt shows")
     a("--model", default="mistralai/Mathstral-7B-v0.1", help="learner: hub id, local dir, or 'tiny' (CPU smoke)")
@@ -42,28 +44,29 @@ def parse_args(argv=None):
     a("--exclude", default=os.path.join(DATA, "math500.jsonl"), help="ids never trained on (MATH-500); '' for none")
     a("--length-matched", action="store_true", help="referee's control: equal draft lengths across variants")
     a("--output-dir", default=None, help="checkpoints step-N/ and metrics.jsonl (default runs/VARIANT-seedSEED)")
-    a("--max-steps", type=int, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
-    a("--prompts-per-step", type=int, default=4, help="B: prompts per optimizer step (paper: 4)")
-    a("--num-generations", type=int, default=16, help="G: rollouts per prompt (paper: 16)")
-    a("--max-new-tokens", type=int, default=4096, help="L_max: rollout cap and the loss normaliser (paper: 4096)")
-    a("--max-prompt-tokens", type=int, default=3072, help="prompt budget; only the draft is cut (paper: 3072)")
-    a("--temperature", type=float, default=1.0, help="rollout temperature (paper: 1.0)")
-    a("--top-p", type=float, default=1.0, help="rollout top_p (paper: 1.0)")
-    a("--lr", type=float, default=5e-6, help="AdamW learning rate, constant, no warmup (paper: 5e-6)")
-    a("--beta1", type=float, default=0.9, help="AdamW beta1 (paper: 0.9)")
-    a("--beta2", type=float, default=0.99, help="AdamW beta2 (paper: 0.99)")
-    a("--weight-decay", type=float, default=0.01, help="AdamW weight decay (paper: 0.01, TRL default)")
-    a("--max-grad-norm", type=float, default=1.0, help="gradient clipping (paper: 1.0, TRL default)")
-    a("--clip-eps", type=float, default=0.2, help="PPO clip; inert with one update per batch (ratio = 1)")
-    a("--lora-r", type=int, default=16, help="LoRA rank (paper: 16)")
-    a("--lora-alpha", type=float, default=32, help="LoRA alpha, scale alpha/r = 2 (paper: 32)")
-    a("--lora-dropout", type=float, default=0.0, help="LoRA dropout (paper: 0)")
-    a("--save-every", type=int, default=50, help="checkpoint every N steps, and at the last step (paper: 50)")
-    a("--seed", type=int, default=0, help="training seed: LoRA init, data order and every rollout")
-    a("--variant-seed", type=int, default=0, help="draft selection and derangement, built once and shared by seeds")
+    a("--max-steps", type=COUNT, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
+    a("--prompts-per-step", type=COUNT, default=4, help="B: prompts per optimizer step (paper: 4)")
+    a("--num-generations", type=COUNT, default=16, help="G: rollouts per prompt (paper: 16)")
+    a("--max-new-tokens", type=COUNT, default=4096, help="L_max: rollout cap and the loss normaliser (paper: 4096)")
+    a("--max-prompt-tokens", type=COUNT, default=3072, help="prompt budget; only the draft is cut (paper: 3072)")
+    a("--temperature", type=POSITIVE, default=1.0, help="rollout temperature (paper: 1.0)")
+    a("--top-p", type=FRACTION, default=1.0, help="rollout top_p (paper: 1.0)")
+    a("--lr", type=POSITIVE, default=5e-6, help="AdamW learning rate, constant, no warmup (paper: 5e-6)")
+    a("--beta1", type=UNIT, default=0.9, help="AdamW beta1 (paper: 0.9)")
+    a("--beta2", type=UNIT, default=0.99, help="AdamW beta2 (paper: 0.99)")
+    a("--weight-decay", type=NONNEGATIVE, default=0.01, help="AdamW weight decay (paper: 0.01, TRL default)")
+    a("--max-grad-norm", type=POSITIVE, default=1.0, help="gradient clipping (paper: 1.0, TRL default)")
+    a("--clip-eps", type=POSITIVE, default=0.2, help="PPO clip; inert with one update per batch (ratio = 1)")
+    a("--lora-r", type=COUNT, default=16, help="LoRA rank (paper: 16)")
+    a("--lora-alpha", type=POSITIVE, default=32, help="LoRA alpha, scale alpha/r = 2 (paper: 32)")
+    a("--lora-dropout", type=UNIT, default=0.0, help="LoRA dropout (paper: 0)")
+    a("--save-every", type=COUNT, default=50, help="checkpoint every N steps, and at the last step (paper: 50)")
+    a("--seed", type=SEED, default=0, help="training seed: LoRA init, data order and every rollout")
+    a("--variant-seed", type=SEED, default=0, help="draft selection and derangement, built once and shared by seeds")
     a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
-    a("--rollout-batch-size", type=int, default=64, help="sequences decoded together")
-    a("--micro-batch-tokens", type=int, default=16384, help="padded tokens per forward/backward in the update")
+    a("--rollout-batch-size", type=COUNT, default=64, help="sequences decoded together")
+    a("--micro-batch-tokens", type=COUNT, default=16384, help="padded tokens per forward/backward in the update")
+    a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (off until measured)")
     args = ap.parse_args(argv)
     args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
     return args
@@ -180,6 +183,11 @@ def load_rows(args):
 
 
 # ----------------------------------------------------------------------------- checkpoints
+KEEP_OPTIMIZER = 2   # the newest checkpoints that keep AdamW's state: a damaged newest one leaves the one before it
+FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size", "micro_batch_tokens",
+        "cuda_graphs", "model", "data", "drafts", "exclude"}      # flags a resumed run may change (not its numbers)
+
+
 def save_checkpoint(args, step, model, optimizer):
     """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place (atomic)."""
     final = os.path.join(args.output_dir, f"step-{step}")
@@ -194,7 +202,7 @@ def save_checkpoint(args, step, model, optimizer):
         json.dump({"step": step, "args": vars(args)}, f, indent=2)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    for old in _checkpoints(args.output_dir)[:-1]:      # only the newest checkpoint needs optimizer state
+    for old in _checkpoints(args.output_dir)[:-KEEP_OPTIMIZER]:
         path = os.path.join(args.output_dir, f"step-{old}", "optimizer.safetensors")
         if os.path.exists(path):
             os.remove(path)
@@ -206,22 +214,33 @@ def _checkpoints(output_dir):
 
 
 def resume(args, model, optimizer):
-    """Load the newest complete checkpoint; return its step (0 if none)."""
-    steps = [s for s in _checkpoints(args.output_dir)
-             if os.path.exists(os.path.join(args.output_dir, f"step-{s}", "optimizer.safetensors"))]
-    if not steps:
-        print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
-        return 0
-    path = os.path.join(args.output_dir, f"step-{steps[-1]}")
-    load_lora(model, path)
-    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-    state, device = {}, next(p for p in model.parameters() if p.requires_grad).device
-    for key, value in tensors.items():
-        _, i, name = key.split(".")
-        state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value.to(device)
-    optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
-    print(f"resumed from {path}")
-    return steps[-1]
+    """Load the newest checkpoint that reads back whole (adapter, AdamW's state, trainer state); return its step (0
+    if none). A damaged one (a disk or copy fault) is passed over, saying so, for the one before it; one trained
+    with other flags is an error naming them."""
+    for step in reversed(_checkpoints(args.output_dir)):
+        path = os.path.join(args.output_dir, f"step-{step}")
+        if not os.path.exists(os.path.join(path, "optimizer.safetensors")):
+            continue                                   # older checkpoints keep the adapter alone
+        try:
+            saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
+            load_lora(model, path)
+            tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+            state, device = {}, next(p for p in model.parameters() if p.requires_grad).device
+            for key, value in tensors.items():
+                _, i, name = key.split(".")
+                state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" else value.to(device)
+            optimizer.load_state_dict({"state": state, "param_groups": optimizer.state_dict()["param_groups"]})
+        except Exception as e:                         # safetensors' own errors too: the file is what is wrong
+            print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); trying the one before")
+            continue
+        differ = [f"--{k.replace('_', '-')} {saved[k]}" for k in saved
+                  if k in vars(args) and k not in FREE and saved[k] != vars(args)[k]]
+        if differ:
+            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same flags")
+        print(f"resumed from {path}")
+        return step
+    print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
+    return 0
 
 
 def _keep_metrics_upto(path, step):
@@ -235,6 +254,19 @@ def _keep_metrics_upto(path, step):
 
 
 # ----------------------------------------------------------------------------- the loop
+@contextlib.contextmanager
+def stop_signals():
+    """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption) are noted, not
+    fatal: the loop finishes the step it is in, writes a checkpoint and exits with 128 + the signal's number."""
+    got = []
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    try:
+        yield got
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
 def train(args, rows, model, tokenizer, reward_fn=None):
     """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float (reward.py's
     lenient training reward by default)."""
@@ -258,64 +290,74 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     owned = [[g for g in range(G) if b * G + g in share] for b in range(B)]   # a group may span two processes
     bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
                initial=start, total=args.max_steps, disable=rank > 0)
-    for step in bar:
-        t0 = time.time()
-        batch = step_rows(rows, step, B, args.seed)
-        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in batch]
-        prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-        model.eval()
-        spare = cache_bytes(model, B * args.max_prompt_tokens, min(B * G, args.rollout_batch_size), L)
-        with merged(model, spare):              # rollouts at base-model speed; exact base weights restored after
-            outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
-                            top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                            seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size)   # keyed (b, g)
-        t1 = time.time()
-        graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t, r["answer"])) for c in group]
-                  for group, r in zip(outs, batch)]                           # this process's rollouts, graded
-        graded = [sum(parts, []) for parts in zip(*gather(graded))]   # every process: all B x G, in sample order
-        completions, texts = [[x[0] for x in group] for group in graded], [[x[1] for x in group] for group in graded]
-        rewards = torch.tensor([[x[2] for x in group] for group in graded], dtype=torch.float32)   # [B, G]
-        advantages = group_advantages(rewards)                                             # [B, G]
-        zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
+    with stop_signals() as signals:                       # Slurm's time limit or preemption: finish the step
+        for step in bar:
+            t0 = time.time()
+            batch = step_rows(rows, step, B, args.seed)
+            prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in batch]
+            prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
+            model.eval()
+            spare = cache_bytes(model, B * args.max_prompt_tokens, min(B * G, args.rollout_batch_size), L)
+            with merged(model, spare):              # rollouts at base-model speed; exact base weights restored after
+                outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
+                                top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                                seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size,   # keyed (b, g)
+                                cuda_graphs=args.cuda_graphs)
+            t1 = time.time()
+            graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t, r["answer"])) for c in group]
+                      for group, r in zip(outs, batch)]                           # this process's rollouts, graded
+            graded = [sum(parts, []) for parts in zip(*gather(graded))]   # every process: all B x G, in sample order
+            completions, texts = [[x[0] for x in group] for group in graded], [[x[1] for x in group] for group in graded]
+            rewards = torch.tensor([[x[2] for x in group] for group in graded], dtype=torch.float32)   # [B, G]
+            advantages = group_advantages(rewards)                                             # [B, G]
+            zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
 
-        model.train()
-        optimizer.zero_grad(set_to_none=False)
-        loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id,
-                                 owned)
-        if world > 1:                           # the LoRA gradients summed over processes (the normaliser: B*G*L_max)
-            for p in params:
-                dist.all_reduce(p.grad)
-            loss_sum = sum(gather(loss_sum))
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-        skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
-        if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
-            optimizer.step()
-        skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
-        answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G] (answer, row)
-        rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
-        lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
-        record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
-                  "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
-                  "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
-                  "loss": loss_sum, "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
-                  "skipped": skipped, "skipped_steps": skipped_steps, "draft_answer_rate": rate("draft_pred"),
-                  "gold_answer_rate": rate("answer"), "rollout_time": t1 - t0, "update_time": time.time() - t1,
-                  "step_time": time.time() - t0}
-        if rank == 0:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-        bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
-        if streak >= MAX_SKIPS:
-            raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
-                                     "(skipped); try a lower --lr, and check the data and the model's dtype")
-        if rank == 0 and (step % args.save_every == 0 or step == args.max_steps):
-            save_checkpoint(args, step, model, optimizer)
+            model.train()
+            optimizer.zero_grad(set_to_none=False)
+            loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id,
+                                     owned)
+            if world > 1:                           # the LoRA gradients summed over processes (the normaliser: B*G*L_max)
+                for p in params:
+                    dist.all_reduce(p.grad)
+                loss_sum = sum(gather(loss_sum))
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
+            skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
+            if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
+                optimizer.step()
+            skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
+            answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G] (answer, row)
+            rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
+            lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
+            record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
+                      "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
+                      "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
+                      "loss": loss_sum, "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
+                      "skipped": skipped, "skipped_steps": skipped_steps, "draft_answer_rate": rate("draft_pred"),
+                      "gold_answer_rate": rate("answer"), "rollout_time": t1 - t0, "update_time": time.time() - t1,
+                      "step_time": time.time() - t0}
+            if rank == 0:
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(record) + "\n")
+            bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+            if streak >= MAX_SKIPS:
+                raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
+                                         "(skipped); try a lower --lr, and check the data and the model's dtype")
+            stop = any(gather(bool(signals)))                  # every process stops after the same step
+            if rank == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
+                save_checkpoint(args, step, model, optimizer)
+            if stop:
+                gather(None)                                   # the checkpoint is written before anyone leaves
+                print(f"signal {(signals or [signal.SIGTERM])[0]}: stopped after step {step}, checkpointed; "
+                      "rerun with --resume to go on")
+                raise SystemExit(128 + (signals or [signal.SIGTERM])[0])   # as if killed by it: the job requeues
     return model
 
 
 def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")   # the update's shapes vary
     args = parse_args(argv)
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir}: a file, not a folder")
     rank, world = distributed(vars(args))       # under torchrun; every set-up error here comes before a model loads
     if world > (rollouts := args.prompts_per_step * args.num_generations):
         raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process per rollout")
@@ -329,4 +371,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    run_main(main, (FileNotFoundError, ValueError, KeyError, FloatingPointError))
+    run_main(main)

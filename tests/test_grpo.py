@@ -209,7 +209,7 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     with pytest.raises(Crash):
         grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     assert sorted(os.listdir(tmp_path / "part")) == ["metrics.jsonl", "step-2", "step-4"]
-    assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")  # newest keeps it
+    assert os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")   # the two newest keep it
     rest = scripted_rewards()
     for _ in range(4 * per_step):                                    # the stream continues at step 5
         rest("", "")
@@ -217,6 +217,7 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="already holds a run"):             # nothing is overwritten by accident
         grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
+    assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")  # older ones do not
     from safetensors.torch import load_file
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
         a, b = load_file(tmp_path / "whole" / "step-6" / name), load_file(tmp_path / "part" / "step-6" / name)
