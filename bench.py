@@ -193,7 +193,7 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
         comp = torch.tensor([[0] * len(prompt_ids[rows[i][0]]) + [1] * len(completions[rows[i][0]][rows[i][1]])
                              + [0] * (width - lengths[i]) for i in mb])                                # [n, T]
         hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state             # [n, T, H]
-        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])            # [n, T-1]
+        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])[0]         # [n, T-1]
         adv = torch.stack([advantages[rows[i]] for i in mb])
         loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), args.max_new_tokens)
         (loss * len(mb) / (B * G)).backward()
@@ -222,8 +222,7 @@ def bench_update(args):
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
               "layers": args.layers, "B": B, "G": G, "prompt_tokens": P, "completion_tokens": L}
     grads = {}
-    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions, advantages,
-                                                                 torch.zeros(B, dtype=torch.bool), targs, 3)),
+    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions, advantages, targs, 3)),
                       ("full_sequence", lambda: full_sequence_update(model, prompts, completions, advantages, targs,
                                                                      3))):
         times = []
@@ -850,8 +849,7 @@ def bench_gpu(args):
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
     completions = [[rand(L), rand(L)]]                                       # 2 rows = --micro-batch-tokens 16,384
     advantages = torch.tensor([[1.0, -1.0]])
-    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, torch.zeros(1, dtype=torch.bool),
-                                     targs, 0)
+    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs, 0)
     try:
         run()
         memory(device)
@@ -925,8 +923,7 @@ def bench_gpu(args):
     rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])       # every group has a gradient
 
     def update(prompts, completions):
-        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards),
-                                  torch.zeros(B, dtype=torch.bool), targs, 0)
+        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards), targs, 0).loss
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()

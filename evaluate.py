@@ -158,7 +158,7 @@ def summarize(rows, records, ks):
 
 # ----------------------------------------------------------------------------- commands
 def run(args):
-    from generation import distributed, gather, generate, load_model, rounds      # torch: only here
+    from generation import distributed, gather, generate, load_model, rounds, tracker      # torch: only here
     from lora import load_lora, merge_lora
     rank, world = distributed(vars(args))
     n, ks = args.samples, sorted({int(k) for k in args.k.split(",") if k.strip().isdigit()}) if args.k else [1]
@@ -219,6 +219,11 @@ def run(args):
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("by_")}, indent=2))
+    log = tracker(args.report_to, args.output + ".tracker", args.run_name or os.path.basename(args.output), setup)
+    if log:                                     # the summary's numbers, flattened: strict/pass@1, maj/maj@8, ...
+        log.log({f"{k}/{m}" if isinstance(v, dict) else k: x for k, v in summary.items() if not k.startswith("by_")
+                 for m, x in (v.items() if isinstance(v, dict) else [(k, v)])}, 0)
+        log.close()
     if args.model == "tiny":                    # the README's demo ends here: say what a zero means
         print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its weights are random, so\n"
               "pass@1 = 0 and reward=0.000 are expected: the demo tests the plumbing; tests/test_grpo.py, learning.")
@@ -315,10 +320,12 @@ def plot_metrics(run_dirs, window=20):
     `window` steps; skipped (non-finite) steps are left out, and so are the no-draft runs' null draft metrics."""
     plt, name = _pyplot(), lambda d: os.path.basename(os.path.normpath(d))
     runs = {name(d): load_jsonl(os.path.join(d, "metrics.jsonl"), ("step",)) for d in run_dirs}
-    keys = [k for k in ("reward", "completion_length", "frac_reward_zero_std", "grad_norm", "draft_answer_rate",
-                        "gold_answer_rate") if any(r.get(k) is not None for rs in runs.values() for r in rs)]
-    fig, axes = plt.subplots(2, 3, figsize=(15, 7.2), layout="constrained")
+    keys = [k for k in ("reward", "completion_length", "frac_reward_zero_std", "entropy", "grad_norm",
+                        "draft_answer_rate", "gold_answer_rate") if any(r.get(k) is not None for rs in runs.values()
+                                                                        for r in rs)]
+    fig, axes = plt.subplots(2, 4, figsize=(20, 7.2), layout="constrained")
     for ax, key in zip(axes.flat, keys):
+        ax.xaxis.get_major_locator().set_params(integer=True)      # steps are whole numbers
         for label, rs in runs.items():
             points = [(r["step"], r[key]) for r in rs if r.get(key) is not None and math.isfinite(r[key])]
             steps, ys = zip(*points) if points else ((), ())
@@ -363,6 +370,8 @@ def main(argv=None):
     a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph")
     a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
     a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
+    a("--report-to", default="none", choices=("none", "wandb", "tensorboard"), help="the summary to a tracker too")
+    a("--run-name", default=None, help="the tracker's name for the evaluation (default: --output's file name)")
     args = ap.parse_args(argv)
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.6

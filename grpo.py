@@ -1,5 +1,6 @@
 """Dr. GRPO with LoRA on MATH: the trainer of "Weak-to-Strong Elicitation via Mismatched Wrong Drafts"
-(arXiv 2605.17314). Read top to bottom: config, the two formulas, log-probs, the loop, checkpoints.
+(arXiv 2605.17314). Read top to bottom: the config, the two formulas, the update, the rollouts, the loop; the
+bookkeeping (checkpoints, logs, signals) comes last.
 
   python grpo.py --variant mismatched-wrong --drafts pool.jsonl          # the paper's headline run, one GPU
   torchrun --nproc-per-node 8 grpo.py --variant mismatched-wrong ...    # the same run (same numbers) on 8 GPUs
@@ -12,11 +13,13 @@ import argparse
 import contextlib
 import functools
 import json
+import math
 import os
 import re
 import shutil
 import signal
 import time
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -27,13 +30,14 @@ from tqdm import tqdm
 from drafts import (COUNT, DATA, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, VARIANTS, Parser, build_prompt,
                     build_variant, encode_prompt, load_json, load_jsonl, load_pool, read_resumable, training_problems)
 from generation import (cache_bytes, completion_states, distributed, gather, generate, load_model, prompt_once,
-                        run_main)
+                        run_main, tracker)
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
 
+# ----------------------------------------------------------------------------- config
 def parse_args(argv=None):
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = ap.add_argument
@@ -67,8 +71,12 @@ def parse_args(argv=None):
     a("--rollout-batch-size", type=COUNT, default=64, help="sequences decoded together")
     a("--micro-batch-tokens", type=COUNT, default=16384, help="padded tokens per forward/backward in the update")
     a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (off until measured)")
+    a("--report-to", default="none", choices=("none", "wandb", "tensorboard"), help="an experiment tracker as well")
+    a("--run-name", default=None, help="the tracker's name for the run (default: the output folder's)")
+    a("--log-completions", type=SEED, default=10, help="every N steps, every rollout to completions.jsonl; 0: off")
     args = ap.parse_args(argv)
     args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
+    args.run_name = args.run_name or os.path.basename(os.path.normpath(args.output_dir))
     return args
 
 
@@ -86,30 +94,32 @@ def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_
     return -(per_token * mask).sum() / (logprobs.shape[0] * max_new_tokens)  # Dr. GRPO: constant N*L_max, no 1/|o|
 
 
-# ----------------------------------------------------------------------------- log-probs: the prompt once per group
+# ----------------------------------------------------------------------------- the update
+class Update(NamedTuple):
+    loss: float                 # this process's share of the step's loss
+    entropy: float              # the summed per-token entropy of the policy over the completions it ran forward
+    tokens: int                 # how many completion tokens that is
+
+
 def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
-    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0 where mask is 0,
-    at the sampling temperature (pi = softmax(logits / temperature): the policy the rollouts were drawn from).
-    The LM head runs only where mask is 1, a chunk at a time, recomputed in backward: never [N, T, V] in fp32."""
+    """hidden [N, T, H] (position t predicts targets[:, t]) -> (log pi(targets), the entropy of pi), each [N, T] in
+    fp32 and 0 where mask is 0, at the sampling temperature (pi = softmax(logits / temperature): the policy the
+    rollouts were drawn from). The LM head runs only where mask is 1, a chunk at a time, recomputed in backward:
+    never [N, T, V] in fp32. Plainly: log_softmax(lm_head(hidden) / temperature).gather(targets)."""
     sel = mask.bool()                                                                      # [N, T]
     h, y = hidden[sel], targets[sel]                                                       # [K, H], [K]
     weight = model.get_output_embeddings().weight                                          # [V, H]
     parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature, use_reentrant=False)
              for i in range(0, len(y), chunk)]
-    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T]
-    out[sel] = torch.cat(parts) if parts else out[sel]
-    return out
+    out = torch.zeros(2, *sel.shape, dtype=torch.float32, device=hidden.device)           # [2, N, T]
+    out[:, sel] = torch.cat(parts, 1) if parts else out[:, sel]
+    return out[0], out[1].detach()
 
 
 def _token_logprobs(weight, hidden, targets, temperature):
-    logits = (hidden @ weight.T).float() / temperature                                     # [K, V] one chunk
-    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
-
-
-def enable_checkpointing(model):
-    """Per-layer activation checkpointing, transformers' own (5.x's name, else 4.x's): recomputed in backward."""
-    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})
+    logp = torch.log_softmax((hidden @ weight.T).float() / temperature, dim=-1)            # [K, V] one chunk
+    entropy = -(logp.exp() * logp).sum(-1).detach()                                        # [K]
+    return torch.stack([logp.gather(-1, targets[:, None]).squeeze(-1), entropy])           # [2, K]
 
 
 def micro_batches(lengths, budget):
@@ -124,14 +134,15 @@ def micro_batches(lengths, budget):
     return batches + ([current] if current else [])
 
 
-def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pad_token_id, owned=None):
-    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's samples owned[b]);
-    return the loss. Each prompt runs forward once, and its completions attend to its K/V micro-batch by
-    micro-batch (generation.prompt_once). One update per batch: rho = 1, PPO clipping never acts, old = detached."""
+def policy_update(model, prompt_ids, completions, advantages, args, pad_token_id, owned=None):
+    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's samples owned[b]).
+    Each prompt runs forward once, and its completions attend to its K/V micro-batch by micro-batch. One update per
+    batch: rho = 1, PPO clipping never acts, old logprobs = detached. Plainly: one forward and backward of
+    dr_grpo_loss per (prompt + completion) sequence."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
-    owned, loss_sum = owned or [range(G)] * B, 0.0
-    for b in (b for b in range(B) if not zero_std[b] and owned[b]):   # zero std: all advantages 0, no gradient
-        with prompt_once(model, prompt_ids[b]) as prompt:          # leaving the block: back through the prompt
+    owned, update = owned or [range(G)] * B, Update(0.0, 0.0, 0)
+    for b in (b for b in range(B) if advantages[b].any() and owned[b]):   # equal rewards: all A = 0, no gradient
+        with prompt_once(model, prompt_ids[b]) as prompt:      # leaving the block: the gradient through the prompt
             for mb in micro_batches([len(prompt_ids[b]) + len(completions[b][g]) for g in owned[b]],
                                     args.micro_batch_tokens):
                 gs = [owned[b][k] for k in mb]
@@ -139,13 +150,104 @@ def policy_update(model, prompt_ids, completions, advantages, zero_std, args, pa
                 ids = torch.tensor([s + [pad_token_id] * (T - len(s)) for s in seqs], device=device)       # [n, T]
                 mask = torch.tensor([[1] * len(s) + [0] * (T - len(s)) for s in seqs], device=device)      # [n, T]
                 hidden = completion_states(model, prompt, ids)                                   # [n, T, H]
-                logprobs = completion_logprobs(model, hidden, ids, mask, args.temperature)       # [n, T]
+                logprobs, entropy = completion_logprobs(model, hidden, ids, mask, args.temperature)   # [n, T]
                 loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device), mask.float(),
                                     args.max_new_tokens, args.clip_eps)
                 loss = loss * len(gs) / (B * G)   # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
                 loss.backward()
-                loss_sum += loss.item()
-    return loss_sum
+                update = Update(update.loss + loss.item(), update.entropy + entropy.sum().item(),
+                                update.tokens + int(mask.sum()))
+    return update
+
+
+# ----------------------------------------------------------------------------- rollouts, and the processes' shares
+class Rollouts(NamedTuple):
+    completions: list           # [B][G] token ids, EOS kept
+    texts: list                 # [B][G] the completions decoded
+    rewards: torch.Tensor       # [B, G]
+
+
+def my_share(B, G):
+    """Under torchrun each process samples and updates a contiguous share of the step's B x G rollouts (a group may
+    span two processes): per group b, this process's sample numbers. One process: all of them."""
+    rank, world = distributed()
+    share = range(rank * B * G // world, (rank + 1) * B * G // world)                # rollouts b * G + g
+    return [[g for g in range(G) if b * G + g in share] for b in range(B)]
+
+
+def sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned, reward_fn):
+    """This process's share of the step's rollouts, sampled with the LoRA merged into the base weights (base-model
+    speed; the exact base weights come back after) and graded; then every process's, gathered: a Rollouts of all B x G
+    in sample order. Sample g of prompt b draws from noise keyed by (seed, step, b, g): the same tokens on any number
+    of processes."""
+    B, G = args.prompts_per_step, args.num_generations
+    model.eval()
+    with merged(model, cache_bytes(model, B * args.max_prompt_tokens, min(B * G, args.rollout_batch_size),
+                                   args.max_new_tokens)):
+        outs = generate(model, prompt_ids, n=owned, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size,
+                        cuda_graphs=args.cuda_graphs)
+    graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t, r["answer"])) for c in group]
+              for group, r in zip(outs, batch)]
+    graded = [sum(shares, []) for shares in zip(*gather(graded))]           # every process's, group by group
+    return Rollouts([[c for c, _, _ in group] for group in graded], [[t for _, t, _ in group] for group in graded],
+                    torch.tensor([[r for _, _, r in group] for group in graded], dtype=torch.float32))
+
+
+def sum_over_processes(params, update):
+    """Every process computed the gradient of its own share of the rollouts: their sum, on every process, is the
+    whole batch's (the normaliser stays B*G*L_max). So are the loss, entropy and token counts. One process: as is."""
+    if not dist.is_initialized():
+        return update
+    for p in params:
+        dist.all_reduce(p.grad)
+    return Update(*map(sum, zip(*gather(update))))
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(args, rows, model, tokenizer, reward_fn=None):
+    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float (reward.py's
+    lenient training reward by default)."""
+    reward_fn, B, G = reward_fn or reward, args.prompts_per_step, args.num_generations
+    owned = my_share(B, G)                      # torchrun: this process's rollouts (all of them on one process)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
+                                  weight_decay=args.weight_decay)
+    for p in params:
+        p.grad = torch.zeros_like(p)            # every step is an optimizer step, even with all-zero advantages
+    enable_checkpointing(model)                 # recompute layer activations in backward: memory for compute
+    start = start_or_resume(args, model, optimizer)
+    log = RunLog(args, start, len(rows))        # metrics.jsonl, completions.jsonl, the tracker: process 0 writes
+    with stop_signals() as signals:             # Slurm's time limit or preemption: the step ends, a checkpoint
+        for step in log.steps():
+            t0 = time.time()
+            batch = step_rows(rows, step, B, args.seed)                                    # B problems
+            prompt_ids = [encode_prompt(tokenizer, build_prompt(r["problem"], r["draft"], tokenizer,
+                                                                args.max_prompt_tokens)) for r in batch]
+            rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned, reward_fn)
+            t1 = time.time()
+            advantages = group_advantages(rollouts.rewards)                                # [B, G]
+
+            model.train()
+            optimizer.zero_grad(set_to_none=False)
+            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args,
+                                   tokenizer.pad_token_id, owned)
+            update = sum_over_processes(params, update)       # torchrun: the gradient of all B x G rollouts
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+            skipped = not math.isfinite(grad_norm + update.loss)     # NaN or inf: no step (weights, AdamW, ckpt)
+            if not skipped:
+                optimizer.step()
+            log.step(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, (t0, t1, time.time()))
+            checkpoint_or_stop(args, step, model, optimizer, signals)
+    log.close()
+    return model
+
+
+def enable_checkpointing(model):
+    """Per-layer activation checkpointing, transformers' own (5.x's name, else 4.x's): recomputed in backward."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable({"use_reentrant": False})
 
 
 # ----------------------------------------------------------------------------- data order
@@ -184,8 +286,8 @@ def load_rows(args):
 
 # ----------------------------------------------------------------------------- checkpoints
 KEEP_OPTIMIZER = 2   # the newest checkpoints that keep AdamW's state: a damaged newest one leaves the one before it
-FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size", "micro_batch_tokens",
-        "cuda_graphs", "model", "data", "drafts", "exclude"}      # flags a resumed run may change (not its numbers)
+FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size", "micro_batch_tokens", "cuda_graphs",
+        "model", "data", "drafts", "exclude", "report_to", "run_name", "log_completions"}   # may change on resume
 
 
 def save_checkpoint(args, step, model, optimizer):
@@ -243,17 +345,19 @@ def resume(args, model, optimizer):
     return 0
 
 
-def _keep_metrics_upto(path, step):
-    """Keep metrics.jsonl's records up to `step` (later ones, and a line torn by a crash, are dropped from the file);
-    return how many of them were skipped steps."""
-    records = [r for r in read_resumable(path) if r["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(path + ".tmp", path)
-    return sum(r.get("skipped", False) for r in records)
+def start_or_resume(args, model, optimizer):
+    """The step to start after: 0 for a new run (in a folder that holds none: nothing is overwritten by accident),
+    else --resume's checkpoint, the same on every process."""
+    os.makedirs(args.output_dir, exist_ok=True)
+    if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(os.path.join(args.output_dir,
+                                                                                         "metrics.jsonl"))):
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
+    start = resume(args, model, optimizer) if args.resume else 0
+    if len(set(starts := gather(start))) > 1:
+        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder that all nodes share")
+    return start
 
 
-# ----------------------------------------------------------------------------- the loop
 @contextlib.contextmanager
 def stop_signals():
     """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption) are noted, not
@@ -267,90 +371,94 @@ def stop_signals():
             signal.signal(s, handler)
 
 
-def train(args, rows, model, tokenizer, reward_fn=None):
-    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float (reward.py's
-    lenient training reward by default)."""
-    reward_fn, (rank, world) = reward_fn or reward, distributed()
-    os.makedirs(args.output_dir, exist_ok=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
-                                  weight_decay=args.weight_decay)
-    for p in params:
-        p.grad = torch.zeros_like(p)            # every step is an optimizer step, even with all-zero advantages
-    enable_checkpointing(model)                 # recompute layer activations in backward: memory for compute
-    metrics_path = os.path.join(args.output_dir, "metrics.jsonl")
-    if not args.resume and (_checkpoints(args.output_dir) or os.path.exists(metrics_path)):
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
-    start = resume(args, model, optimizer) if args.resume else 0
-    if len(set(starts := gather(start))) > 1:
-        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder that all nodes share")
-    skipped_steps, streak = _keep_metrics_upto(metrics_path, start) if rank == 0 else 0, 0   # process 0 writes files
-    B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
-    share = range(rank * B * G // world, (rank + 1) * B * G // world)      # this process's rollouts b*G + g
-    owned = [[g for g in range(G) if b * G + g in share] for b in range(B)]   # a group may span two processes
-    bar = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
-               initial=start, total=args.max_steps, disable=rank > 0)
-    with stop_signals() as signals:                       # Slurm's time limit or preemption: finish the step
-        for step in bar:
-            t0 = time.time()
-            batch = step_rows(rows, step, B, args.seed)
-            prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in batch]
-            prompt_ids = [encode_prompt(tokenizer, p) for p in prompts]
-            model.eval()
-            spare = cache_bytes(model, B * args.max_prompt_tokens, min(B * G, args.rollout_batch_size), L)
-            with merged(model, spare):              # rollouts at base-model speed; exact base weights restored after
-                outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
-                                top_p=args.top_p, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                                seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size,   # keyed (b, g)
-                                cuda_graphs=args.cuda_graphs)
-            t1 = time.time()
-            graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t, r["answer"])) for c in group]
-                      for group, r in zip(outs, batch)]                           # this process's rollouts, graded
-            graded = [sum(parts, []) for parts in zip(*gather(graded))]   # every process: all B x G, in sample order
-            completions, texts = [[x[0] for x in group] for group in graded], [[x[1] for x in group] for group in graded]
-            rewards = torch.tensor([[x[2] for x in group] for group in graded], dtype=torch.float32)   # [B, G]
-            advantages = group_advantages(rewards)                                             # [B, G]
-            zero_std = (rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)  # [B]
+def checkpoint_or_stop(args, step, model, optimizer, signals):
+    """A checkpoint every --save-every steps, at the last, and when a stop signal came (to any process); then stop."""
+    stop, rank = any(gather(bool(signals))), distributed()[0]      # every process stops after the same step
+    if rank == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
+        save_checkpoint(args, step, model, optimizer)
+    if stop:
+        gather(None)                                               # the checkpoint is written before anyone leaves
+        number = (signals or [signal.SIGTERM])[0]
+        print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume to go on")
+        raise SystemExit(128 + number)                             # as if killed by it: the job script requeues
 
-            model.train()
-            optimizer.zero_grad(set_to_none=False)
-            loss_sum = policy_update(model, prompt_ids, completions, advantages, zero_std, args, tokenizer.pad_token_id,
-                                     owned)
-            if world > 1:                           # the LoRA gradients summed over processes (the normaliser: B*G*L_max)
-                for p in params:
-                    dist.all_reduce(p.grad)
-                loss_sum = sum(gather(loss_sum))
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm)
-            skipped = not torch.isfinite(grad_norm + loss_sum).item()          # NaN and inf survive the sum
-            if not skipped:      # NaN/inf: the weights, AdamW's moments, checkpoints never see it; next zero_grad drops it
-                optimizer.step()
-            skipped_steps, streak = skipped_steps + skipped, streak + 1 if skipped else 0
-            answers = [(lenient_answer(t), r) for group, r in zip(texts, batch) for t in group]   # [B*G] (answer, row)
-            rate = lambda key: sum(is_equiv(a, r[key]) for a, r in answers) / (B * G) if "draft_pred" in batch[0] else None
-            lens = torch.tensor([len(c) for group in completions for c in group], dtype=torch.float32)
-            record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().item() if B * G > 1 else 0.0,
-                      "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
-                      "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
-                      "loss": loss_sum, "grad_norm": grad_norm.item(), "lr": args.lr, "epoch": (step * B) / len(rows),
-                      "skipped": skipped, "skipped_steps": skipped_steps, "draft_answer_rate": rate("draft_pred"),
-                      "gold_answer_rate": rate("answer"), "rollout_time": t1 - t0, "update_time": time.time() - t1,
-                      "step_time": time.time() - t0}
-            if rank == 0:
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(record) + "\n")
-            bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
-            if streak >= MAX_SKIPS:
-                raise FloatingPointError(f"step {step}: {streak} steps in a row had a non-finite loss or gradient norm "
-                                         "(skipped); try a lower --lr, and check the data and the model's dtype")
-            stop = any(gather(bool(signals)))                  # every process stops after the same step
-            if rank == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
-                save_checkpoint(args, step, model, optimizer)
-            if stop:
-                gather(None)                                   # the checkpoint is written before anyone leaves
-                print(f"signal {(signals or [signal.SIGTERM])[0]}: stopped after step {step}, checkpointed; "
-                      "rerun with --resume to go on")
-                raise SystemExit(128 + (signals or [signal.SIGTERM])[0])   # as if killed by it: the job requeues
-    return model
+
+# ----------------------------------------------------------------------------- logs
+TRL_NAMES = {"completion_length": "completions/mean_length", "clipped_ratio": "completions/clipped_ratio",
+             "lr": "learning_rate"}                               # the tracker gets TRL's names where TRL has one
+
+
+def keep_upto(path, step):
+    """Keep a log's records up to `step` (later ones, and a line torn by a crash, are dropped from the file)."""
+    if not os.path.exists(path):
+        return []
+    records = [r for r in read_resumable(path) if r["step"] <= step]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+    os.replace(path + ".tmp", path)
+    return records
+
+
+class RunLog:
+    """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step; completions.jsonl,
+    every rollout of every --log-completions-th step; the tracker's records (--report-to). A resumed run keeps the
+    lines up to its checkpoint and continues the tracker's run. Also: the progress bar, and the guard that stops a
+    run after MAX_SKIPS non-finite steps in a row."""
+
+    def __init__(self, args, start, num_rows):
+        self.args, self.start, self.num_rows, self.writes = args, start, num_rows, distributed()[0] == 0
+        path = lambda name: os.path.join(args.output_dir, name)
+        self.metrics, self.completions = path("metrics.jsonl"), path("completions.jsonl")
+        kept = keep_upto(self.metrics, start) if self.writes else []
+        self.skipped, self.streak = sum(r.get("skipped", False) for r in kept), 0
+        self.tracker = tracker(args.report_to, args.output_dir, args.run_name, vars(args), start) \
+            if self.writes else None
+        if self.writes:
+            keep_upto(self.completions, start)
+
+    def close(self):
+        if self.tracker:
+            self.tracker.close()
+
+    def steps(self):
+        self.bar = tqdm(range(self.start + 1, self.args.max_steps + 1), desc=f"grpo {self.args.variant}",
+                        unit="step", initial=self.start, total=self.args.max_steps, disable=not self.writes)
+        return self.bar
+
+    def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times):
+        args, (B, G), L = self.args, rollouts.rewards.shape, self.args.max_new_tokens
+        self.skipped, self.streak = self.skipped + skipped, self.streak + 1 if skipped else 0
+        answers = [[lenient_answer(t) for t in group] for group in rollouts.texts]                # [B][G]
+        rate = lambda key: sum(is_equiv(a, r[key]) for group, r in zip(answers, batch) for a in group) / (B * G) \
+            if "draft_pred" in batch[0] else None
+        lens = torch.tensor([len(c) for group in rollouts.completions for c in group], dtype=torch.float32)
+        zero_std = (rollouts.rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)      # [B]
+        record = {"step": step, "reward": rollouts.rewards.mean().item(),
+                  "reward_std": rollouts.rewards.std().item() if B * G > 1 else 0.0,
+                  "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
+                  "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
+                  "loss": update.loss, "grad_norm": grad_norm, "entropy": update.entropy / update.tokens
+                  if update.tokens else None, "lr": args.lr, "epoch": step * B / self.num_rows, "skipped": skipped,
+                  "skipped_steps": self.skipped, "draft_answer_rate": rate("draft_pred"),
+                  "gold_answer_rate": rate("answer"), "rollout_time": times[1] - times[0],
+                  "update_time": times[2] - times[1], "step_time": times[2] - times[0]}
+        table = [{"step": step, "id": r["id"], "variant": args.variant, "draft_answer": r.get("draft_pred"),
+                  "completion": text, "reward": reward_, "answer": answer}
+                 for r, texts, rewards, group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), answers)
+                 for text, reward_, answer in zip(texts, rewards, group)] \
+            if args.log_completions and step % args.log_completions == 0 else None
+        if self.writes:
+            with open(self.metrics, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if table:
+                with open(self.completions, "a") as f:
+                    f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table)
+            if self.tracker:
+                self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, step, table)
+        self.bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+        if self.streak >= MAX_SKIPS:
+            raise FloatingPointError(f"step {step}: {self.streak} steps in a row had a non-finite loss or gradient "
+                                     "norm (skipped); try a lower --lr, and check the data and the model's dtype")
 
 
 def main(argv=None):

@@ -424,16 +424,25 @@ def test_plot_metrics_draws_training_curves(tmp_path):
         with open(tmp_path / run / "metrics.jsonl", "w") as f:
             for step in range(1, 41):
                 f.write(json.dumps({"step": step, "reward": step / 40, "completion_length": 100 - step,
-                                    "frac_reward_zero_std": 0.5, "grad_norm": float("nan") if step == 7 else 0.1,
+                                    "frac_reward_zero_std": 0.5, "entropy": 2 - step / 40,
+                                    "grad_norm": float("nan") if step == 7 else 0.1,
                                     "draft_answer_rate": rate, "gold_answer_rate": rate and step / 40}) + "\n")
     fig = evaluate.plot_metrics([str(tmp_path / "mw-seed0"), str(tmp_path / "nd-seed0") + "/"], window=4)
     shown = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title().split()[0] for ax in shown] == ["reward", "completion_length", "frac_reward_zero_std",
-                                                            "grad_norm", "draft_answer_rate", "gold_answer_rate"]
+                                                            "entropy", "grad_norm", "draft_answer_rate",
+                                                            "gold_answer_rate"]
     reward = shown[0].get_lines()[0]
     assert reward.get_label() == "mw-seed0" and reward.get_ydata()[5] == pytest.approx((3 + 4 + 5 + 6) / 4 / 40)
-    assert len(shown[3].get_lines()[0].get_xdata()) == 39                              # the NaN step left out
-    assert [len(l.get_xdata()) for l in shown[4].get_lines()] == [40, 0]               # no-draft: no draft curve
+    assert len(shown[4].get_lines()[0].get_xdata()) == 39                              # the NaN step left out
+    assert [len(l.get_xdata()) for l in shown[5].get_lines()] == [40, 0]               # no-draft: no draft curve
+    os.makedirs(tmp_path / "short")
+    (tmp_path / "short" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s / 3}) + "\n"
+                                                              for s in (1, 2, 3)))
+    fig = evaluate.plot_metrics([str(tmp_path / "short")])                 # 3 steps: matplotlib would say 1.5
+    fig.canvas.draw()
+    ticks = [float(t.get_text().replace("\u2212", "-")) for t in fig.axes[0].get_xticklabels() if t.get_text()]
+    assert ticks and all(t == int(t) for t in ticks)                                   # steps: integer ticks only
     evaluate.main(["plot", "--metrics", str(tmp_path / "mw-seed0"), "--output", str(tmp_path / "curves.png")])
     assert colours(tmp_path / "curves.png") > 50
 

@@ -47,9 +47,11 @@ def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temper
     hidden = torch.randn(2, 6, 64, requires_grad=True)                # [N, T, H]
     targets = torch.randint(4, 500, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]])
-    lp = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)   # [2, 6]
+    lp, entropy = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)   # [2, 6] each
     logits = model.lm_head(hidden).float() / temperature
     ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
+    p = torch.softmax(logits, -1)                                     # the entropy, computed directly
+    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask, atol=1e-5) and not entropy.requires_grad
     assert torch.allclose(lp, ref, atol=1e-5)
     lp.sum().backward()
     assert torch.equal(lp == 0, mask == 0)
@@ -97,7 +99,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     fast = copy.deepcopy(model)
     if grad_ckpt:
         grpo.enable_checkpointing(fast)
-    loss = grpo.policy_update(fast, prompts, completions, advantages, zero_std, args, pad_token_id=3)
+    loss = grpo.policy_update(fast, prompts, completions, advantages, args, pad_token_id=3).loss
     ref = _naive_update_grads(model, prompts, completions, advantages, zero_std, 16)
     lengths = torch.tensor([[len(c) for c in group] for group in completions], dtype=torch.float32)
     assert loss == pytest.approx(-(advantages * lengths).sum().item() / (3 * 4 * 16))    # rho = 1: -sum A|o|/(BGL)
@@ -123,7 +125,7 @@ def test_policy_update_takes_log_probs_at_the_sampling_temperature():
     advantages, zero_std = torch.tensor([[0.5, -0.5], [-0.5, 0.5]]), torch.zeros(2, dtype=torch.bool)
     args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
     fast = copy.deepcopy(model)
-    grpo.policy_update(fast, prompts, completions, advantages, zero_std, args, pad_token_id=3)
+    grpo.policy_update(fast, prompts, completions, advantages, args, pad_token_id=3)
     at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std, 8, 0.7)
     at_1 = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8, 1.0)
     for name, p in fast.named_parameters():
@@ -272,8 +274,7 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     gc.disable()
     try:
         before = tensors()
-        grpo.policy_update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages,
-                           torch.zeros(2, dtype=torch.bool), args, pad_token_id=3)
+        grpo.policy_update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages, args, pad_token_id=3)
         assert tensors() == before
     finally:
         gc.enable()
@@ -312,7 +313,7 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
         loss = update(model, *a, **kw)
         if step >= 5:
             next(p for p in model.parameters() if p.requires_grad).grad[0, 0] = float("nan")
-        return float("nan") if step == 3 else loss
+        return loss._replace(loss=float("nan")) if step == 3 else loss
     monkeypatch.setattr(grpo, "policy_update", poisoned)
     with pytest.raises(FloatingPointError, match=r"step 9: 5 steps in a row .* lower --lr"):
         grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
@@ -388,5 +389,5 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
 def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
-    assert grpo._keep_metrics_upto(str(path), 2) == 1                  # one skipped step among those kept
+    assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1    # one skipped step among those kept
     assert [json.loads(l)["step"] for l in open(path)] == [1, 2]
