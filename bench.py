@@ -90,7 +90,7 @@ def bench_grader(args):
 def small_model(tokenizer, hidden=256, layers=4):
     """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big enough that
     the model's arithmetic, not Python, dominates a CPU step."""
-    from generation import tiny_model
+    from extras.tiny import model as tiny_model
     return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=4 if hidden < 128 else 8,
                       kv_heads=2)
 
@@ -99,7 +99,8 @@ def bench_cpu(args):
     import torch
     import grpo
     from drafts import build_prompt, load_jsonl
-    from generation import generate, tiny_tokenizer
+    from extras.tiny import tokenizer as tiny_tokenizer
+    from generation import generate
     from lora import apply_lora, merged
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -204,7 +205,7 @@ def bench_update(args):
     per rollout), same model, rollouts and checkpointing; also checks that their gradients agree."""
     import torch
     import grpo
-    from generation import tiny_tokenizer
+    from extras.tiny import tokenizer as tiny_tokenizer
     from lora import apply_lora
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
@@ -519,7 +520,8 @@ def bench_rollout(args):
     3. Each prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
     import torch
     import generation
-    from generation import generate, tiny_tokenizer
+    from extras.tiny import tokenizer as tiny_tokenizer
+    from generation import generate
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = small_model(tiny_tokenizer(), args.hidden, args.layers).eval()

@@ -14,9 +14,8 @@ import json
 import math
 import os
 import random
-import statistics
 
-from reward import is_equiv, lenient_answer, reward
+from reward import lenient_answer, reward
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
@@ -29,8 +28,20 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your
 
 # ----------------------------------------------------------------------------- files and flags: one line per mistake
 class Parser(argparse.ArgumentParser):
-    def error(self, message):                  # one line naming the flag, no usage dump: `error: argument --x: ...`
+    """argparse, with flags from table rows (flag, default, help[, kind]) and a one-line error naming the flag."""
+
+    def error(self, message):                  # no usage dump: `error: argument --x: ...`
         raise SystemExit(f"error: {message}")
+
+    def flags(self, *rows):
+        """kind: a checked type (COUNT, SEED, ...), a tuple of choices, or [type] for several values; a False default
+        makes a switch; else a string."""
+        for flag, default, help, *kind in rows:
+            kind = dict(action="store_true") if default is False else dict(default=default) | (
+                {} if not kind else {"choices": kind[0]} if isinstance(kind[0], tuple) else
+                {"type": kind[0][0], "nargs": "+"} if isinstance(kind[0], list) else {"type": kind[0]})
+            self.add_argument(flag, help=help, **kind)
+        return self
 
 
 def number(kind, ok, rule):
@@ -267,86 +278,36 @@ def cmd_generate(args):
     rounds(chunks, draft, args.out, f"drafts, {size} problem(s) x {world} process(es) a round")
 
 
-def cmd_import(args):
-    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts. Checked whole
-    before anything is written, then written to a temporary file renamed into place."""
-    data = load_json(args.src)
-    if not isinstance(data, list):
-        raise ValueError(f"{args.src}: expected a JSON list of problems")
-    output_path(args.out, "--out")
-    rows = []
-    for k, p in enumerate(data):
-        p = p if isinstance(p, dict) else {}
-        drafts = p.get("drafts") if isinstance(p.get("drafts"), list) else [None]
-        missing = [f for f in ("unique_id", "problem", "answer") if f not in p] + [
-            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict", "correct_quasi")
-            if not isinstance(d, dict) or f not in d][:3]
-        if missing:
-            raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
-        level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
-        rows.append({"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
-                     "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
-                     "split": p.get("split"), "drafts": [{
-                         "text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
-                         "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")} for d in drafts]})
-    with open(args.out + ".tmp", "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    os.replace(args.out + ".tmp", args.out)
-    print(f"imported {len(rows)} problems into {args.out}")
-
-
-def cmd_stats(args):
-    pool = load_pool(args.drafts)
-    from generation import load_tokenizer                 # token counts need the tokenizer, not the model
-    tokenizer = load_tokenizer(args.model) if args.model else None
-    unit = "tokens" if tokenizer else "chars"
-    print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
-    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'shown = gold':>12s} {'same subj':>9s} "
-          f"{'same lvl':>8s} prompt {unit} mean ± std")
-    by_id = {p["id"]: p for p in pool}
-    for variant in VARIANTS:
-        rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
-        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
-        lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
-        shown = [r for r in rows if r["draft"] is not None]
-        tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
-        frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
-        wrong = frac([not r["draft_correct_quasi"] for r in shown])
-        gold = frac([is_equiv(r["draft_pred"], r["answer"]) for r in shown])    # the shown draft's answer is gold
-        subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
-        lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
-        sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
-        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {gold:>12s} {subj:>9s} {lvl:>8s} "
-              f"{statistics.mean(lengths):.1f} ± {sd:.1f}")
-
-
 def main(argv=None):
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model")
-    g.add_argument("--model", default="Qwen/Qwen2.5-Math-1.5B", help="draft model: hub id, local dir or 'tiny'")
-    g.add_argument("--data", default=os.path.join(DATA, "math_train.jsonl"), help="problems JSONL (MATH train)")
-    g.add_argument("--out", default="pool.jsonl", help="pool JSONL; appended to, and problems in it are skipped")
-    g.add_argument("--num-drafts", type=COUNT, default=32, help="drafts per problem K (recipe: 32)")
-    g.add_argument("--max-new-tokens", type=COUNT, default=2560, help="draft length cap (recipe: 2560)")
-    g.add_argument("--temperature", type=NONNEGATIVE, default=0.8, help="sampling temperature (recipe: 0.8)")
-    g.add_argument("--top-p", type=FRACTION, default=0.95, help="nucleus top_p (recipe: 0.95)")
-    g.add_argument("--levels", type=int, nargs="+", default=[3, 4, 5], help="MATH levels kept (recipe: 3 4 5)")
-    g.add_argument("--limit", type=COUNT, default=None, help="only the first N problems (smoke tests)")
-    g.add_argument("--batch-size", type=COUNT, default=64, help="sequences decoded together")
-    g.add_argument("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph")
-    g.add_argument("--seed", type=SEED, default=0, help="sampling seed")
-    i = sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL")
-    i.add_argument("--src", required=True, help="drafts_qwen25_math_1.5b.json (a JSON list)")
-    i.add_argument("--out", default="pool.jsonl", help="pool JSONL to write")
-    s = sub.add_parser("stats", help="per-variant tiers, wrong rates, pairing and prompt lengths")
-    s.add_argument("--drafts", required=True, help="pool JSONL")
-    s.add_argument("--model", default=None, help="tokenizer for lengths in tokens (else characters)")
-    s.add_argument("--seed", type=SEED, default=0, help="variant seed")
-    s.add_argument("--max-prompt-tokens", type=COUNT, default=3072, help="prompt budget (recipe: 3072)")
-    s.add_argument("--length-matched", action="store_true", help="the length-matched control (see build_variant)")
+    sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model").flags(
+        ("--model", "Qwen/Qwen2.5-Math-1.5B", "draft model: hub id, local dir or 'tiny'"),
+        ("--data", os.path.join(DATA, "math_train.jsonl"), "problems JSONL (MATH train)"),
+        ("--out", "pool.jsonl", "pool JSONL; appended to, and problems in it are skipped"),
+        ("--num-drafts", 32, "drafts per problem K (recipe: 32)", COUNT),
+        ("--max-new-tokens", 2560, "draft length cap (recipe: 2560)", COUNT),
+        ("--temperature", 0.8, "sampling temperature (recipe: 0.8)", NONNEGATIVE),
+        ("--top-p", 0.95, "nucleus top_p (recipe: 0.95)", FRACTION),
+        ("--levels", [3, 4, 5], "MATH levels kept (recipe: 3 4 5)", [int]),
+        ("--limit", None, "only the first N problems (smoke tests)", COUNT),
+        ("--batch-size", 64, "sequences decoded together", COUNT),
+        ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
+        ("--seed", 0, "sampling seed", SEED))
+    sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL").flags(
+        ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool (a JSON list)"),
+        ("--out", "pool.jsonl", "pool JSONL to write"))
+    sub.add_parser("stats", help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
+        ("--drafts", "pool.jsonl", "pool JSONL"),
+        ("--model", None, "tokenizer for lengths in tokens (else characters)"),
+        ("--seed", 0, "variant seed", SEED),
+        ("--max-prompt-tokens", 3072, "prompt budget (recipe: 3072)", COUNT),
+        ("--length-matched", False, "the length-matched control (see build_variant)"))
     args = ap.parse_args(argv)
-    {"generate": cmd_generate, "import": cmd_import, "stats": cmd_stats}[args.cmd](args)
+    if args.cmd == "generate":
+        return cmd_generate(args)
+    import extras.pool                         # the pool's import and statistics: tools beside the method
+    return {"import": extras.pool.cmd_import, "stats": extras.pool.cmd_stats}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,6 @@ import random
 import statistics
 import sys
 
-import numpy as np
 
 from drafts import (COUNT, DATA, DRAFT_MODEL_TEMPLATE, FRACTION, NONNEGATIVE, SEED, Parser, build_prompt, encode_prompt,
                     load_json, load_jsonl, output_path, read_resumable)
@@ -158,7 +157,8 @@ def summarize(rows, records, ks):
 
 # ----------------------------------------------------------------------------- commands
 def run(args):
-    from generation import distributed, gather, generate, load_model, rounds, tracker      # torch: only here
+    from extras.trackers import tracker
+    from generation import distributed, gather, generate, load_model, rounds      # torch: only here
     from lora import load_lora, merge_lora
     rank, world = distributed(vars(args))
     n, ks = args.samples, sorted({int(k) for k in args.k.split(",") if k.strip().isdigit()}) if args.k else [1]
@@ -267,112 +267,37 @@ def compare(specs, metric="strict.pass@1"):
     return groups
 
 
-# ----------------------------------------------------------------------------- figures
-def _pyplot():
-    try:
-        import matplotlib.pyplot as plt         # an optional extra: only the figures need it
-    except ImportError:
-        raise ImportError("evaluate.py plot needs matplotlib: pip install matplotlib") from None
-    plt.switch_backend("Agg")                   # files only, no display
-    plt.rcParams.update({"axes.grid": True, "grid.alpha": 0.3, "legend.fontsize": 8, "axes.ymargin": 0.12})
-    return plt
-
-
-def plot_results(specs, reference=None):
-    """Strict pass@k against k per dataset (--samples > 1; baselines, --prompt instruct/draftgen, dashed), then pass@1
-    per variant per dataset (greedy): mean ± std over seeds, every seed a point, Welch's p against `reference`."""
-    plt, groups = _pyplot(), load_groups(specs)
-    if reference is not None and reference not in groups:
-        raise ValueError(f"--reference {reference!r} is none of the labels {list(groups)}")
-    color = {label: f"C{i % 10}" for i, label in enumerate(groups)}                        # one per label
-    panel = lambda r: (value(r, "samples") == 1, os.path.splitext(os.path.basename(value(r, "data")))[0])
-    panels = sorted({panel(r) for rs in groups.values() for r in rs})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False, layout="constrained")
-    for ax, (greedy, data) in zip(axes[0], panels):
-        series = {label: mine for label, rs in groups.items()
-                  if (mine := [r for r in rs if panel(r) == (greedy, data)])}
-        if greedy:
-            pass1 = {label: [100 * value(r, "strict.pass@1") for r in rs] for label, rs in series.items()}
-            for x, (label, ys) in enumerate(pass1.items()):
-                ax.scatter(x + np.linspace(-0.15, 0.15, len(ys) + 2)[1:-1], ys, s=14, alpha=0.6, color=color[label])
-                ax.errorbar(x, np.mean(ys), yerr=np.std(ys, ddof=1) if len(ys) > 1 else 0, fmt="_k", ms=22, capsize=5)
-                if label != reference and min(len(ys), len(pass1.get(reference, []))) > 1:
-                    ax.annotate(f"p = {welch_t_test(ys, pass1[reference])[1]:.2g}", (x, max(ys)), xytext=(0, 8),
-                                textcoords="offset points", ha="center")
-            ax.set_xticks(range(len(pass1)), list(pass1), rotation=20, ha="right")
-            ax.set(ylabel="strict pass@1 (%)", title=f"{data}: pass@1, mean ± std over seeds"
-                   + (f"\nWelch's p vs {reference}" if reference in pass1 else ""), xlim=(-0.5, len(pass1) - 0.5))
-            continue
-        for label, rs in series.items():
-            ks = sorted(set.intersection(*({int(k.split("@")[1]) for k in value(r, "strict")} for r in rs)))
-            ys = np.array([[100 * r["strict"][f"pass@{k}"] for k in ks] for r in rs])       # [seeds, K]
-            ax.plot(ks, ys.mean(0), "--" if rs[0].get("prompt") in ("instruct", "draftgen") else "-", marker="o",
-                    ms=3, color=color[label], label=label + (f" ({len(rs)} seeds, min-max)" if len(rs) > 1 else ""))
-            ax.fill_between(ks, ys.min(0), ys.max(0), color=color[label], alpha=0.2)
-        ax.set_xscale("log", base=2)
-        ax.set(xlabel="k", ylabel="strict pass@k (%)", title=f"{data}: pass@k")
-        ax.legend()
-    return fig
-
-
-def plot_metrics(run_dirs, window=20):
-    """The training-curves figure of runs/NAME/metrics.jsonl, one line per run, each a trailing moving average over
-    `window` steps; skipped (non-finite) steps are left out, and so are the no-draft runs' null draft metrics."""
-    plt, name = _pyplot(), lambda d: os.path.basename(os.path.normpath(d))
-    runs = {name(d): load_jsonl(os.path.join(d, "metrics.jsonl"), ("step",)) for d in run_dirs}
-    keys = [k for k in ("reward", "completion_length", "frac_reward_zero_std", "entropy", "grad_norm",
-                        "draft_answer_rate", "gold_answer_rate") if any(r.get(k) is not None for rs in runs.values()
-                                                                        for r in rs)]
-    fig, axes = plt.subplots(2, 4, figsize=(20, 7.2), layout="constrained")
-    for ax, key in zip(axes.flat, keys):
-        ax.xaxis.get_major_locator().set_params(integer=True)      # steps are whole numbers
-        for label, rs in runs.items():
-            points = [(r["step"], r[key]) for r in rs if r.get(key) is not None and math.isfinite(r[key])]
-            steps, ys = zip(*points) if points else ((), ())
-            ax.plot(steps, [statistics.mean(ys[max(0, i - window + 1):i + 1]) for i in range(len(ys))], label=label)
-        ax.set(title=f"{key} (moving average, {window} steps)", xlabel="step")
-    for ax in axes.flat[len(keys):]:
-        ax.axis("off")
-    axes.flat[0].legend()
-    return fig
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("compare", "plot"):
-        ap = Parser(prog=f"evaluate.py {argv[0]}", description="seed statistics, or figures")
-        ap.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (repeats pool); plot --metrics: run dirs")
-        ap.add_argument("--metric", default="strict.pass@1", help="compare: dotted key into each result JSON")
-        ap.add_argument("--output", required=argv[0] == "plot", help="plot: the figure file (.png, .pdf, .svg)")
-        ap.add_argument("--reference", default=None, help="plot: the label that Welch's p is taken against")
-        ap.add_argument("--metrics", action="store_true", help="plot: training curves of runs/NAME/metrics.jsonl")
-        ap.add_argument("--smooth", type=COUNT, default=20, help="plot --metrics: moving-average window in steps")
-        a = ap.parse_args(argv[1:])
-        if argv[0] == "compare":
-            return compare(a.specs, a.metric)
-        fig = plot_metrics(a.specs, a.smooth) if a.metrics else plot_results(a.specs, a.reference)
-        return fig.savefig(a.output, dpi=120)
-    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = ap.add_argument
-    a("--model", default="mistralai/Mathstral-7B-v0.1", help="base model: hub id, local dir, or 'tiny'")
-    a("--adapter", default=None, help="a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)")
-    a("--data", default=os.path.join(DATA, "math500.jsonl"), help="problems JSONL (math500, aime2025, ...)")
-    a("--output", default="results.json", help="summary JSON; per-sample records go to OUTPUT.records.jsonl")
-    a("--prompt", default="nodraft", choices=sorted(PROMPTS), help="nodraft (Thinking: N/A), instruct, draftgen")
-    a("--limit", type=COUNT, default=None, help="only the first N problems")
-    a("--samples", type=COUNT, default=1, help="n samples per problem (1 = greedy pass@1)")
-    a("--k", default=None, help="comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)")
-    a("--temperature", type=NONNEGATIVE, default=None, help="0 = greedy (default with --samples 1), else 0.6")
-    a("--top-p", type=FRACTION, default=0.95, help="nucleus top_p for sampling (paper: 0.95)")
-    a("--max-new-tokens", type=COUNT, default=4096, help="generation cap (paper: 4096)")
-    a("--seed", type=SEED, default=0, help="sampling seed")
-    a("--batch-size", type=COUNT, default=64, help="sequences decoded together (samples do not depend on it)")
-    a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph")
-    a("--no-stop", action="store_true", help="do not stop at '\\n\\nProblem:' / '\\nProblem:'")
-    a("--trust-remote-code", action="store_true", help="allow model repos with custom code (off by default)")
-    a("--report-to", default="none", choices=("none", "wandb", "tensorboard"), help="the summary to a tracker too")
-    a("--run-name", default=None, help="the tracker's name for the evaluation (default: --output's file name)")
-    args = ap.parse_args(argv)
+    if argv and argv[0] == "plot":              # figures: extras/plot.py (matplotlib, an optional extra)
+        from extras.plot import main as plot
+        return plot(argv[1:])
+    if argv and argv[0] == "compare":
+        a = Parser(prog="evaluate.py compare", description="seed statistics").flags(
+            ("--metric", "strict.pass@1", "dotted key into each result JSON"))
+        a.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (a repeated label pools its files)")
+        a = a.parse_args(argv[1:])
+        return compare(a.specs, a.metric)
+    args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
+        ("--model", "mistralai/Mathstral-7B-v0.1", "base model: hub id, local dir, or 'tiny'"),
+        ("--adapter", None, "a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)"),
+        ("--data", os.path.join(DATA, "math500.jsonl"), "problems JSONL (math500, aime2025, ...)"),
+        ("--output", "results.json", "summary JSON; per-sample records go to OUTPUT.records.jsonl"),
+        ("--prompt", "nodraft", "nodraft (Thinking: N/A), instruct, draftgen", tuple(PROMPTS)),
+        ("--limit", None, "only the first N problems", COUNT),
+        ("--samples", 1, "n samples per problem (1 = greedy pass@1)", COUNT),
+        ("--k", None, "comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)"),
+        ("--temperature", None, "0 = greedy (default with --samples 1), else 0.6", NONNEGATIVE),
+        ("--top-p", 0.95, "nucleus top_p for sampling (paper: 0.95)", FRACTION),
+        ("--max-new-tokens", 4096, "generation cap (paper: 4096)", COUNT),
+        ("--seed", 0, "sampling seed", SEED),
+        ("--batch-size", 64, "sequences decoded together (samples do not depend on it)", COUNT),
+        ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
+        ("--no-stop", False, "do not stop at '\\n\\nProblem:' / '\\nProblem:'"),
+        ("--trust-remote-code", False, "allow model repos with custom code (off by default)"),
+        ("--report-to", "none", "the summary to an experiment tracker too", ("none", "wandb", "tensorboard")),
+        ("--run-name", None, "the tracker's name for the evaluation (default: --output's file name)"),
+    ).parse_args(argv)
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.6
     return run(args)

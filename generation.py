@@ -11,9 +11,6 @@ import collections
 import contextlib
 import dataclasses
 import datetime
-import functools
-import importlib
-import itertools
 import json
 import os
 import sys
@@ -23,45 +20,11 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+import extras.tiny
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # ----------------------------------------------------------------------------- models
-@functools.lru_cache(maxsize=1)
-def tiny_tokenizer(vocab_size=2000, corpus=os.path.join(HERE, "data", "math_train.jsonl"), lines=2000):
-    """A byte-level BPE tokenizer trained on MATH problems in a second (deterministic), BOS prepended like Mistral."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-    with open(corpus, encoding="utf-8") as f:
-        rows = [json.loads(line) for line in itertools.islice(f, lines)]
-    texts = [text for row in rows for text in (row["problem"], row.get("solution", ""))]
-    tok = Tokenizer(models.BPE(unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
-                                                       special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
-
-
-def tiny_model(vocab_size, seed=0, hidden=64, layers=2, heads=4, kv_heads=2):
-    """Random MistralForCausalLM with Mathstral's layout (GQA, SwiGLU, RoPE) at a few hundred thousand params."""
-    from transformers import MistralConfig, MistralForCausalLM
-    config = MistralConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-                           num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                           max_position_embeddings=16384, bos_token_id=1, eos_token_id=2, pad_token_id=3,
-                           sliding_window=None, tie_word_embeddings=False)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = MistralForCausalLM(config)
-    model.name_or_path = "tiny"
-    return model
-
-
 def from_hub(auto, name, **kw):
     """auto.from_pretrained(name, **kw) for a local folder or a hub id; one that does not load is an error naming it."""
     try:
@@ -75,7 +38,7 @@ def from_hub(auto, name, **kw):
 def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer alone (a hub id, a local directory or 'tiny'), with a pad token for batching."""
     from transformers import AutoTokenizer
-    tokenizer = tiny_tokenizer() if name == "tiny" else from_hub(AutoTokenizer, name,
+    tokenizer = extras.tiny.tokenizer() if name == "tiny" else from_hub(AutoTokenizer, name,
                                                                  trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
@@ -88,7 +51,7 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tokenizer = load_tokenizer(name, trust_remote_code)
     if name == "tiny":
-        model = tiny_model(len(tokenizer)).to(device=device, dtype=dtype)
+        model = extras.tiny.model(len(tokenizer)).to(device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM
         model = from_hub(AutoModelForCausalLM, name, dtype=dtype, trust_remote_code=trust_remote_code).to(device)
@@ -446,44 +409,6 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
         for (p, _), tokens in zip(batch, rows):
             results[p].append(tokens)
     return results
-
-
-# ----------------------------------------------------------------------------- experiment trackers (optional extras)
-class Tracker(NamedTuple):
-    log: object                 # log(record, step, table=None)
-    close: object               # close(): everything written
-
-
-def tracker(kind, folder, name, config, start=0):
-    """A Tracker sending a record's numbers to wandb or TensorBoard (each imported only when asked for; None for
-    "none"), and a table (rows of dicts) to wandb. A resumed run continues the same tracker run: wandb by the id
-    kept in `folder` (steps it already holds are not sent again), TensorBoard by step (its events after `start` are
-    dropped). wandb's project: $WANDB_PROJECT, else mismatched-wrong-drafts."""
-    if kind == "none":
-        return None
-    try:
-        module = importlib.import_module({"wandb": "wandb", "tensorboard": "torch.utils.tensorboard"}[kind])
-    except ImportError:
-        raise ImportError(f"--report-to {kind} needs the {kind} package: pip install {kind}") from None
-    numbers = lambda record: {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
-    if kind == "tensorboard":
-        writer = module.SummaryWriter(os.path.join(folder, "tensorboard"), purge_step=start + 1 if start else None)
-        writer.add_text("config", json.dumps(config, default=str))
-
-        def log(record, step, table=None):
-            for key, value in numbers(record).items():
-                writer.add_scalar(key, value, step)
-            writer.flush()
-        return Tracker(log, writer.close)
-    os.makedirs(folder, exist_ok=True)
-    path = os.path.join(folder, "wandb_id")
-    run_id = open(path).read().strip() if os.path.exists(path) else os.urandom(6).hex()
-    with open(path, "w") as f:
-        f.write(run_id)
-    run = module.init(project=os.environ.get("WANDB_PROJECT", "mismatched-wrong-drafts"), name=name, id=run_id,
-                      resume="allow", config=config, dir=folder)
-    return Tracker(lambda record, step, table=None: run.log({**numbers(record), **({"completions": module.Table(
-        columns=list(table[0]), data=[list(row.values()) for row in table])} if table else {})}, step=step), run.finish)
 
 
 # ----------------------------------------------------------------------------- processes (torchrun)

@@ -29,8 +29,9 @@ from tqdm import tqdm
 
 from drafts import (COUNT, DATA, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, VARIANTS, Parser, build_prompt,
                     build_variant, encode_prompt, load_json, load_jsonl, load_pool, read_resumable, training_problems)
+from extras.trackers import tracker
 from generation import (cache_bytes, completion_states, distributed, gather, generate, load_model, prompt_once,
-                        run_main, tracker)
+                        run_main)
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 
@@ -39,42 +40,41 @@ MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
 # ----------------------------------------------------------------------------- config
 def parse_args(argv=None):
-    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    a = ap.add_argument
-    a("--variant", default="mismatched-wrong", choices=VARIANTS, help="which draft the training prompt shows")
-    a("--model", default="mistralai/Mathstral-7B-v0.1", help="learner: hub id, local dir, or 'tiny' (CPU smoke)")
-    a("--data", default=None, help="problems JSONL (enough for no-draft; default data/math_train.jsonl)")
-    a("--drafts", default=None, help="draft pool JSONL from drafts.py (carries the problems)")
-    a("--exclude", default=os.path.join(DATA, "math500.jsonl"), help="ids never trained on (MATH-500); '' for none")
-    a("--length-matched", action="store_true", help="referee's control: equal draft lengths across variants")
-    a("--output-dir", default=None, help="checkpoints step-N/ and metrics.jsonl (default runs/VARIANT-seedSEED)")
-    a("--max-steps", type=COUNT, default=2000, help="optimizer steps (paper: 2,000 of the 2,222-step epoch)")
-    a("--prompts-per-step", type=COUNT, default=4, help="B: prompts per optimizer step (paper: 4)")
-    a("--num-generations", type=COUNT, default=16, help="G: rollouts per prompt (paper: 16)")
-    a("--max-new-tokens", type=COUNT, default=4096, help="L_max: rollout cap and the loss normaliser (paper: 4096)")
-    a("--max-prompt-tokens", type=COUNT, default=3072, help="prompt budget; only the draft is cut (paper: 3072)")
-    a("--temperature", type=POSITIVE, default=1.0, help="rollout temperature (paper: 1.0)")
-    a("--top-p", type=FRACTION, default=1.0, help="rollout top_p (paper: 1.0)")
-    a("--lr", type=POSITIVE, default=5e-6, help="AdamW learning rate, constant, no warmup (paper: 5e-6)")
-    a("--beta1", type=UNIT, default=0.9, help="AdamW beta1 (paper: 0.9)")
-    a("--beta2", type=UNIT, default=0.99, help="AdamW beta2 (paper: 0.99)")
-    a("--weight-decay", type=NONNEGATIVE, default=0.01, help="AdamW weight decay (paper: 0.01, TRL default)")
-    a("--max-grad-norm", type=POSITIVE, default=1.0, help="gradient clipping (paper: 1.0, TRL default)")
-    a("--clip-eps", type=POSITIVE, default=0.2, help="PPO clip; inert with one update per batch (ratio = 1)")
-    a("--lora-r", type=COUNT, default=16, help="LoRA rank (paper: 16)")
-    a("--lora-alpha", type=POSITIVE, default=32, help="LoRA alpha, scale alpha/r = 2 (paper: 32)")
-    a("--lora-dropout", type=UNIT, default=0.0, help="LoRA dropout (paper: 0)")
-    a("--save-every", type=COUNT, default=50, help="checkpoint every N steps, and at the last step (paper: 50)")
-    a("--seed", type=SEED, default=0, help="training seed: LoRA init, data order and every rollout")
-    a("--variant-seed", type=SEED, default=0, help="draft selection and derangement, built once and shared by seeds")
-    a("--resume", action="store_true", help="continue from the newest complete checkpoint in --output-dir")
-    a("--rollout-batch-size", type=COUNT, default=64, help="sequences decoded together")
-    a("--micro-batch-tokens", type=COUNT, default=16384, help="padded tokens per forward/backward in the update")
-    a("--cuda-graphs", action="store_true", help="replay each decode step as a CUDA graph (off until measured)")
-    a("--report-to", default="none", choices=("none", "wandb", "tensorboard"), help="an experiment tracker as well")
-    a("--run-name", default=None, help="the tracker's name for the run (default: the output folder's)")
-    a("--log-completions", type=SEED, default=10, help="every N steps, every rollout to completions.jsonl; 0: off")
-    args = ap.parse_args(argv)
+    args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
+        ("--variant", "mismatched-wrong", "which draft the training prompt shows", VARIANTS),
+        ("--model", "mistralai/Mathstral-7B-v0.1", "learner: hub id, local dir, or 'tiny' (CPU smoke)"),
+        ("--data", None, "problems JSONL (enough for no-draft; default data/math_train.jsonl)"),
+        ("--drafts", None, "draft pool JSONL from drafts.py (carries the problems)"),
+        ("--exclude", os.path.join(DATA, "math500.jsonl"), "ids never trained on (MATH-500); '' for none"),
+        ("--length-matched", False, "referee's control: equal draft lengths across variants"),
+        ("--output-dir", None, "checkpoints step-N/, metrics.jsonl... (default runs/VARIANT-seedSEED)"),
+        ("--max-steps", 2000, "optimizer steps (paper: 2,000 of the 2,222-step epoch)", COUNT),
+        ("--prompts-per-step", 4, "B: prompts per optimizer step (paper: 4)", COUNT),
+        ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", COUNT),
+        ("--max-new-tokens", 4096, "L_max: rollout cap and the loss normaliser (paper: 4096)", COUNT),
+        ("--max-prompt-tokens", 3072, "prompt budget; only the draft is cut (paper: 3072)", COUNT),
+        ("--temperature", 1.0, "rollout temperature (paper: 1.0)", POSITIVE),
+        ("--top-p", 1.0, "rollout top_p (paper: 1.0)", FRACTION),
+        ("--lr", 5e-6, "AdamW learning rate, constant, no warmup (paper: 5e-6)", POSITIVE),
+        ("--beta1", 0.9, "AdamW beta1 (paper: 0.9)", UNIT),
+        ("--beta2", 0.99, "AdamW beta2 (paper: 0.99)", UNIT),
+        ("--weight-decay", 0.01, "AdamW weight decay (paper: 0.01, TRL default)", NONNEGATIVE),
+        ("--max-grad-norm", 1.0, "gradient clipping (paper: 1.0, TRL default)", POSITIVE),
+        ("--clip-eps", 0.2, "PPO clip; inert with one update per batch (ratio = 1)", POSITIVE),
+        ("--lora-r", 16, "LoRA rank (paper: 16)", COUNT),
+        ("--lora-alpha", 32, "LoRA alpha, scale alpha/r = 2 (paper: 32)", POSITIVE),
+        ("--lora-dropout", 0.0, "LoRA dropout (paper: 0)", UNIT),
+        ("--save-every", 50, "checkpoint every N steps, and at the last step (paper: 50)", COUNT),
+        ("--seed", 0, "training seed: LoRA init, data order and every rollout", SEED),
+        ("--variant-seed", 0, "draft selection and derangement, built once and shared by seeds", SEED),
+        ("--resume", False, "continue from the newest complete checkpoint in --output-dir"),
+        ("--rollout-batch-size", 64, "sequences decoded together", COUNT),
+        ("--micro-batch-tokens", 16384, "padded tokens per forward/backward in the update", COUNT),
+        ("--cuda-graphs", False, "replay each decode step as a CUDA graph (off until measured)"),
+        ("--report-to", "none", "an experiment tracker as well", ("none", "wandb", "tensorboard")),
+        ("--run-name", None, "the tracker's name for the run (default: the output folder's)"),
+        ("--log-completions", 10, "every N steps, every rollout to completions.jsonl; 0: off", SEED),
+    ).parse_args(argv)
     args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
     args.run_name = args.run_name or os.path.basename(os.path.normpath(args.output_dir))
     return args
@@ -220,7 +220,7 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     start = start_or_resume(args, model, optimizer)
     log = RunLog(args, start, len(rows))        # metrics.jsonl, completions.jsonl, the tracker: process 0 writes
     with stop_signals() as signals:             # Slurm's time limit or preemption: the step ends, a checkpoint
-        for step in log.steps():
+        for step in log.steps:
             t0 = time.time()
             batch = step_rows(rows, step, B, args.seed)                                    # B problems
             prompt_ids = [encode_prompt(tokenizer, build_prompt(r["problem"], r["draft"], tokenizer,
@@ -402,63 +402,52 @@ def keep_upto(path, step):
 class RunLog:
     """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step; completions.jsonl,
     every rollout of every --log-completions-th step; the tracker's records (--report-to). A resumed run keeps the
-    lines up to its checkpoint and continues the tracker's run. Also: the progress bar, and the guard that stops a
+    lines up to its checkpoint and continues the tracker's run. Also the progress bar, and the guard that stops a
     run after MAX_SKIPS non-finite steps in a row."""
 
     def __init__(self, args, start, num_rows):
-        self.args, self.start, self.num_rows, self.writes = args, start, num_rows, distributed()[0] == 0
-        path = lambda name: os.path.join(args.output_dir, name)
-        self.metrics, self.completions = path("metrics.jsonl"), path("completions.jsonl")
-        kept = keep_upto(self.metrics, start) if self.writes else []
-        self.skipped, self.streak = sum(r.get("skipped", False) for r in kept), 0
-        self.tracker = tracker(args.report_to, args.output_dir, args.run_name, vars(args), start) \
-            if self.writes else None
-        if self.writes:
-            keep_upto(self.completions, start)
-
-    def close(self):
-        if self.tracker:
-            self.tracker.close()
-
-    def steps(self):
-        self.bar = tqdm(range(self.start + 1, self.args.max_steps + 1), desc=f"grpo {self.args.variant}",
-                        unit="step", initial=self.start, total=self.args.max_steps, disable=not self.writes)
-        return self.bar
+        self.args, self.num_rows, self.writes, self.streak = args, num_rows, distributed()[0] == 0, 0
+        self.paths = [os.path.join(args.output_dir, f"{name}.jsonl") for name in ("metrics", "completions")]
+        kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
+        self.skipped = sum(r.get("skipped", False) for r in kept[0])
+        self.tracker = self.writes and tracker(args.report_to, args.output_dir, args.run_name, vars(args), start)
+        self.steps = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}", unit="step",
+                          initial=start, total=args.max_steps, disable=not self.writes)
 
     def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times):
-        args, (B, G), L = self.args, rollouts.rewards.shape, self.args.max_new_tokens
+        args, rewards, (B, G) = self.args, rollouts.rewards, rollouts.rewards.shape
         self.skipped, self.streak = self.skipped + skipped, self.streak + 1 if skipped else 0
         answers = [[lenient_answer(t) for t in group] for group in rollouts.texts]                # [B][G]
         rate = lambda key: sum(is_equiv(a, r[key]) for group, r in zip(answers, batch) for a in group) / (B * G) \
             if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in rollouts.completions for c in group], dtype=torch.float32)
-        zero_std = (rollouts.rewards.std(dim=1) == 0) if G > 1 else torch.ones(B, dtype=torch.bool)      # [B]
-        record = {"step": step, "reward": rollouts.rewards.mean().item(),
-                  "reward_std": rollouts.rewards.std().item() if B * G > 1 else 0.0,
-                  "frac_reward_zero_std": zero_std.float().mean().item(), "completion_length": lens.mean().item(),
-                  "clipped_ratio": (lens >= L).float().mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
-                  "loss": update.loss, "grad_norm": grad_norm, "entropy": update.entropy / update.tokens
-                  if update.tokens else None, "lr": args.lr, "epoch": step * B / self.num_rows, "skipped": skipped,
-                  "skipped_steps": self.skipped, "draft_answer_rate": rate("draft_pred"),
-                  "gold_answer_rate": rate("answer"), "rollout_time": times[1] - times[0],
-                  "update_time": times[2] - times[1], "step_time": times[2] - times[0]}
+        record = {"step": step, "reward": rewards.mean().item(), "reward_std": rewards.std().nan_to_num().item(),
+                  "frac_reward_zero_std": (rewards.std(dim=1).nan_to_num() == 0).float().mean().item(),
+                  "completion_length": lens.mean().item(), "clipped_ratio": (lens >= args.max_new_tokens).float()
+                  .mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B, "loss": update.loss,
+                  "grad_norm": grad_norm, "entropy": update.entropy / update.tokens if update.tokens else None,
+                  "lr": args.lr, "epoch": step * B / self.num_rows, "skipped": skipped, "skipped_steps":
+                  self.skipped, "draft_answer_rate": rate("draft_pred"), "gold_answer_rate": rate("answer"),
+                  "rollout_time": times[1] - times[0], "update_time": times[2] - times[1],
+                  "step_time": times[2] - times[0]}
         table = [{"step": step, "id": r["id"], "variant": args.variant, "draft_answer": r.get("draft_pred"),
-                  "completion": text, "reward": reward_, "answer": answer}
-                 for r, texts, rewards, group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), answers)
-                 for text, reward_, answer in zip(texts, rewards, group)] \
-            if args.log_completions and step % args.log_completions == 0 else None
-        if self.writes:
-            with open(self.metrics, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if table:
-                with open(self.completions, "a") as f:
-                    f.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in table)
-            if self.tracker:
-                self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, step, table)
-        self.bar.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
+                  "completion": text, "reward": value, "answer": answer}
+                 for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers) for text, value, answer in
+                 zip(*row)] if args.log_completions and step % args.log_completions == 0 else []
+        for path, lines in zip(self.paths, ([record], table)):
+            if self.writes and lines:
+                with open(path, "a") as f:
+                    f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        if self.tracker:
+            self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, step, table)
+        self.steps.set_postfix(reward=f"{record['reward']:.3f}", len=f"{record['completion_length']:.0f}")
         if self.streak >= MAX_SKIPS:
             raise FloatingPointError(f"step {step}: {self.streak} steps in a row had a non-finite loss or gradient "
                                      "norm (skipped); try a lower --lr, and check the data and the model's dtype")
+
+    def close(self):
+        if self.tracker:
+            self.tracker.close()
 
 
 def main(argv=None):

@@ -10,6 +10,7 @@ import torch
 import evaluate
 from evaluate import betainc, maj_at_k, pass_at_k, vote_clusters, welch_t_test
 from bench import copied_generate
+from extras import plot
 from generation import generate
 
 
@@ -400,7 +401,7 @@ def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path):
                                                                "instruct")))
     specs = [f"mw={f}" for f in files["mw"]] + ["mtw=" + ",".join(map(str, files["mtw"])),
                                                  f"base={tmp_path / 'base.json'}"]
-    fig = evaluate.plot_results(specs, reference="mtw")
+    fig = plot.plot_results(specs, reference="mtw")
     passk, greedy = fig.axes
     assert passk.get_title() == "aime2025: pass@k" and passk.get_xscale() == "log"
     assert [(l.get_label(), l.get_linestyle()) for l in passk.get_lines()] == [("mw (2 seeds, min-max)", "-"),
@@ -414,7 +415,7 @@ def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path):
     evaluate.main(["plot", *specs, "--reference", "mtw", "--output", str(tmp_path / "fig.png")])
     assert colours(tmp_path / "fig.png") > 50                                          # not blank
     with pytest.raises(ValueError, match="--reference 'nope'"):
-        evaluate.plot_results(specs, reference="nope")
+        plot.plot_results(specs, reference="nope")
 
 
 def test_plot_metrics_draws_training_curves(tmp_path):
@@ -427,7 +428,7 @@ def test_plot_metrics_draws_training_curves(tmp_path):
                                     "frac_reward_zero_std": 0.5, "entropy": 2 - step / 40,
                                     "grad_norm": float("nan") if step == 7 else 0.1,
                                     "draft_answer_rate": rate, "gold_answer_rate": rate and step / 40}) + "\n")
-    fig = evaluate.plot_metrics([str(tmp_path / "mw-seed0"), str(tmp_path / "nd-seed0") + "/"], window=4)
+    fig = plot.plot_metrics([str(tmp_path / "mw-seed0"), str(tmp_path / "nd-seed0") + "/"], window=4)
     shown = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title().split()[0] for ax in shown] == ["reward", "completion_length", "frac_reward_zero_std",
                                                             "entropy", "grad_norm", "draft_answer_rate",
@@ -439,7 +440,7 @@ def test_plot_metrics_draws_training_curves(tmp_path):
     os.makedirs(tmp_path / "short")
     (tmp_path / "short" / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "reward": s / 3}) + "\n"
                                                               for s in (1, 2, 3)))
-    fig = evaluate.plot_metrics([str(tmp_path / "short")])                 # 3 steps: matplotlib would say 1.5
+    fig = plot.plot_metrics([str(tmp_path / "short")])                 # 3 steps: matplotlib would say 1.5
     fig.canvas.draw()
     ticks = [float(t.get_text().replace("\u2212", "-")) for t in fig.axes[0].get_xticklabels() if t.get_text()]
     assert ticks and all(t == int(t) for t in ticks)                                   # steps: integer ticks only

@@ -81,7 +81,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     """The prompt-once update (prompt K/V as leaves, micro-batched completions, per-layer checkpointing) must give
     the gradient of the formula computed sequence by sequence, including under a sliding attention window."""
     import copy
-    from generation import tiny_model
+    from extras.tiny import model as tiny_model
     from lora import apply_lora
     torch.manual_seed(0)
     model = apply_lora(tiny_model(500))
@@ -114,7 +114,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
 def test_policy_update_takes_log_probs_at_the_sampling_temperature():
     """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi = softmax(logits / 0.7)."""
     import copy
-    from generation import tiny_model
+    from extras.tiny import model as tiny_model
     from lora import apply_lora
     torch.manual_seed(0)
     model = apply_lora(tiny_model(500))
@@ -259,7 +259,7 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     """Every micro-batch's activations, masks and K/V must go when it does, by refcounting alone: at 7B one
     micro-batch holds gigabytes, and waiting for Python's cycle collector would stack them up across the update."""
     import gc
-    from generation import tiny_model
+    from extras.tiny import model as tiny_model
     from lora import apply_lora
     model = apply_lora(tiny_model(500))
     grpo.enable_checkpointing(model)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from generation import tiny_model
+from extras.tiny import model as tiny_model
 from lora import apply_lora, load_lora, lora_modules, save_lora
 
 peft = pytest.importorskip("peft")

@@ -1,0 +1,61 @@
+"""The draft pool's tools beside the method (`python drafts.py import|stats`): the author's released pool converted
+into ours, and the referee's table of what each variant shows."""
+import json
+import os
+import statistics
+
+from drafts import VARIANTS, build_prompt, build_variant, encode_prompt, load_json, load_pool, output_path
+from reward import is_equiv
+
+
+def cmd_import(args):
+    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts. Checked whole
+    before anything is written, then written to a temporary file renamed into place."""
+    data = load_json(args.src)
+    if not isinstance(data, list):
+        raise ValueError(f"{args.src}: expected a JSON list of problems")
+    output_path(args.out, "--out")
+    rows = []
+    for k, p in enumerate(data):
+        p = p if isinstance(p, dict) else {}
+        drafts = p.get("drafts") if isinstance(p.get("drafts"), list) else [None]
+        missing = [f for f in ("unique_id", "problem", "answer") if f not in p] + [
+            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict", "correct_quasi")
+            if not isinstance(d, dict) or f not in d][:3]
+        if missing:
+            raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
+        level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
+        rows.append({"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
+                     "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
+                     "split": p.get("split"), "drafts": [{
+                         "text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
+                         "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")} for d in drafts]})
+    with open(args.out + ".tmp", "w", encoding="utf-8") as out:
+        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    os.replace(args.out + ".tmp", args.out)
+    print(f"imported {len(rows)} problems into {args.out}")
+
+
+def cmd_stats(args):
+    pool = load_pool(args.drafts)
+    from generation import load_tokenizer                 # token counts need the tokenizer, not the model
+    tokenizer = load_tokenizer(args.model) if args.model else None
+    unit = "tokens" if tokenizer else "chars"
+    print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
+    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'shown = gold':>12s} {'same subj':>9s} "
+          f"{'same lvl':>8s} prompt {unit} mean ± std")
+    by_id = {p["id"]: p for p in pool}
+    for variant in VARIANTS:
+        rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
+        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
+        lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
+        shown = [r for r in rows if r["draft"] is not None]
+        tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
+        frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
+        wrong = frac([not r["draft_correct_quasi"] for r in shown])
+        gold = frac([is_equiv(r["draft_pred"], r["answer"]) for r in shown])    # the shown draft's answer is gold
+        subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
+        lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
+        sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
+        print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {gold:>12s} {subj:>9s} {lvl:>8s} "
+              f"{statistics.mean(lengths):.1f} ± {sd:.1f}")
