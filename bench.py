@@ -97,6 +97,7 @@ def small_model(tokenizer, hidden=256, layers=4):
 
 def bench_cpu(args):
     import torch
+
     import grpo
     from drafts import build_prompt, load_jsonl
     from extras.tiny import tokenizer as tiny_tokenizer
@@ -182,6 +183,7 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
     """The update before the prompt-once change, as the baseline: every (prompt + completion) row runs forward and
     backward whole, micro-batched by padded length, through the same chunked LM head and loss."""
     import torch
+
     import grpo
     B, G = advantages.shape
     rows = [(b, g) for b in range(B) for g in range(G)]
@@ -204,6 +206,7 @@ def bench_update(args):
     """The update alone: grpo.policy_update (each prompt forward once) vs full_sequence_update (each prompt once
     per rollout), same model, rollouts and checkpointing; also checks that their gradients agree."""
     import torch
+
     import grpo
     from extras.tiny import tokenizer as tiny_tokenizer
     from lora import apply_lora
@@ -250,6 +253,7 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import TrainerCallback
+
     from drafts import build_prompt
     from reward import reward
 
@@ -304,6 +308,7 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     copied to each of its n rows, read through the model's own attention (masks and sliding windows included);
     the same keyed sampling, so the same tokens up to float rounding. No stop strings."""
     import torch
+
     from generation import mix, sample_keys, sample_next
     device, jobs = next(model.parameters()).device, [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
     results = [[] for _ in prompt_ids]
@@ -404,6 +409,7 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
     concatenates every layer's K/V at every step, finished rows dropped every step, every token read by the host."""
     import torch
     from transformers import DynamicCache
+
     from generation import mix, sample_keys, sample_next
     with torch.no_grad():
         samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
@@ -463,6 +469,7 @@ def kv_bytes_held(model):
     tensors (the baselines), or generate()'s buffers (each prompt's K/V and the rows' own caches), each tensor
     counted once. Yields the one-element list the peak is kept in."""
     import torch
+
     import generation
     peak, forward, decode_forward = [0], model.forward, generation.decode_forward
 
@@ -519,6 +526,7 @@ def bench_rollout(args):
     identical. 2. Finished rows leaving the batch (compaction) or staying, masked, with rows ending at EOS.
     3. Each prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
     import torch
+
     import generation
     from extras.tiny import tokenizer as tiny_tokenizer
     from generation import generate
@@ -614,6 +622,7 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
     distribution: every row shares one set of logits, and the rows x steps draws' frequencies of the 20 likeliest
     tokens are compared with their probabilities."""
     import torch
+
     from generation import mix, sample_keys, sample_next
     torch.manual_seed(0)
     logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)                    # [R, V], rows alike
@@ -753,6 +762,7 @@ def bench_gpu(args):
     import torch
     import torch.distributed as dist
     from transformers import MistralConfig, MistralForCausalLM
+
     import generation
     import grpo
     from generation import generate

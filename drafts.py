@@ -11,10 +11,10 @@ and the mismatched variants move exactly those drafts along one seeded derangeme
 """
 import argparse
 import json
-import math
 import os
 import random
 
+from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser
 from reward import lenient_answer, reward
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
@@ -26,40 +26,7 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your
                         "\n\nProblem:\n{problem}\n\nSolution:")
 
 
-# ----------------------------------------------------------------------------- files and flags: one line per mistake
-class Parser(argparse.ArgumentParser):
-    """argparse, with flags from table rows (flag, default, help[, kind]) and a one-line error naming the flag."""
-
-    def error(self, message):                  # no usage dump: `error: argument --x: ...`
-        raise SystemExit(f"error: {message}")
-
-    def flags(self, *rows):
-        """kind: a checked type (COUNT, SEED, ...), a tuple of choices, or [type] for several values; a False default
-        makes a switch; else a string."""
-        for flag, default, help, *kind in rows:
-            kind = dict(action="store_true") if default is False else dict(default=default) | (
-                {} if not kind else {"choices": kind[0]} if isinstance(kind[0], tuple) else
-                {"type": kind[0][0], "nargs": "+"} if isinstance(kind[0], list) else {"type": kind[0]})
-            self.add_argument(flag, help=help, **kind)
-        return self
-
-
-def number(kind, ok, rule):
-    """An argparse type: a finite `kind` (int or float) for which ok(x) holds, else an error saying `rule`."""
-    def parse(text):
-        x = kind(text)
-        if not (math.isfinite(x) and ok(x)):
-            raise argparse.ArgumentTypeError(f"{text}: must be {rule}")
-        return x
-    parse.__name__ = kind.__name__                   # argparse's message for a non-number: "invalid int value"
-    return parse
-
-
-COUNT, SEED = number(int, lambda x: x >= 1, ">= 1"), number(int, lambda x: x >= 0, ">= 0")
-POSITIVE, NONNEGATIVE = number(float, lambda x: x > 0, "> 0"), number(float, lambda x: x >= 0, ">= 0")
-FRACTION, UNIT = number(float, lambda x: 0 < x <= 1, "in (0, 1]"), number(float, lambda x: 0 <= x < 1, "in [0, 1)")
-
-
+# ----------------------------------------------------------------------------- files: one line per mistake
 def lines(path):
     """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming the file."""
     if not os.path.isfile(path):
@@ -306,10 +273,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "generate":
         return cmd_generate(args)
-    import extras.pool                         # the pool's import and statistics: tools beside the method
+    import extras.pool  # the pool's import and statistics: tools beside the method
     return {"import": extras.pool.cmd_import, "stats": extras.pool.cmd_stats}[args.cmd](args)
 
 
 if __name__ == "__main__":
-    from generation import run_main          # torch is imported only now
+    from generation import run_main  # torch is imported only now
     run_main(main)

@@ -11,17 +11,23 @@ Every sample is appended to <output>.records.jsonl as it is drawn (by process 0,
 with any number of processes, draws only the missing ones. Grading is strict (last \\boxed{} only); lenient beside.
 """
 import argparse
-import functools
+import importlib
 import json
-import math
 import os
 import random
 import statistics
 import sys
 
-
-from drafts import (COUNT, DATA, DRAFT_MODEL_TEMPLATE, FRACTION, NONNEGATIVE, SEED, Parser, build_prompt, encode_prompt,
-                    load_json, load_jsonl, output_path, read_resumable)
+from drafts import (
+    DATA,
+    DRAFT_MODEL_TEMPLATE,
+    build_prompt,
+    encode_prompt,
+    load_jsonl,
+    output_path,
+    read_resumable,
+)
+from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
@@ -80,49 +86,6 @@ def maj_at_k(clusters, correct, k, trials=200, seed=0):
     return wins / len(subsets)
 
 
-def _betacf(a, b, x):
-    """Continued fraction of the regularised incomplete beta (modified Lentz)."""
-    tiny, c, d = 1e-300, 1.0, 1.0 - (a + b) * x / (a + 1.0)
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10_000):
-        for num in (m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
-                    -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))):
-            d = 1.0 + num * d
-            d = 1.0 / (d if abs(d) > tiny else tiny)
-            c = 1.0 + num / c
-            c = c if abs(c) > tiny else tiny
-            h *= d * c
-        if abs(d * c - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a, b, x):
-    """Regularised incomplete beta I_x(a, b), math only."""
-    if x <= 0:
-        return 0.0
-    if x >= 1:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1) / (a + b + 2):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def welch_t_test(a, b):
-    """Two-sided Welch's t-test: (t, p) with Welch-Satterthwaite degrees of freedom."""
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError("Welch's t-test needs at least two values per group")
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:                            # two constant samples: equal, or infinitely far apart
-        gap = statistics.mean(a) - statistics.mean(b)
-        return (0.0, 1.0) if gap == 0 else (math.copysign(math.inf, gap), 0.0)
-    t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
-    return t, betainc(df / 2, 0.5, df / (df + t * t))
-
-
 # ----------------------------------------------------------------------------- records -> summary
 def summarize(rows, records, ks):
     """The summary dict, recomputed from per-sample records (so a resumed run reports the same)."""
@@ -158,7 +121,7 @@ def summarize(rows, records, ks):
 # ----------------------------------------------------------------------------- commands
 def run(args):
     from extras.trackers import tracker
-    from generation import distributed, gather, generate, load_model, rounds      # torch: only here
+    from generation import distributed, gather, generate, load_model, rounds  # torch: only here
     from lora import load_lora, merge_lora
     rank, world = distributed(vars(args))
     n, ks = args.samples, sorted({int(k) for k in args.k.split(",") if k.strip().isdigit()}) if args.k else [1]
@@ -230,54 +193,10 @@ def run(args):
     return summary
 
 
-def load_groups(specs):
-    """['label=a.json,b.json', ...] -> {label: [result dicts]}. A repeated label pools its files: the shell turns
-    `label=seed{0..9}.json` into ten words `label=seed0.json` ..., which must mean `label=seed0.json,...`."""
-    groups = {}
-    for spec in specs:
-        label, _, files = spec.rpartition("=")
-        for path in files.split(","):
-            data = load_json(path)
-            data = data if isinstance(data, list) else [data]
-            if not all(isinstance(r, dict) for r in data):
-                raise ValueError(f"{path}: not a result of evaluate.py (a JSON object, or a list of them)")
-            groups.setdefault(label or files, []).extend({**r, "file": path} for r in data)
-    return groups
-
-
-def value(result, metric):
-    """result["strict"]["pass@1"] for metric "strict.pass@1"; a missing key names the file."""
-    try:
-        return functools.reduce(lambda v, key: v[key], metric.split("."), result)
-    except (KeyError, TypeError):
-        raise KeyError(f"{result['file']}: no {metric!r}") from None
-
-
-def compare(specs, metric="strict.pass@1"):
-    """specs: ['label=a.json,b.json', ...]; prints mean ± std per label and Welch's t against the first."""
-    groups = [(label, [100 * value(r, metric) for r in results]) for label, results in load_groups(specs).items()]
-    print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} {'p':>8s}")
-    for label, values in groups:
-        sd = statistics.stdev(values) if len(values) > 1 else 0.0
-        line = f"{label:24s} {len(values):5d} {statistics.mean(values):14.2f} ± {sd:5.2f}"
-        if (label, values) != groups[0] and len(values) > 1 and len(groups[0][1]) > 1:
-            t, p = welch_t_test(values, groups[0][1])
-            line += f" {statistics.mean(values) - statistics.mean(groups[0][1]):+10.2f} {t:7.2f} {p:8.4f}"
-        print(line)
-    return groups
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "plot":              # figures: extras/plot.py (matplotlib, an optional extra)
-        from extras.plot import main as plot
-        return plot(argv[1:])
-    if argv and argv[0] == "compare":
-        a = Parser(prog="evaluate.py compare", description="seed statistics").flags(
-            ("--metric", "strict.pass@1", "dotted key into each result JSON"))
-        a.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (a repeated label pools its files)")
-        a = a.parse_args(argv[1:])
-        return compare(a.specs, a.metric)
+    if argv and argv[0] in ("compare", "plot"):  # across runs' results: extras/stats.py, extras/plot.py
+        return importlib.import_module(f"extras.{'stats' if argv[0] == 'compare' else 'plot'}").main(argv[1:])
     args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--model", "mistralai/Mathstral-7B-v0.1", "base model: hub id, local dir, or 'tiny'"),
         ("--adapter", None, "a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)"),
@@ -304,5 +223,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from generation import run_main          # torch is imported only now
+    from generation import run_main  # torch is imported only now
     run_main(main)

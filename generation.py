@@ -23,7 +23,6 @@ from tqdm import tqdm
 import extras.tiny
 
 
-
 # ----------------------------------------------------------------------------- models
 def from_hub(auto, name, **kw):
     """auto.from_pretrained(name, **kw) for a local folder or a hub id; one that does not load is an error naming it."""
@@ -216,11 +215,12 @@ def completion_states(model, prompt, ids):
 CHECK_EVERY = 16         # decode steps between two looks from the host: EOS and stop strings, the end, compaction
 WIDTH_STEP = 128         # CUDA graphs: a step reads the own slots up to the next multiple of this (few shapes)
 COMPACT_AT = 0.5         # at a look, finished rows leave the batch once at most this share is still going
+FAMILIES = ("mistral", "llama", "qwen2")    # decoders whose layers decode_forward knows: norm, q/k/v/o, RoPE, MLP
 
 
 @dataclasses.dataclass
 class Rows:
-    """A batch being decoded: B prompts x G rows (row b * G + g); every field is indexed by prompt or by row."""
+    """A batch being decoded: B prompts x G rows (row b * G + g); each field is indexed by prompt or by row."""
     shared: SharedPrompts       # the prompts' K/V (by prompt) and the rows' own caches (by row)
     length: torch.Tensor        # [B] prompt lengths
     key_pos: torch.Tensor       # [B, P + L] the position of every prompt and own slot (NO_KEY past a prompt)
@@ -231,28 +231,24 @@ class Rows:
     logits: torch.Tensor        # [R, V] the next token's
 
 
-FAMILIES = ("mistral", "llama", "qwen2")    # decoders whose layers decode_forward knows: norm, q/k/v/o, RoPE, MLP
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
 def decode_plan(model):
     """What decode_forward multiplies by, taken once per batch: per layer the seven projections' (weight transposed,
     bias), the LM head's, and constants as 0-d tensors (a Python float costs a tensor conversion per op). None
     where decode_forward cannot run: another family, or an adapter applied unmerged."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    linears = [[getattr(layer.self_attn if name[0] in "qkvo" else layer.mlp, name) for name in PROJECTIONS]
+    linears = [[getattr(part, name) for part in (layer.self_attn, layer.mlp) for name in
+                ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj") if hasattr(part, name)]
                for layer in decoder.layers] + [[head]]
-    if model.config.model_type not in FAMILIES or any(getattr(m, "merged", True) is False for ms in linears
-                                                       for m in ms):
+    if model.config.model_type not in FAMILIES or any(not getattr(m, "merged", True) for ms in linears for m in ms):
         return None
-    linears = [[(getattr(m, "base_layer", m).weight.t(), getattr(m, "base_layer", m).bias) for m in ms]
-               for ms in linears]
-    d, device, dtype = decoder.layers[0].self_attn.head_dim, head.weight.device, head.weight.dtype
-    const = lambda x: torch.tensor(x, dtype=torch.float32)
-    return dict(layers=linears[:-1], head=linears[-1][0], eps=const(decoder.norm.variance_epsilon),
-                width=const(model.config.hidden_size), scaling=const(decoder.layers[0].self_attn.scaling),
-                half=torch.arange(d, device=device).roll(d // 2),                   # [x1, x2] -> [x2, x1]
-                sign=torch.ones(d, device=device, dtype=dtype).index_fill_(0, torch.arange(d // 2, device=device), -1))
+    base = lambda m: getattr(m, "base_layer", m)
+    d, const = decoder.layers[0].self_attn.head_dim, lambda x: torch.tensor(x, dtype=torch.float32)
+    sign = torch.ones(d, device=head.weight.device, dtype=head.weight.dtype)
+    layers = [[(base(m).weight.t(), base(m).bias) for m in ms] for ms in linears]
+    return dict(layers=layers[:-1], head=layers[-1][0],
+                eps=const(decoder.norm.variance_epsilon), width=const(model.config.hidden_size),
+                scaling=const(decoder.layers[0].self_attn.scaling), half=torch.arange(d, device=sign.device).roll(
+                    d // 2), sign=torch.cat([-sign[:d // 2], sign[d // 2:]]))   # rotate_half: x[half] * sign
 
 
 def decode_forward(model, plan, ids, position, shared):
@@ -268,11 +264,11 @@ def decode_forward(model, plan, ids, position, shared):
 
     def rms_norm(x, norm):                 # transformers' RMSNorm: in fp32, then the weight in the input dtype
         h = x.float()
-        return norm.weight * (h * (h * h).sum(-1, keepdim=True).div_(plan["width"]).add_(plan["eps"]).rsqrt_()
-                              ).to(x.dtype)
+        sum_sq = (h * h).sum(-1, keepdim=True)
+        return norm.weight * (h * sum_sq.div_(plan["width"]).add_(plan["eps"]).rsqrt_()).to(x.dtype)
     x = decoder.embed_tokens(ids)                                                                   # [R, H]
     cos, sin = (t[:, None] for t in decoder.rotary_emb(x, position[:, None]))                   # [R, 1, 1, d]
-    sin = sin * plan["sign"]          # RoPE's rotate_half(x) * sin = x[..., half] * [-sin1, sin2]
+    sin = sin * plan["sign"]                  # RoPE: x * cos + rotate_half(x) * sin, rotate_half by an index
     for layer, (wq, wk, wv, wo, wg, wu, wd) in zip(decoder.layers, plan["layers"]):
         h = rms_norm(x, layer.input_layernorm)
         q, k, v = (linear(h, w).view(R, -1, 1, cos.shape[-1]) for w in (wq, wk, wv))              # [R, *, 1, d]
@@ -281,7 +277,7 @@ def decode_forward(model, plan, ids, position, shared):
         x = x + linear(attention.reshape(R, -1), wo)
         h = rms_norm(x, layer.post_attention_layernorm)
         x = x + linear(layer.mlp.act_fn(linear(h, wg)) * linear(h, wu), wd)
-    return linear(rms_norm(x, decoder.norm), plan["head"])                                       # [R, V]
+    return linear(rms_norm(x, decoder.norm), plan["head"])                                          # [R, V]
 
 
 def decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id):
@@ -301,17 +297,17 @@ def compact(rows, alive):
     """The rows still going, each prompt's padded to a common G with its finished ones, in buffers of their size:
     later steps read and compute for them alone. alive: [R] bools, read at a look."""
     G = len(alive) // len(rows.length)
-    group = lambda b, want: [r for r in range(b * G, b * G + G) if alive[r] == want]
-    keep = [b for b in range(len(rows.length)) if group(b, True)]
-    pick = [r for b in keep for r in (group(b, True) + group(b, False))[:max(len(group(c, True)) for c in keep)]]
-    by_prompt, by_row = (torch.tensor(x, device=rows.done.device) for x in (keep, pick))
-    row = by_row.view(len(keep), -1)                                                 # [B', G'] old row numbers
-    s, W = rows.shared, rows.shared.width
+    going = [[r for r in range(b * G, b * G + G) if alive[r]] for b in range(len(rows.length))]
+    keep = [b for b in range(len(going)) if going[b]]
+    width = max(map(len, going))
+    pick = torch.tensor([(going[b] + [r for r in range(b * G, b * G + G) if not alive[r]])[:width] for b in keep],
+                        device=rows.done.device)                                       # [B', G'] old row numbers
+    s, by_prompt, by_row = rows.shared, torch.tensor(keep, device=pick.device), pick.view(-1)
     s.keys, s.values = [k[by_prompt] for k in s.keys], [v[by_prompt] for v in s.values]
     for layer in s.cache:                                              # layer by layer: the old one freed at once
         for i, x in enumerate(layer):
-            layer[i] = x.new_zeros(*row.shape[:1], x.shape[1], row.shape[1], *x.shape[3:])         # [B', Hkv, G', L, d]
-            layer[i][..., :W, :] = x[row // G, :, row % G, :W].transpose(1, 2)
+            layer[i] = x.new_zeros(len(keep), x.shape[1], width, *x.shape[3:])          # [B', Hkv, G', L, d]
+            layer[i][..., :s.width, :] = x[pick // G, :, pick % G, :s.width].transpose(1, 2)
     return Rows(s, rows.length[by_prompt], rows.key_pos[by_prompt],
                 *(getattr(rows, f)[by_row] for f in ("start", "noise", "line", "done", "logits")))
 
@@ -331,52 +327,48 @@ def captured(graphs, key, step):
         step()
 
 
-def decode(model, prompts, groups, max_new_tokens, sample, eos_token_id, pad_token_id, stop, cuda_graphs):
+def decode(model, prompts, noise, max_new_tokens, sample, eos_token_id, pad_token_id, stop, cuda_graphs):
     """One batch: prompts (token-id lists) and per prompt its rows' noise roots -> each row's tokens (EOS kept)."""
-    device, L, B, G = model.device, max_new_tokens, len(prompts), max(map(len, groups))
-    passes = [prompt_pass(model, ids) for ids in prompts]               # each prompt's K/V, prefilled once
-    pad = lambda part: [torch.nn.utils.rnn.pad_sequence([kv[i][part][0].transpose(0, 1) for _, kv in passes],
-                                                        batch_first=True).transpose(1, 2).contiguous()
-                        for i in range(len(passes[0][1]))]                                     # [B, Hkv, P, d]
-    keys, values = pad(0), pad(1)
-    length = torch.tensor([len(ids) for ids in prompts], device=device)                                      # [B]
+    device, L, B, G = model.device, max_new_tokens, len(prompts), max(map(len, noise))
+    hidden, passes = zip(*[prompt_pass(model, ids) for ids in prompts])   # each prompt's K/V, prefilled once
+    keys, values = ([torch.nn.utils.rnn.pad_sequence([kv[i][part][0].transpose(0, 1) for kv in passes], True)
+                     .transpose(1, 2).contiguous() for i in range(len(passes[0]))] for part in (0, 1))  # [B,Hkv,P,d]
+    length = torch.tensor(list(map(len, prompts)), device=device)                                            # [B]
     slots = torch.arange(keys[0].shape[2], device=device)
     key_pos = torch.cat([torch.where(slots < length[:, None], slots, NO_KEY),
                          length[:, None] + torch.arange(L, device=device)], 1)                             # [B, P + L]
-    real = [b * G + g for b, group in enumerate(groups) for g in range(len(group))]
-    done = torch.ones(B * G, dtype=torch.bool, device=device).index_fill_(0, torch.tensor(real, device=device), 0)
+    real = [b * G + g for b, group in enumerate(noise) for g in range(len(group))]
     cache = [[k.new_zeros(B, k.shape[1], G, L, k.shape[3]) for _ in "kv"] for k in keys]  # [B, Hkv, G, L, d]
-    shared = SharedPrompts(keys, values, None, cache, torch.zeros(1, dtype=torch.long, device=device))
-    head = model.get_output_embeddings()
-    rows = Rows(shared, length, key_pos, length.repeat_interleave(G), torch.stack([
-        group[min(g, len(group) - 1)] for group in groups for g in range(G)]), torch.arange(B * G, device=device),
-        done, torch.cat([head(hidden[:, -1]) for hidden, _ in passes]).repeat_interleave(G, 0))
+    logits = model.get_output_embeddings()(torch.cat([h[:, -1] for h in hidden]))                     # [B, V]
+    rows = Rows(SharedPrompts(keys, values, None, cache, torch.zeros(1, dtype=torch.long, device=device)), length,
+                key_pos, length.repeat_interleave(G), torch.stack([group[min(g, len(group) - 1)] for group in noise
+                                                                   for g in range(G)]),
+                torch.arange(B * G, device=device), ~torch.isin(torch.arange(B * G, device=device),
+                                                                torch.tensor(real, device=device)),
+                logits.repeat_interleave(G, 0))
     tokens = torch.full((B * G, L), pad_token_id, device=device)                        # [R, L] the batch's table
     ends, graphs, going, plan = {}, {}, real, decode_plan(model)
     with sharing_prompts(model):
         for t in range(L):
-            shared.width = min(L, (t // WIDTH_STEP + 1) * WIDTH_STEP) if cuda_graphs else t + 1
+            rows.shared.width = min(L, (t // WIDTH_STEP + 1) * WIDTH_STEP) if cuda_graphs else t + 1
             step = lambda: decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id)
-            captured(graphs, (len(rows.noise), shared.width), step) if cuda_graphs else step()
+            captured(graphs, (len(rows.noise), rows.shared.width), step) if cuda_graphs else step()
             if (t + 1) % CHECK_EVERY and t + 1 < L:
                 continue
-            if stop:                        # stop strings: the text of the rows going at the last look, read here
-                first = max(0, t + 1 - CHECK_EVERY)
-                for line, row in zip(going, tokens[going, :t + 1].tolist()):
-                    hit = next((u for u in range(first, t + 1) if stop(row[max(0, u - 11):u + 1])), None)
-                    if hit is not None:
-                        ends[line] = hit + 1
-                rows.done |= torch.isin(rows.line, torch.tensor(list(ends), dtype=torch.long, device=device))
+            for line, row in zip(going, tokens[going, :t + 1].tolist() if stop else []):   # stop strings, read here
+                hit = next((u for u in range(max(0, t + 1 - CHECK_EVERY), t + 1) if stop(row[max(0, u - 11):u + 1])),
+                           None)
+                ends.update({line: hit + 1} if hit is not None else {})
+            rows.done |= torch.isin(rows.line, torch.tensor(list(ends), dtype=torch.long, device=device))
             alive = (~rows.done).tolist()
-            going = [line for line, a in zip(rows.line.tolist(), alive) if a]
-            if not any(alive):
+            going = [line for line, a in zip(rows.line.tolist(), alive) if a]      # rows going at this look
+            if not going:
                 break
-            if sum(alive) <= COMPACT_AT * len(alive):
+            if len(going) <= COMPACT_AT * len(alive):
                 graphs.clear()
                 rows = compact(rows, alive)
-    out = tokens.tolist()
     cut = lambda row, end: row[:min(end, row.index(eos_token_id) + 1 if eos_token_id in row else end)]
-    return [cut(out[r], ends.get(r, L)) for r in real]
+    return [cut(row, ends.get(r, L)) for r, row in enumerate(tokens.tolist()) if r in real]
 
 
 @torch.no_grad()
@@ -390,12 +382,11 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     row's own, R*L tokens), looking from the host every CHECK_EVERY steps; cuda_graphs replays each step's kernels."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     keys = range(len(prompt_ids)) if keys is None else keys
-    sample = lambda logits, noise: sample_next(logits, temperature, top_p, noise)
     stop = (lambda toks: any(s in tokenizer.decode(toks) for s in stop_strings)) if stop_strings and tokenizer \
         else None
     batches = []                 # consecutive rows, B prompts x G rows (the most of any prompt) <= batch_size
     for job in ((p, s) for p in range(len(prompt_ids)) for s in samples[p]):
-        counts = collections.Counter(p for p, _ in batches[-1] + [job]) if batches else None
+        counts = collections.Counter(p for p, _ in batches[-1] + [job]) if batches else {}
         if counts and len(counts) * max(counts.values()) <= batch_size:
             batches[-1].append(job)
         else:
@@ -404,7 +395,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     for batch in batches:
         prompts = list(dict.fromkeys(p for p, _ in batch))
         noise = [sample_keys(seed, [(keys[p], s) for q, s in batch if q == p], model.device) for p in prompts]
-        rows = decode(model, [prompt_ids[p] for p in prompts], noise, max_new_tokens, sample,
+        rows = decode(model, [prompt_ids[p] for p in prompts], noise, max_new_tokens,
+                      lambda logits, key: sample_next(logits, temperature, top_p, key),
                       -1 if eos_token_id is None else eos_token_id, pad_token_id, stop, cuda_graphs)
         for (p, _), tokens in zip(batch, rows):
             results[p].append(tokens)
@@ -462,12 +454,12 @@ def run_main(main):
     try:
         main()
     except (OSError, ValueError, KeyError, ImportError, FloatingPointError, RuntimeError) as e:
-        message = str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip().splitlines() or [repr(e)]
-        if isinstance(e, RuntimeError) and "imed out" not in message[0]:
-            raise                                   # a bug, not a bad input: the traceback is wanted
-        if isinstance(e, RuntimeError):             # gloo's and NCCL's timeouts say "Timed out"
-            message = [f"a process waited longer than ${TIMEOUT} minutes for the others ({message[0]})"]
-        sys.exit(f"error: {message[0]}")
+        line = (str(e.args[0] if isinstance(e, KeyError) and e.args else e).strip() or repr(e)).splitlines()[0]
+        if isinstance(e, RuntimeError):
+            if "imed out" not in line:                 # gloo's and NCCL's timeouts say "Timed out"; else a bug
+                raise
+            line = f"a process waited longer than ${TIMEOUT} minutes for the others ({line})"
+        sys.exit(f"error: {line}")
     if dist.is_initialized():
         gather(None)
         if dist.get_backend() != "gloo":

@@ -27,11 +27,30 @@ from safetensors.torch import load_file, save_file
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from drafts import (COUNT, DATA, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, VARIANTS, Parser, build_prompt,
-                    build_variant, encode_prompt, load_json, load_jsonl, load_pool, read_resumable, training_problems)
+from drafts import (
+    DATA,
+    VARIANTS,
+    build_prompt,
+    build_variant,
+    encode_prompt,
+    load_json,
+    load_jsonl,
+    load_pool,
+    read_resumable,
+    training_problems,
+)
+from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
 from extras.trackers import tracker
-from generation import (cache_bytes, completion_states, distributed, gather, generate, load_model, prompt_once,
-                        run_main)
+from generation import (
+    cache_bytes,
+    completion_states,
+    distributed,
+    gather,
+    generate,
+    load_model,
+    prompt_once,
+    run_main,
+)
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
 from reward import is_equiv, lenient_answer, reward
 

@@ -11,13 +11,14 @@ import statistics
 
 import numpy as np
 
-from drafts import COUNT, Parser, load_jsonl
-from evaluate import load_groups, value, welch_t_test
+from drafts import load_jsonl
+from extras.cli import COUNT, Parser
+from extras.stats import load_groups, value, welch_t_test
 
 
 def _pyplot():
     try:
-        import matplotlib.pyplot as plt         # an optional extra: only the figures need it
+        import matplotlib.pyplot as plt  # an optional extra: only the figures need it
     except ImportError:
         raise ImportError("evaluate.py plot needs matplotlib: pip install matplotlib") from None
     plt.switch_backend("Agg")                   # files only, no display

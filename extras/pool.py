@@ -4,7 +4,15 @@ import json
 import os
 import statistics
 
-from drafts import VARIANTS, build_prompt, build_variant, encode_prompt, load_json, load_pool, output_path
+from drafts import (
+    VARIANTS,
+    build_prompt,
+    build_variant,
+    encode_prompt,
+    load_json,
+    load_pool,
+    output_path,
+)
 from reward import is_equiv
 
 
@@ -38,7 +46,7 @@ def cmd_import(args):
 
 def cmd_stats(args):
     pool = load_pool(args.drafts)
-    from generation import load_tokenizer                 # token counts need the tokenizer, not the model
+    from generation import load_tokenizer  # token counts need the tokenizer, not the model
     tokenizer = load_tokenizer(args.model) if args.model else None
     unit = "tokens" if tokenizer else "chars"
     print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")

@@ -21,6 +21,7 @@ def sharp(tiny):
     """`tiny` with sharpened attention and next-token distributions. A random model attends and samples almost
     uniformly, so a slip in positions, masks or cache slots would barely move its tokens; here it changes them."""
     import copy
+
     import torch
     model = copy.deepcopy(tiny[0])
     with torch.no_grad():

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 import evaluate
-from evaluate import betainc, maj_at_k, pass_at_k, vote_clusters, welch_t_test
 from bench import copied_generate
-from extras import plot
+from evaluate import maj_at_k, pass_at_k, vote_clusters
+from extras import plot, stats
+from extras.stats import betainc, welch_t_test
 from generation import generate
 
 
@@ -249,6 +250,7 @@ def test_the_decode_step_by_hand_samples_what_transformers_forward_samples(sharp
     through the same attention (decode_forward without a plan): the same tokens, greedy and sampled, in fp32 and in
     bf16 (the GPU's dtype), where both round alike."""
     import copy
+
     import generation
     model, tok = copy.deepcopy(sharp[0]).to(dtype), sharp[1]
     ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem statement")["input_ids"]]
@@ -314,6 +316,7 @@ def test_sliding_window_models_share_the_prompt_too(sharp, monkeypatch):
     """A sliding-window model (window 4, far shorter than prompt + completion) goes through shared_prompt_attention
     and samples the tokens of the copying path, whose window is transformers' own mask."""
     import copy
+
     import generation
     calls = []
     real = generation.shared_prompt_attention
@@ -365,7 +368,7 @@ def test_compare_pools_a_repeated_label_as_the_shell_passes_brace_expansions(tmp
     commas = [f"{name}=" + ",".join(path(name, i) for i in range(4)) for name in values]
     assert evaluate.main(["compare", *braces]) == evaluate.main(["compare", *commas])
     by_braces, by_commas = capsys.readouterr().out.split("variant")[1:]
-    assert by_braces == by_commas and [len(v) for _, v in evaluate.compare(commas)] == [4, 4]
+    assert by_braces == by_commas and [len(v) for _, v in stats.compare(commas)] == [4, 4]
     t, p = welch_t_test([100 * v for v in values["mtw"]], [100 * v for v in values["mw"]])
     assert f"{t:7.2f} {p:8.4f}" in by_braces                                        # one row with t and p
     (tmp_path / "bad.json").write_text("{oops")
@@ -459,7 +462,8 @@ def test_rollouts_hold_each_prompt_once(tiny):
     """The KV cache a rollout batch holds is at most B*P + B*G*L tokens (each prompt once, each row its own tokens);
     copying the prompt to each row holds B*G*(P + L). Counted on every decode step's cache, each tensor once."""
     import copy
-    from bench import kv_bytes_held                                 # bench.py rollout's counter, on a copy
+
+    from bench import kv_bytes_held  # bench.py rollout's counter, on a copy
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     B, G, P, L = 3, 4, 40, 10
     ids = [torch.randint(4, 500, (P,)).tolist() for _ in range(B)]

@@ -81,6 +81,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     """The prompt-once update (prompt K/V as leaves, micro-batched completions, per-layer checkpointing) must give
     the gradient of the formula computed sequence by sequence, including under a sliding attention window."""
     import copy
+
     from extras.tiny import model as tiny_model
     from lora import apply_lora
     torch.manual_seed(0)
@@ -114,6 +115,7 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
 def test_policy_update_takes_log_probs_at_the_sampling_temperature():
     """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi = softmax(logits / 0.7)."""
     import copy
+
     from extras.tiny import model as tiny_model
     from lora import apply_lora
     torch.manual_seed(0)
@@ -259,6 +261,7 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     """Every micro-batch's activations, masks and K/V must go when it does, by refcounting alone: at 7B one
     micro-batch holds gigabytes, and waiting for Python's cycle collector would stack them up across the update."""
     import gc
+
     from extras.tiny import model as tiny_model
     from lora import apply_lora
     model = apply_lora(tiny_model(500))
@@ -293,7 +296,9 @@ def tiny_trainer(tmp_path, *extra):
 
 def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, monkeypatch):
     import copy
+
     from safetensors.torch import load_file
+
     from lora import lora_parameters
     model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "12", "--save-every", "2")
     rows = [{"id": str(i), "problem": f"Say {i}", "answer": "x", "draft": None} for i in range(4)]
@@ -348,9 +353,10 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
 
 def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatch):
     """The GPU's dtype, on the CPU: a bf16 base under fp32 LoRA through train, checkpoint, resume and evaluate."""
+    from safetensors.torch import load_file
+
     import evaluate
     import generation
-    from safetensors.torch import load_file
     loaded, load = [], generation.load_model
 
     def load_bf16(name, **kw):

@@ -6,7 +6,16 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from extras.tiny import model as tiny_model
-from lora import LoRALinear, apply_lora, load_lora, lora_modules, merge_lora, merged, save_lora, unmerge_lora
+from lora import (
+    LoRALinear,
+    apply_lora,
+    load_lora,
+    lora_modules,
+    merge_lora,
+    merged,
+    save_lora,
+    unmerge_lora,
+)
 
 
 def qwen2_tiny():

@@ -54,6 +54,7 @@ def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     the tiny shape goes through every section and writes the JSON after each."""
     import argparse
     import json
+
     import bench
     result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True))
     assert {"left_padding", "copy_bandwidth_GBps", "decode", "update_micro_batch", "nccl"} <= set(result)

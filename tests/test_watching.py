@@ -3,7 +3,6 @@ run, completions.jsonl holds every rollout of every N-th step beside the shown d
 summary reaches the tracker too. No network."""
 import glob
 import json
-import os
 
 import pytest
 
