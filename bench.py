@@ -21,11 +21,13 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def save(section, result, folder=None):
-    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole, then renamed into place."""
+    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole, then renamed
+    into place."""
     folder = folder or os.path.join(HERE, "bench", "results")
     os.makedirs(folder, exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
-    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts" if result.get("drafts") else "") + \
+    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts"
+            if result.get("drafts") else "") + \
         (f"-p{result['prompt_tokens']}" if section == "update" else "")
     path = os.path.join(folder, f"{section}-{name}{tag}.json")
     with open(path + ".tmp", "w") as f:
@@ -37,14 +39,16 @@ def save(section, result, folder=None):
 # ----------------------------------------------------------------------------- grader
 def bench_grader(args):
     from reward import is_equiv, reward
-    cases = [json.loads(l) for l in open(os.path.join(HERE, "tests", "data", "grader_cases.jsonl"), encoding="utf-8")]
+    cases = [json.loads(l) for l in open(os.path.join(HERE, "tests", "data", "grader_cases.jsonl"),
+                                         encoding="utf-8")]
     agree, times, disagreements = 0, [], []
     for c in cases:
         t = time.perf_counter()
         if c["kind"] == "answer":
             ok = is_equiv(c["pred"], c["gold"]) == c["equal"]
         else:
-            ok = (reward(c["completion"], c["gold"], strict=True), reward(c["completion"], c["gold"])) == \
+            ok = (reward(c["completion"], c["gold"], strict=True), reward(c["completion"],
+                    c["gold"])) == \
                  (c["strict"], c["lenient"])
         times.append(time.perf_counter() - t)
         agree += ok
@@ -58,8 +62,9 @@ def bench_grader(args):
             t = time.perf_counter()
             reward(text, "\\frac{1}{2}", strict=strict)
             adv.append(time.perf_counter() - t)
-    result = {"cases": len(cases), "agreement": agree / len(cases), "mean_ms": 1e3 * statistics.mean(times),
-              "max_ms": 1e3 * max(times), "adversarial_mean_ms": 1e3 * statistics.mean(adv),
+    result = {"cases": len(cases), "agreement": agree / len(cases),
+              "mean_ms": 1e3 * statistics.mean(times), "max_ms": 1e3 * max(times),
+              "adversarial_mean_ms": 1e3 * statistics.mean(adv),
               "adversarial_max_ms": 1e3 * max(adv), "device": "cpu-" + platform.machine()}
     if args.math_verify:
         try:
@@ -86,13 +91,14 @@ def bench_grader(args):
     save("grader", result)
 
 
-# ----------------------------------------------------------------------------- CPU: training step and generation
+# ----------------------------------------------------------------------------- CPU: training step
+# and generation
 def small_model(tokenizer, hidden=256, layers=4):
-    """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big enough that
-    the model's arithmetic, not Python, dominates a CPU step."""
+    """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big
+    enough that the model's arithmetic, not Python, dominates a CPU step."""
     from extras.tiny import model as tiny_model
-    return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers, heads=4 if hidden < 128 else 8,
-                      kv_heads=2)
+    return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers,
+                      heads=4 if hidden < 128 else 8, kv_heads=2)
 
 
 def bench_cpu(args):
@@ -109,24 +115,29 @@ def bench_cpu(args):
     B, G, L, steps = 4, 8, args.new_tokens, args.steps
     rows = [r for r in load_jsonl(os.path.join(HERE, "data", "math_train.jsonl"))
             if r.get("level") in (3, 4, 5) and r["answer"]][:B * steps]
-    for i, r in enumerate(rows):     # --drafts: another problem's solution as the draft, as mismatched prompts show
+    # --drafts: another problem's solution as the draft, as mismatched prompts show
+    for i, r in enumerate(rows):
         r["draft"] = rows[(i + 1) % len(rows)]["solution"] if args.drafts else None
-    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B, "G": G,
-              "hidden": args.hidden, "layers": args.layers,
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B,
+              "G": G, "hidden": args.hidden, "layers": args.layers,
               "max_new_tokens": L, "steps_timed": steps - 1, "drafts": args.drafts,
               "model": f"random Mistral, hidden {args.hidden}, {args.layers} layers"}
 
-    # generation: ours vs HF generate, same model, 4 prompts x 8 samples, L tokens each (a random model rarely stops)
+    # generation: ours vs HF generate, same model, 4 prompts x 8 samples, L tokens each (a random
+    # model rarely stops)
     model = small_model(tok, args.hidden, args.layers).eval()
     ids = [tok(build_prompt(r["problem"], r["draft"]))["input_ids"] for r in rows[:B]]
-    result["mean_prompt_tokens"] = statistics.mean(len(tok(build_prompt(r["problem"], r["draft"]))["input_ids"])
+    result["mean_prompt_tokens"] = statistics.mean(len(tok(build_prompt(r["problem"],
+            r["draft"]))["input_ids"])
                                                    for r in rows)
     t = time.perf_counter()
-    ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
+                    pad_token_id=tok.pad_token_id)
     result["ours_generate_s"] = time.perf_counter() - t
     tokens = sum(len(c) for group in ours for c in group)
     tok.padding_side = "left"
-    enc = tok([build_prompt(r["problem"], r["draft"]) for r in rows[:B]], return_tensors="pt", padding=True)
+    enc = tok([build_prompt(r["problem"], r["draft"]) for r in rows[:B]], return_tensors="pt",
+              padding=True)
     t = time.perf_counter()
     with torch.no_grad():
         model.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=L,
@@ -136,7 +147,8 @@ def bench_cpu(args):
     result["ours_generate_tok_s"] = tokens / result["ours_generate_s"]
     lora_model = apply_lora(small_model(tok, args.hidden, args.layers)).eval()
     t = time.perf_counter()
-    generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    generate(lora_model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
+             pad_token_id=tok.pad_token_id)
     result["lora_unmerged_generate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     with merged(lora_model):
@@ -144,24 +156,30 @@ def bench_cpu(args):
                  pad_token_id=tok.pad_token_id)
     result["lora_merged_generate_s"] = time.perf_counter() - t
 
-    # one GRPO step (rollouts + rewards + update), ours vs TRL's GRPOTrainer with the same settings. Two rewards:
-    # the real grader (a random model scores 0: every group is skipped, as early in training on hard problems) and a
-    # deterministic coin flip per completion (every group has variance: the full update runs in both trainers)
+    # one GRPO step (rollouts + rewards + update), ours vs TRL's GRPOTrainer with the same settings.
+    # Two rewards:
+    # the real grader (a random model scores 0: every group is skipped, as early in training on hard
+    # problems) and a
+    # deterministic coin flip per completion (every group has variance: the full update runs in both
+    # trainers)
     import shutil
     import zlib
     coin = lambda text, gold: float(zlib.crc32(text.encode()) % 2)
     for label, reward_fn in (("grader", None), ("coin", coin)):
         out = os.path.join("/tmp", "bench_cpu_ours")
         shutil.rmtree(out, ignore_errors=True)
-        targs = grpo.parse_args(["--model", "small", "--variant", "no-draft", "--output-dir", out, "--max-steps",
-                                 str(steps), "--prompts-per-step", str(B), "--num-generations", str(G),
-                                 "--max-new-tokens", str(L), "--save-every", "100000", "--exclude", ""])
+        targs = grpo.parse_args(["--model", "small", "--variant", "no-draft", "--output-dir", out,
+                                 "--max-steps", str(steps), "--prompts-per-step", str(B),
+                                 "--num-generations", str(G), "--max-new-tokens", str(L),
+                                 "--save-every", "100000", "--exclude", ""])
         torch.manual_seed(0)
-        grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers)), tok, reward_fn=reward_fn)
+        grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers)), tok,
+                   reward_fn=reward_fn)
         times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
         result[f"ours_step_s_{label}"] = statistics.median(times)
         try:
-            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps, reward_fn, args.hidden, args.layers).items()})
+            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps,
+                    reward_fn, args.hidden, args.layers).items()})
             result[f"step_speedup_vs_trl_{label}"] = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
         except ImportError as e:
             print(f"TRL not installed ({e}); pip install trl to compare")
@@ -180,8 +198,9 @@ def bench_cpu(args):
 
 
 def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_token_id):
-    """The update before the prompt-once change, as the baseline: every (prompt + completion) row runs forward and
-    backward whole, micro-batched by padded length, through the same chunked LM head and loss."""
+    """The update before the prompt-once change, as the baseline: every (prompt + completion) row
+    runs forward and backward whole, micro-batched by padded length, through the same chunked LM
+    head and loss."""
     import torch
 
     import grpo
@@ -191,20 +210,24 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
     for mb in grpo.micro_batches(lengths, args.micro_batch_tokens):
         seqs = [prompt_ids[rows[i][0]] + completions[rows[i][0]][rows[i][1]] for i in mb]
         width = max(map(len, seqs))
-        ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])                       # [n, T]
-        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])                     # [n, T]
+        ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])  # [n, T]
+        attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])  # [n, T]
         comp = torch.tensor([[0] * len(prompt_ids[rows[i][0]]) + [1] * len(completions[rows[i][0]][rows[i][1]])
-                             + [0] * (width - lengths[i]) for i in mb])                                # [n, T]
-        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state             # [n, T, H]
-        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])[0]         # [n, T-1]
+                             + [0] * (width - lengths[i]) for i in mb])  # [n, T]
+        # [n, T, H]
+        hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
+        # [n, T-1]
+        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])[0]
         adv = torch.stack([advantages[rows[i]] for i in mb])
-        loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(), args.max_new_tokens)
+        loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(),
+                                 args.max_new_tokens)
         (loss * len(mb) / (B * G)).backward()
 
 
 def bench_update(args):
-    """The update alone: grpo.policy_update (each prompt forward once) vs full_sequence_update (each prompt once
-    per rollout), same model, rollouts and checkpointing; also checks that their gradients agree."""
+    """The update alone: grpo.policy_update (each prompt forward once) vs full_sequence_update (each
+    prompt once per rollout), same model, rollouts and checkpointing; also checks that their
+    gradients agree."""
     import torch
 
     import grpo
@@ -215,20 +238,23 @@ def bench_update(args):
     model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers))
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(0, 0.02)                     # B = 0 would hide the gradient through the prompt
+            p.data.normal_(0, 0.02)  # B = 0 would hide the gradient through the prompt
     grpo.enable_checkpointing(model)
     model.train()
     B, G, L, P = 4, 8, args.new_tokens, args.prompt_tokens
     prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
     completions = [[torch.randint(4, 2000, (L,)).tolist() for _ in range(G)] for _ in range(B)]
-    advantages = grpo.group_advantages(torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)]))
+    advantages = grpo.group_advantages(torch.tensor([[float(g % 2) for g in range(G)]
+                                                     for _ in range(B)]))
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
-    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
-              "layers": args.layers, "B": B, "G": G, "prompt_tokens": P, "completion_tokens": L}
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(),
+              "hidden": args.hidden, "layers": args.layers, "B": B, "G": G, "prompt_tokens": P,
+              "completion_tokens": L}
     grads = {}
-    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions, advantages, targs, 3)),
-                      ("full_sequence", lambda: full_sequence_update(model, prompts, completions, advantages, targs,
-                                                                     3))):
+    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions,
+            advantages, targs)),
+                      ("full_sequence", lambda: full_sequence_update(model, prompts, completions,
+                              advantages, targs, 3))):
         times = []
         for _ in range(args.steps):
             model.zero_grad(set_to_none=True)
@@ -247,7 +273,8 @@ def bench_update(args):
 
 
 def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
-    """TRL's GRPOTrainer on the same model, prompts, reward and hyper-parameters (Dr. GRPO loss, beta 0, LoRA)."""
+    """TRL's GRPOTrainer on the same model, prompts, reward and hyper-parameters (Dr. GRPO loss,
+    beta 0, LoRA)."""
     import torch
     import trl
     from datasets import Dataset
@@ -267,34 +294,43 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
         def on_step_end(self, *a, **k):
             self.marks[-1] = time.perf_counter() - self.marks[-1]
 
-    data = Dataset.from_list([{"prompt": build_prompt(r["problem"], r["draft"]), "answer": r["answer"]} for r in rows])
-    config = trl.GRPOConfig(output_dir="/tmp/bench_cpu_trl", per_device_train_batch_size=B * G, num_generations=G,
-                            max_completion_length=L, loss_type="dr_grpo", scale_rewards="none", beta=0.0,
-                            learning_rate=5e-6, lr_scheduler_type="constant", adam_beta2=0.99, weight_decay=0.01,
-                            max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=steps, use_cpu=True, bf16=False,
-                            save_strategy="no", report_to="none", logging_steps=1, gradient_checkpointing=True,
-                            shuffle_dataset=False, disable_tqdm=True)
+    data = Dataset.from_list([{"prompt": build_prompt(r["problem"], r["draft"]),
+                               "answer": r["answer"]} for r in rows])
+    config = trl.GRPOConfig(output_dir="/tmp/bench_cpu_trl", per_device_train_batch_size=B * G,
+                            num_generations=G, max_completion_length=L, loss_type="dr_grpo",
+                            scale_rewards="none", beta=0.0, learning_rate=5e-6,
+                            lr_scheduler_type="constant", adam_beta2=0.99, weight_decay=0.01,
+                            max_grad_norm=1.0, temperature=1.0, top_p=1.0, max_steps=steps,
+                            use_cpu=True, bf16=False, save_strategy="no", report_to="none",
+                            logging_steps=1, gradient_checkpointing=True, shuffle_dataset=False,
+                            disable_tqdm=True)
     torch.manual_seed(0)
     timer = Timer()
-    trainer = trl.GRPOTrainer(model=small_model(tok, hidden, layers), args=config, train_dataset=data, processing_class=tok,
-                              reward_funcs=lambda prompts, completions, answer, **kw:
-                              [(reward_fn or reward)(c, a) for c, a in zip(completions, answer)],
-                              peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
-                                                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj",
-                                                                     "gate_proj", "up_proj", "down_proj"]),
+    trainer = trl.GRPOTrainer(model=small_model(tok, hidden, layers), args=config,
+                              train_dataset=data, processing_class=tok, reward_funcs=lambda prompts,
+                              completions, answer, **kw: [(reward_fn or reward)(c, a) for c,
+                                                          a in zip(completions, answer)],
+                              peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
+                                                     task_type="CAUSAL_LM",
+                                                     target_modules=["q_proj", "k_proj", "v_proj",
+                                                             "o_proj", "gate_proj", "up_proj",
+                                                             "down_proj"]),
                               callbacks=[timer])
     trainer.train()
     return {"trl_step_s": statistics.median(timer.marks[1:]), "trl_version": trl.__version__}
 
 
 # ----------------------------------------------------------------------------- GPU: 7B-shaped model
-MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                       num_attention_heads=32, num_key_value_heads=8, head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
-                       max_position_embeddings=32768)            # mistralai/Mathstral-7B-v0.1's config.json
-# ----------------------------------------------------------------------------- rollouts: the prompt held once
+MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=14336,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
+                       max_position_embeddings=32768)  # mistralai/Mathstral-7B-v0.1's config.json
+# ----------------------------------------------------------------------------- rollouts: the prompt
+# held once
 def left_pad(seqs, pad_token_id, device):
-    """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left so that every
-    sequence ends in the last column; each sequence's positions start at 0, pads sit at 0."""
+    """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left
+    so that every sequence ends in the last column; each sequence's positions start at 0, pads sit
+    at 0."""
     import torch
     width = max(map(len, seqs))
     ids = torch.tensor([[pad_token_id] * (width - len(s)) + list(s) for s in seqs], device=device)
@@ -302,26 +338,32 @@ def left_pad(seqs, pad_token_id, device):
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-                    pad_token_id=0, seed=0, batch_size=64):
-    """generation.generate before the prompt-once change, as the baseline: each prompt is prefilled once and its K/V
-    copied to each of its n rows, read through the model's own attention (masks and sliding windows included);
-    the same keyed sampling, so the same tokens up to float rounding. No stop strings."""
+def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
+                    eos_token_id=None, pad_token_id=0, seed=0, batch_size=64):
+    """generation.generate before the prompt-once change, as the baseline: each prompt is prefilled
+    once and its K/V copied to each of its n rows, read through the model's own attention (masks and
+    sliding windows included); the same keyed sampling, so the same tokens up to float rounding. No
+    stop strings."""
     import torch
 
     from generation import mix, sample_keys, sample_next
-    device, jobs = next(model.parameters()).device, [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
+    device, jobs = next(model.parameters()).device, [(p,
+                                                      s) for p in range(len(prompt_ids))
+                                                      for s in range(n)]
     results = [[] for _ in prompt_ids]
     for start in range(0, len(jobs), batch_size):
         owner = [p for p, _ in jobs[start:start + batch_size]]
         firsts = sorted(set(owner))
-        ids, mask, positions = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)              # [J, P]
+        # [J, P]
+        ids, mask, positions = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)
         with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
-        prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
+            out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                        logits_to_keep=1)
+        prompt = torch.tensor([firsts.index(p) for p in owner], device=device)  # [R]
         cache = out.past_key_values
-        cache.batch_select_indices(prompt)                                     # copy each prompt's K/V to its rows
-        logits, position, mask = out.logits[prompt, -1], mask.sum(-1, keepdim=True)[prompt], mask[prompt]   # [R, *]
+        cache.batch_select_indices(prompt)  # copy each prompt's K/V to its rows
+        logits, position, mask = out.logits[prompt, -1], mask.sum(-1,
+                keepdim=True)[prompt], mask[prompt]   # [R, *]
         key, tokens = sample_keys(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
         live = torch.arange(len(owner), device=device)
         for t in range(max_new_tokens):
@@ -331,10 +373,10 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
             keep = nxt != (-1 if eos_token_id is None else eos_token_id)
             if not keep.any():
                 break
-            if not keep.all():                                                 # drop finished rows from the batch
+            if not keep.all():  # drop finished rows from the batch
                 live, nxt, position, mask, key = (x[keep] for x in (live, nxt, position, mask, key))
                 cache.batch_select_indices(keep.nonzero().squeeze(-1))
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)                                  # [R, P+t]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], dim=-1)  # [R, P+t]
             with torch.no_grad():
                 logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=position,
                                past_key_values=cache, use_cache=True).logits[:, -1]
@@ -344,45 +386,55 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     return results
 
 
-# ----------------------------------------------------------------------------- rollouts: the previous engine
-def online_softmax_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0,
-                             shared_prompts=None, sliding_window=None, **kwargs):
-    """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens' K/V, the two
-    parts merged exactly (online softmax); registered with transformers as "shared_prompts", so Mistral, Llama and
-    Qwen2 run it unchanged. query [n, H, T, d]; key/value [n, Hkv, S, d]: the rows' own tokens, the last T the
-    queries'. shared_prompts = (keys, values, mask, prompt, slot, G): per layer [B, Hkv, P, d]; mask [B, P] (False on
-    left padding); row -> its prompt and its place among that prompt's <= G rows. The prompt part masks padding, the
-    own part is causal, both the sliding window. Products in the model's dtype, softmax in fp32 (as eager attention).
-    The attention of dynamic_generate, the baseline: kept as it was, the decode part only."""
+# ----------------------------------------------------------------------------- rollouts: the
+# previous engine
+def online_softmax_attention(module, query, key, value, attention_mask=None, scaling=None,
+                             dropout=0.0, shared_prompts=None, sliding_window=None, **kwargs):
+    """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens'
+    K/V, the two parts merged exactly (online softmax); registered with transformers as
+    "shared_prompts", so Mistral, Llama and Qwen2 run it unchanged. query [n, H, T, d]; key/value
+    [n, Hkv, S, d]: the rows' own tokens, the last T the queries'. shared_prompts = (keys, values,
+    mask, prompt, slot, G): per layer [B, Hkv, P, d]; mask [B, P] (False on left padding); row ->
+    its prompt and its place among that prompt's <= G rows. The prompt part masks padding, the own
+    part is causal, both the sliding window. Products in the model's dtype, softmax in fp32 (as
+    eager attention). The attention of dynamic_generate, the baseline: kept as it was, the decode
+    part only."""
     import torch
     keys, values, mask, prompt, slot, G = shared_prompts
-    kp, vp = keys[module.layer_idx], values[module.layer_idx]                                 # [B, Hkv, P, d]
+    kp, vp = keys[module.layer_idx], values[module.layer_idx]  # [B, Hkv, P, d]
     (n, H, T, d), (B, Hkv, P, _), S = query.shape, kp.shape, key.shape[2]
-    W = sliding_window or 2 ** 62                               # a key W or more positions back is out of the window
-    q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling        # GQA: head h reads K/V head h // (H // Hkv)
-    qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)               # [B, G, Hkv, M, d]
-    qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)           # all G rows' queries of a prompt in one product
-    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :], float("-inf"))   # [B, 1, 1, P]
+    W = sliding_window or 2 ** 62  # a key W or more positions back is out of the window
+    # GQA: head h reads K/V head h // (H // Hkv)
+    q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling
+    qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)  # [B, G, Hkv, M, d]
+    qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)  # all G rows' queries of a prompt in one product
+    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :],
+                                                                float("-inf"))   # [B, 1, 1, P]
     s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
-    if sliding_window:          # query t sits at position len + S - T + t, prompt key j at j - (left padding)
+    # query t sits at position len + S - T + t, prompt key j at j - (left padding)
+    if sliding_window:
         back = (mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device))[:, :, None] \
-            - (mask.cumsum(-1) - 1)[:, None, :]                                               # [B, T, P]
+            - (mask.cumsum(-1) - 1)[:, None, :]  # [B, T, P]
         s1.view(B, Hkv, -1, T, P).masked_fill_((back >= W)[:, None, None], float("-inf"))
-    m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)   # any constant per query is exact; the max is stable
-    e1 = s1.sub_(m1).exp_()                                  # in place: scores are the big tensors [B, Hkv, G*M, P]
-    u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)      # unnormalised output [B, Hkv, G*M, d] and sum
-    u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))  # [n, Hkv, M, *]
-    s2 = (q @ key.transpose(-1, -2)).float()                                                  # [n, Hkv, M, S]
-    j, i = torch.arange(S, device=q.device), torch.arange(S - T, S, device=q.device)[:, None]  # own key, query
-    hide = (j > i) | (i - j >= W)                               # own tokens: causal (row padding sits at the end)
-    s2 = s2.masked_fill_(hide.repeat(H // Hkv, 1), float("-inf"))                             # [T, S] per head
+    # any constant per query is exact; the max is stable
+    m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)
+    e1 = s1.sub_(m1).exp_()  # in place: scores are the big tensors [B, Hkv, G*M, P]
+    # unnormalised output [B, Hkv, G*M, d] and sum
+    u1, z1 = e1.to(vp.dtype) @ vp, e1.sum(-1, keepdim=True)
+    # [n, Hkv, M, *]
+    u1, z1, m1 = (x.unflatten(2, (G, -1)).transpose(1, 2)[prompt, slot] for x in (u1, z1, m1))
+    s2 = (q @ key.transpose(-1, -2)).float()  # [n, Hkv, M, S]
+    # own key, query
+    j, i = torch.arange(S, device=q.device), torch.arange(S - T, S, device=q.device)[:, None]
+    hide = (j > i) | (i - j >= W)  # own tokens: causal (row padding sits at the end)
+    s2 = s2.masked_fill_(hide.repeat(H // Hkv, 1), float("-inf"))  # [T, S] per head
     m2 = s2.detach().amax(-1, keepdim=True)
-    e2 = s2.sub_(m2).exp_()                                                                   # [n, Hkv, M, S]
+    e2 = s2.sub_(m2).exp_()  # [n, Hkv, M, S]
     u2, z2 = e2.to(value.dtype) @ value, e2.sum(-1, keepdim=True)
-    m = torch.maximum(m1, m2)                                   # the merge: one softmax over prompt + own tokens
-    a1, a2 = (m1 - m).exp(), (m2 - m).exp()                                                   # [n, Hkv, M, 1]
-    out = (u1 * a1 + u2 * a2) / (z1 * a1 + z2 * a2)                                           # [n, Hkv, M, d]
-    return out.reshape(n, H, T, d).transpose(1, 2).to(query.dtype), None                     # [n, T, H, d]
+    m = torch.maximum(m1, m2)  # the merge: one softmax over prompt + own tokens
+    a1, a2 = (m1 - m).exp(), (m2 - m).exp()  # [n, Hkv, M, 1]
+    out = (u1 * a1 + u2 * a2) / (z1 * a1 + z2 * a2)  # [n, Hkv, M, d]
+    return out.reshape(n, H, T, d).transpose(1, 2).to(query.dtype), None  # [n, T, H, d]
 
 
 @contextlib.contextmanager
@@ -399,14 +451,16 @@ def dynamic_attention(model):
         model.config._attn_implementation = old
 
 
-def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0, eos_token_id=None,
-                     pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None, batch_size=64):
-    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers. Returns, per prompt,
-    its completions (token-id lists, EOS kept) in sample order. Sample s of prompt p draws from noise keyed by
-    (seed, keys[p], s) (keys default to 0, 1, ...): the same tokens whichever rows share its batch or process, up to
-    float rounding of the logits. Stops at EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail.
-    generation.generate before the fixed-shape engine, as the baseline of `bench.py rollout`: a DynamicCache that
-    concatenates every layer's K/V at every step, finished rows dropped every step, every token read by the host."""
+def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
+                     eos_token_id=None, pad_token_id=0, seed=0, keys=None, stop_strings=(),
+                     tokenizer=None, batch_size=64):
+    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
+    Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
+    prompt p draws from noise keyed by (seed, keys[p], s) (keys default to 0, 1, ...): the same
+    tokens whichever rows share its batch or process, up to float rounding of the logits. Stops at
+    EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail. generation.generate before
+    the fixed-shape engine, as the baseline of `bench.py rollout`: a DynamicCache that concatenates
+    every layer's K/V at every step, finished rows dropped every step, every token read by the host."""
     import torch
     from transformers import DynamicCache
 
@@ -416,74 +470,89 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
         keys = range(len(prompt_ids)) if keys is None else keys
         jobs = [(p, s) for p in range(len(prompt_ids)) for s in samples[p]]
         device, results = next(model.parameters()).device, [[] for _ in prompt_ids]
-        for start in range(0, len(jobs), batch_size):                      # consecutive rows; a prompt may straddle two
+        for start in range(0, len(jobs), batch_size):  # consecutive rows; a prompt may straddle two
             owner = [p for p, _ in jobs[start:start + batch_size]]
-            firsts = sorted(set(owner))                                                                         # [J]
-            # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel to return NaN on;
+            firsts = sorted(set(owner))  # [J]
+            # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel
+            # to return NaN on;
             # the K/V are then left-padded with zeros, which the attention masks.
-            outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device), past_key_values=DynamicCache(),
-                          use_cache=True, logits_to_keep=1) for p in firsts]  # a plain cache keeps a windowed prompt
-            mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]                          # [J, P]
+            outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device),
+                          past_key_values=DynamicCache(), use_cache=True,
+                          # a plain cache keeps a windowed prompt
+                          logits_to_keep=1) for p in firsts]
+            mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]  # [J, P]
             P = mask.shape[1]
-            kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part), (0, 0, P - len(
-                prompt_ids[p]), 0)) for o, p in zip(outs, firsts)]) for i in range(len(outs[0].past_key_values.layers))]
-                for part in ("keys", "values")]                                                    # [J, Hkv, P, d]
-            prompt = torch.tensor([firsts.index(p) for p in owner], device=device)                              # [R]
-            slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)               # [R]
+            kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part),
+                                                      (0, 0, P - len(
+                prompt_ids[p]), 0)) for o, p in zip(outs,
+                                                    firsts)])
+                                                    for i in range(len(outs[0].past_key_values.layers))]
+                for part in ("keys", "values")]  # [J, Hkv, P, d]
+            prompt = torch.tensor([firsts.index(p) for p in owner], device=device)  # [R]
+            # [R]
+            slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)
             prompts = (kv[0], kv[1], mask.bool(), prompt, slot, max(slot.tolist()) + 1)
-            logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]                                         # [R, V]
-            position = mask.sum(-1, keepdim=True)[prompt]                                                      # [R, 1]
-            key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]], device)          # [R]
-            tokens, live, cache = [[] for _ in owner], torch.arange(len(owner), device=device), DynamicCache()
-            with dynamic_attention(model):                                     # the rows' cache holds their own tokens
+            logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]  # [R, V]
+            position = mask.sum(-1, keepdim=True)[prompt]  # [R, 1]
+            key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]],
+                              device)          # [R]
+            tokens, live, cache = [[] for _ in owner], torch.arange(len(owner),
+                    device=device), DynamicCache()
+            with dynamic_attention(model):  # the rows' cache holds their own tokens
                 for t in range(max_new_tokens):
-                    nxt = sample_next(logits, temperature, top_p, mix(key ^ t))                                 # [R]
+                    nxt = sample_next(logits, temperature, top_p, mix(key ^ t))  # [R]
                     keep = []
                     for row, tok in zip(live.tolist(), nxt.tolist()):
                         tokens[row].append(tok)
-                        done = tok == eos_token_id or (stop_strings and tokenizer is not None and any(
+                        done = tok == eos_token_id or (stop_strings and tokenizer is not None
+                                                       and any(
                             s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
                         keep.append(not done)
                     if not any(keep):
                         break
-                    if not all(keep):                                              # drop finished rows from the batch
+                    if not all(keep):  # drop finished rows from the batch
                         sel = torch.tensor(keep, device=device)
                         live, nxt, position, key = live[sel], nxt[sel], position[sel], key[sel]
                         cache.batch_select_indices(sel.nonzero().squeeze(-1))
                         prompts = prompts[:3] + (prompts[3][sel], prompts[4][sel], prompts[5])
-                    logits = model(input_ids=nxt[:, None], position_ids=position, cache=cache, use_cache=True,
-                                   shared_prompts=prompts).logits[:, -1]
+                    logits = model(input_ids=nxt[:, None], position_ids=position, cache=cache,
+                                   use_cache=True, shared_prompts=prompts).logits[:, -1]
                     position = position + 1
             for row, p in enumerate(owner):
                 results[p].append(tokens[row])
         return results
 
 
-    # ----------------------------------------------------------------------------- processes (torchrun)
-    TIMEOUT = "DIST_TIMEOUT_MINUTES"     # how long a process may wait for the others (an AIME chunk: tens of minutes)
+    # ----------------------------------------------------------------------------- processes
+    # (torchrun)
+    # how long a process may wait for the others (an AIME chunk: tens of minutes)
+    TIMEOUT = "DIST_TIMEOUT_MINUTES"
 
 
 @contextlib.contextmanager
 def kv_bytes_held(model):
-    """Within the block, record the most KV-cache bytes held entering any decode step of `model`: a DynamicCache's
-    tensors (the baselines), or generate()'s buffers (each prompt's K/V and the rows' own caches), each tensor
-    counted once. Yields the one-element list the peak is kept in."""
+    """Within the block, record the most KV-cache bytes held entering any decode step of `model`: a
+    DynamicCache's tensors (the baselines), or generate()'s buffers (each prompt's K/V and the rows'
+    own caches), each tensor counted once. Yields the one-element list the peak is kept in."""
     import torch
 
     import generation
     peak, forward, decode_forward = [0], model.forward, generation.decode_forward
 
     def count(past_key_values=None, shared=None):
-        held = [t for layer in getattr(past_key_values, "layers", []) for t in (layer.keys, layer.values)
+        held = [t for layer in getattr(past_key_values, "layers", []) for t in (layer.keys,
+                layer.values)
                 if isinstance(t, torch.Tensor)]
         if shared is not None:
-            held += list(shared.keys) + list(shared.values) + [t for layer in shared.cache or [] for t in layer]
+            held += list(shared.keys) + list(shared.values) + [t for layer in shared.cache or []
+                                                               for t in layer]
         peak[0] = max(peak[0], sum({t.data_ptr(): t.nbytes for t in held}.values()))
 
     def counting(*args, past_key_values=None, **kwargs):
         count(past_key_values)
-        return forward(*args, **({"past_key_values": past_key_values} if past_key_values is not None else {}),
-                       **kwargs)
+        return forward(*args,
+                       **({"past_key_values": past_key_values} if past_key_values is not None
+                          else {}), **kwargs)
 
     def counting_decode(m, plan, ids, position, shared):
         count(shared=shared) if m is model else None
@@ -496,7 +565,8 @@ def kv_bytes_held(model):
 
 
 def median_time(fn, runs):
-    """Median seconds of `runs` calls of fn() after one untimed call (warm-up: the allocator, lazy imports)."""
+    """Median seconds of `runs` calls of fn() after one untimed call (warm-up: the allocator, lazy
+    imports)."""
     fn()
     times = []
     for _ in range(runs):
@@ -507,8 +577,8 @@ def median_time(fn, runs):
 
 
 def ops_per_step(fn, steps=16):
-    """aten ops of one decode step, nested calls counted: the profiler's difference between fn(1 + steps) and fn(1)
-    (the prefill and set-up cancel), over steps."""
+    """aten ops of one decode step, nested calls counted: the profiler's difference between fn(1 +
+    steps) and fn(1) (the prefill and set-up cancel), over steps."""
     from torch.profiler import ProfilerActivity, profile
     counts = []
     for n in (1, 1 + steps):
@@ -519,12 +589,13 @@ def ops_per_step(fn, steps=16):
 
 
 def bench_rollout(args):
-    """generate() (fixed shapes, preallocated K/V, a look from the host every CHECK_EVERY steps) against the engines
-    before it, on the CPU. 1. The decode engine vs dynamic_generate (the previous generate: a DynamicCache that
-    concatenates every step, rows dropped every step, every token read by the host), 4 prompts of 512 tokens x 16
-    rows, no EOS: time at 64 and 1,024 new tokens, the late/early per-step ratio, aten ops per step, greedy rows
-    identical. 2. Finished rows leaving the batch (compaction) or staying, masked, with rows ending at EOS.
-    3. Each prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
+    """generate() (fixed shapes, preallocated K/V, a look from the host every CHECK_EVERY steps)
+    against the engines before it, on the CPU. 1. The decode engine vs dynamic_generate (the
+    previous generate: a DynamicCache that concatenates every step, rows dropped every step, every
+    token read by the host), 4 prompts of 512 tokens x 16 rows, no EOS: time at 64 and 1,024 new
+    tokens, the late/early per-step ratio, aten ops per step, greedy rows identical. 2. Finished
+    rows leaving the batch (compaction) or staying, masked, with rows ending at EOS. 3. Each
+    prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
     import torch
 
     import generation
@@ -536,17 +607,20 @@ def bench_rollout(args):
     c = model.config
     kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4  # fp32
     B, G, P = 4, 16, 512
-    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "hidden": args.hidden,
-              "layers": args.layers, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads, "B": B,
-              "G": G, "runs": args.steps, "kv_bytes_per_token": kv_token}
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(),
+              "hidden": args.hidden, "layers": args.layers, "heads": c.num_attention_heads,
+              "kv_heads": c.num_key_value_heads, "B": B, "G": G, "runs": args.steps,
+              "kv_bytes_per_token": kv_token}
     prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
     kw = dict(n=G, eos_token_id=-1, pad_token_id=3, seed=1)
     engine = {"prompt_tokens": P}
     for label, gen in (("ours", generate), ("before", dynamic_generate)):
         for L in (64, 1024):
-            engine[f"{label}_s_{L}"] = median_time(lambda: gen(model, prompts, max_new_tokens=L, **kw), args.steps)
+            engine[f"{label}_s_{L}"] = median_time(lambda: gen(model, prompts, max_new_tokens=L,
+                                                               **kw), args.steps)
         engine[f"{label}_late_early"] = (engine[f"{label}_s_1024"] / 1024) / (engine[f"{label}_s_64"] / 64)
-        engine[f"{label}_ops_per_step"] = ops_per_step(lambda n: gen(model, prompts, max_new_tokens=n, **kw))
+        engine[f"{label}_ops_per_step"] = ops_per_step(lambda n: gen(model, prompts,
+                max_new_tokens=n, **kw))
         engine[f"{label}_greedy"] = gen(model, prompts, max_new_tokens=1024, temperature=0, **kw)
     rows = lambda out: [row for group in out for row in group]
     engine["greedy_rows_identical"] = sum(a == b for a, b in zip(rows(engine.pop("ours_greedy")),
@@ -563,19 +637,23 @@ def bench_rollout(args):
           f"{engine['before_ops_per_step']:.0f} ({engine['ops_ratio']:.2f}); greedy rows identical "
           f"{100 * engine['greedy_rows_identical']:.1f} %")
 
-    # 2. rows ending at EOS (an LM-head bias makes it ~1 in 300 a step): compaction at half the rows vs never
+    # 2. rows ending at EOS (an LM-head bias makes it ~1 in 300 a step): compaction at half the rows
+    # vs never
     eos, compact, head = 7, generation.COMPACT_AT, model.get_output_embeddings()
-    head.bias = torch.nn.Parameter(torch.zeros(head.out_features).index_fill_(0, torch.tensor([eos]), 1.9))
+    head.bias = torch.nn.Parameter(torch.zeros(head.out_features).index_fill_(0,
+            torch.tensor([eos]), 1.9))
     ending = {}
     for label, at in (("compacted", compact), ("masked", 0.0)):
         generation.COMPACT_AT = at
         ending[f"{label}_s"] = median_time(lambda: generate(model, prompts, max_new_tokens=1024, **{
             **kw, "eos_token_id": eos}), args.steps)
-        ending[f"{label}_rows"] = generate(model, prompts, max_new_tokens=1024, **{**kw, "eos_token_id": eos})
+        ending[f"{label}_rows"] = generate(model, prompts, max_new_tokens=1024, **{**kw,
+                "eos_token_id": eos})
     generation.COMPACT_AT, head.bias = compact, None
     lengths = [len(r) for r in rows(ending["compacted_rows"])]
-    ending.update(same_tokens=ending.pop("compacted_rows") == ending.pop("masked_rows"), speedup=ending["masked_s"] /
-                  ending["compacted_s"], median_length=statistics.median(lengths), longest=max(lengths))
+    ending.update(same_tokens=ending.pop("compacted_rows") == ending.pop("masked_rows"),
+                  speedup=ending["masked_s"] / ending["compacted_s"],
+                  median_length=statistics.median(lengths), longest=max(lengths))
     result["rows_ending"] = ending
     print(f"rows ending at EOS (median {ending['median_length']:.0f} tokens, longest {ending['longest']}): finished "
           f"rows leaving the batch {ending['compacted_s']:.2f} s, staying masked {ending['masked_s']:.2f} s "
@@ -587,15 +665,17 @@ def bench_rollout(args):
         prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
         row, outs = {}, {}
         for label, gen in (("shared", generate), ("copied", copied_generate)):
-            row[f"{label}_s"] = median_time(lambda: gen(model, prompts, max_new_tokens=64, **kw), args.steps)
+            row[f"{label}_s"] = median_time(lambda: gen(model, prompts, max_new_tokens=64, **kw),
+                                            args.steps)
             with kv_bytes_held(model) as peak:
                 outs[label] = gen(model, prompts, max_new_tokens=64, temperature=1.0, **kw)
             row[f"{label}_kv_bytes"] = peak[0]
         flat = lambda o: [t for r in rows(o) for t in r]
         row["speedup"] = row["copied_s"] / row["shared_s"]
         row["kv_ratio"] = row["copied_kv_bytes"] / row["shared_kv_bytes"]
-        row["bound_kv_bytes"] = (B * P + B * G * 64) * kv_token            # the bound: B*P + B*G*L tokens
-        row["tokens_differing"] = sum(a != b for a, b in zip(flat(outs["shared"]), flat(outs["copied"])))
+        row["bound_kv_bytes"] = (B * P + B * G * 64) * kv_token  # the bound: B*P + B*G*L tokens
+        row["tokens_differing"] = sum(a != b for a, b in zip(flat(outs["shared"]),
+                                                             flat(outs["copied"])))
         result["prompts"][P] = row
         print(f"rollouts {B} x {G} x 64 tokens after {P}-token prompts: shared {row['shared_s']:.3f} s, copied "
               f"{row['copied_s']:.3f} s -> {row['speedup']:.2f}x; KV held {row['shared_kv_bytes'] / 2**20:.1f} MiB "
@@ -605,28 +685,31 @@ def bench_rollout(args):
 
 
 def multinomial_next(logits, temperature, top_p, generator):
-    """The sampler before keyed noise, as the baseline: nucleus filtering, then torch.multinomial on one generator
-    shared by the batch (so a row's tokens depended on its batch and process)."""
+    """The sampler before keyed noise, as the baseline: nucleus filtering, then torch.multinomial on
+    one generator shared by the batch (so a row's tokens depended on its batch and process)."""
     import torch
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(dim=-1) - sorted_probs > top_p, 0.0)
+        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(dim=-1) - sorted_probs > top_p,
+                                                0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
 def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
-    """What keying every sample costs: generation.sample_next (hashed noise per row and step) vs multinomial_next,
-    per decode step of 64 rows at Mathstral's vocabulary (top_p 1, as in training), and that both draw the same
-    distribution: every row shares one set of logits, and the rows x steps draws' frequencies of the 20 likeliest
-    tokens are compared with their probabilities."""
+    """What keying every sample costs: generation.sample_next (hashed noise per row and step) vs
+    multinomial_next, per decode step of 64 rows at Mathstral's vocabulary (top_p 1, as in
+    training), and that both draw the same distribution: every row shares one set of logits, and the
+    rows x steps draws' frequencies of the 20 likeliest tokens are compared with their
+    probabilities."""
     import torch
 
     from generation import mix, sample_keys, sample_next
     torch.manual_seed(0)
-    logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)                    # [R, V], rows alike
-    keys, gen = sample_keys(0, [(0, r) for r in range(rows)], device), torch.Generator(device=device).manual_seed(0)
+    logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)  # [R, V], rows alike
+    keys, gen = sample_keys(0, [(0, r) for r in range(rows)],
+                            device), torch.Generator(device=device).manual_seed(0)
     probs = torch.softmax(logits[0].float(), -1)
     top = probs.topk(20).indices
     out = {"rows": rows, "vocab": vocab, "steps": steps, "top_p": 1.0, "device": device,
@@ -635,7 +718,8 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
                       ("multinomial", lambda t: multinomial_next(logits, 1.0, 1.0, gen))):
         fn(0)
         seconds, draws = timed(lambda: [fn(t) for t in range(steps)], device)
-        freq = torch.bincount(torch.stack(draws).flatten(), minlength=vocab).float() / (rows * steps)
+        freq = torch.bincount(torch.stack(draws).flatten(),
+                              minlength=vocab).float() / (rows * steps)
         out[f"{label}_ms_per_step"] = 1e3 * seconds / steps
         out[f"{label}_max_gap_top20"] = (freq[top] - probs[top]).abs().max().item()
     out["keyed_vs_multinomial"] = out["keyed_ms_per_step"] / out["multinomial_ms_per_step"]
@@ -644,34 +728,40 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
           f"{rows * steps} draws the 20 likeliest tokens' frequencies are within {out['keyed_max_gap_top20']:.4f} "
           f"(keyed) and {out['multinomial_max_gap_top20']:.4f} (multinomial) of their probabilities "
           f"(the likeliest: p = {out['top_token_prob']:.3f})")
-    if args.section == "sampler":                                # inside `bench.py gpu` it goes into gpu's JSON
+    if args.section == "sampler":  # inside `bench.py gpu` it goes into gpu's JSON
         save("sampler", {**out, "device": "cpu-" + platform.machine()})
     return out
 
 
 def bench_merge(args):
-    """What bf16 does to a LoRA adapter's effect on a layer's output, early in training: merged into the bf16 weights
-    (our rollouts), applied unmerged and added to the bf16 output (vLLM's LoRA kernels: the author's rollouts), or
-    added in fp32. A 4096 x 4096 layer, W ~ N(0, 0.02) in bf16, A at PEFT's init, B after k steps of lr = 5e-6 per
-    element with one sign kept (consistent) or drawn afresh each step (random walk); the share of the adapter's exact
-    effect that survives is the realised change projected on it. Early in a bf16 run both pipelines sample from
-    nearly the base model."""
+    """What bf16 does to a LoRA adapter's effect on a layer's output, early in training: merged into
+    the bf16 weights (our rollouts), applied unmerged and added to the bf16 output (vLLM's LoRA
+    kernels: the author's rollouts), or added in fp32. A 4096 x 4096 layer, W ~ N(0, 0.02) in bf16,
+    A at PEFT's init, B after k steps of lr = 5e-6 per element with one sign kept (consistent) or
+    drawn afresh each step (random walk); the share of the adapter's exact effect that survives is
+    the realised change projected on it. Early in a bf16 run both pipelines sample from nearly the
+    base model."""
     import torch
     n, r, alpha, lr = 4096, 16, 32, 5e-6
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(n, n, generator=g) * 0.02).bfloat16()
-    a = (torch.rand(r, n, generator=g) * 2 - 1) / n ** 0.5              # PEFT's init: kaiming_uniform(a=sqrt(5))
+    # PEFT's init: kaiming_uniform(a=sqrt(5))
+    a = (torch.rand(r, n, generator=g) * 2 - 1) / n ** 0.5
     x = torch.randn(n, 64, generator=g).bfloat16().float()
     y0 = (w.float() @ x).bfloat16().float()
-    result = {"device": "cpu-" + platform.machine(), "shape": [n, n], "r": r, "alpha": alpha, "lr": lr, "runs": []}
-    sign = lambda: torch.randint(0, 2, (n, r), generator=g).float() * 2 - 1      # a fresh +-1 per element of B
+    result = {"device": "cpu-" + platform.machine(), "shape": [n, n], "r": r, "alpha": alpha,
+              "lr": lr, "runs": []}
+    # a fresh +-1 per element of B
+    sign = lambda: torch.randint(0, 2, (n, r), generator=g).float() * 2 - 1
     for k in (10, 100, 1000):
         for signs in ("consistent", "random-walk"):
             b = lr * (k * sign() if signs == "consistent" else sum(sign() for _ in range(k)))
-            delta = alpha / r * (b @ (a @ x))                                        # the adapter's exact effect
+            delta = alpha / r * (b @ (a @ x))  # the adapter's exact effect
             ys = {"merged": (((w.float() + alpha / r * (b @ a)).bfloat16()).float() @ x).bfloat16(),
-                  "unmerged_bf16_add": (y0 + delta.bfloat16().float()).bfloat16(), "fp32_add": y0 + delta}
-            share = {m: ((y.float() - y0) * delta).sum().item() / (delta * delta).sum().item() for m, y in ys.items()}
+                  "unmerged_bf16_add": (y0 + delta.bfloat16().float()).bfloat16(),
+                  "fp32_add": y0 + delta}
+            share = {m: ((y.float() - y0) * delta).sum().item() / (delta * delta).sum().item()
+                     for m, y in ys.items()}
             result["runs"].append({"steps": k, "signs": signs, **share})
             print(f"bf16, {k} steps, {signs} signs: merged keeps {100 * share['merged']:.1f} %, unmerged + bf16 add "
                   f"{100 * share['unmerged_bf16_add']:.1f} %, fp32 add {100 * share['fp32_add']:.1f} % of the "
@@ -679,8 +769,9 @@ def bench_merge(args):
     save("merge", result)
 
 
-TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                  num_key_value_heads=2, head_dim=16, rope_theta=1e6, rms_norm_eps=1e-5, max_position_embeddings=32768)
+TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16, rope_theta=1e6,
+                  rms_norm_eps=1e-5, max_position_embeddings=32768)
 
 
 def timed(fn, device):
@@ -695,7 +786,8 @@ def timed(fn, device):
 
 
 def copy_bandwidth(nbytes, device):
-    """Device-to-device copy of random bytes, GB/s counting bytes read plus written (the roofline's ceiling)."""
+    """Device-to-device copy of random bytes, GB/s counting bytes read plus written (the roofline's
+    ceiling)."""
     import torch
     x = torch.randint(0, 256, (nbytes,), dtype=torch.uint8, device=device)
     y = torch.empty_like(x)
@@ -716,8 +808,9 @@ def memory(device):
 
 
 def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, first=32):
-    """generate() with full-size buffers for `new_tokens`, stopped after `steps` decode steps: seconds per step over
-    steps first..steps (the first ones warm up, and CUDA graphs capture there)."""
+    """generate() with full-size buffers for `new_tokens`, stopped after `steps` decode steps:
+    seconds per step over steps first..steps (the first ones warm up, and CUDA graphs capture
+    there)."""
     import generation
     count, marks = [0], {}
 
@@ -735,8 +828,9 @@ def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, fi
     generation.decode_step = lambda *a: (step(*a), None if cuda_graphs else tick())[0]
     generation.captured = lambda graphs, key, fn: (captured(graphs, key, fn), tick())[0]
     try:
-        generation.generate(model, prompts, n=rows // len(prompts), max_new_tokens=new_tokens, temperature=1.0,
-                            eos_token_id=-1, pad_token_id=0, batch_size=rows, cuda_graphs=cuda_graphs)
+        generation.generate(model, prompts, n=rows // len(prompts), max_new_tokens=new_tokens,
+                            temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=rows,
+                            cuda_graphs=cuda_graphs)
     except Enough:
         pass
     finally:
@@ -745,8 +839,9 @@ def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, fi
 
 
 def bench_gpu(args):
-    """Mathstral-7B's exact shape with random weights (no download), section by section; bench/results/gpu-<device>.json
-    is rewritten after each, so a run cut short keeps what it measured. --quick (<= 5 minutes on an H100/H200):
+    """Mathstral-7B's exact shape with random weights (no download), section by section;
+    bench/results/gpu-<device>.json is rewritten after each, so a run cut short keeps what it
+    measured. --quick (<= 5 minutes on an H100/H200):
       1. left padding: prompts of 5, 37 and 90 tokens sampled together equal each sampled alone on this device's
          kernels, and how many positions of a left-padded batch the fused kernels return as NaN (what generate avoids);
       2. copy bandwidth (the HBM roofline's ceiling);
@@ -756,9 +851,11 @@ def bench_gpu(args):
       4. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion tokens) and the
          2,000-step wall-clock these give (an upper bound: every completion at the cap);
       5. NCCL with the process group's timeout.
-    Without --quick, then: decode at batch 16/64/128 against the copying path and HF generate, the sampler, and two
-    whole training steps. --shape tiny runs all of it on a CPU in seconds (a dry run; its JSON goes to /tmp)."""
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")    # before CUDA starts
+    Without --quick, then: decode at batch 16/64/128 against the copying path and HF generate, the
+    sampler, and two whole training steps. --shape tiny runs all of it on a CPU in seconds (a dry
+    run; its JSON goes to /tmp)."""
+    # before CUDA starts
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
     import torch.distributed as dist
     from transformers import MistralConfig, MistralForCausalLM
@@ -769,7 +866,8 @@ def bench_gpu(args):
     from lora import apply_lora, merged
     device = "cuda" if torch.cuda.is_available() else "cpu"
     big = args.shape == "mathstral"
-    config = MistralConfig(**(MATHSTRAL_SHAPE if big else TINY_SHAPE), sliding_window=None, tie_word_embeddings=False)
+    config = MistralConfig(**(MATHSTRAL_SHAPE if big else TINY_SHAPE), sliding_window=None,
+                           tie_word_embeddings=False)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16 if device == "cuda" else torch.float32)
     with torch.device(device):
@@ -799,9 +897,11 @@ def bench_gpu(args):
     together = generate(model, ids, **kw)
     padded, mask, positions = left_pad(ids, 0, device)
     with torch.no_grad():
-        hidden = model.model(input_ids=padded, attention_mask=mask, position_ids=positions).last_hidden_state
+        hidden = model.model(input_ids=padded, attention_mask=mask,
+                             position_ids=positions).last_hidden_state
     nan = torch.isnan(hidden).any(-1)
-    section("left_padding", {"rows_identical": sum(a == b for a, b in zip(sum(alone, []), sum(together, []))),
+    section("left_padding", {"rows_identical": sum(a == b for a, b in zip(sum(alone, []),
+            sum(together, []))),
                              "rows": 12, "padded_batch_nan_positions": int(nan.sum()),
                              "padded_batch_nan_in_real_tokens": int((nan & mask.bool()).sum())},
             f"1. left padding: {sum(a == b for a, b in zip(sum(alone, []), sum(together, [])))} of 12 rows sampled "
@@ -810,26 +910,31 @@ def bench_gpu(args):
 
     # 2. copy bandwidth
     bandwidth = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
-    section("copy_bandwidth_GBps", bandwidth, f"2. copy bandwidth {bandwidth:.0f} GB/s (read + write)")
+    section("copy_bandwidth_GBps", bandwidth,
+            f"2. copy bandwidth {bandwidth:.0f} GB/s (read + write)")
 
-    # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for 4,096 new tokens
+    # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for 4,096
+    # new tokens
     B, G, P, L, steps = (4, 16, 3072, 4096, 256) if big else (4, 4, 64, 128, 48)
     prompts = [rand(P) for _ in range(B)]
-    read = lambda t: weight_bytes + (B * P + B * G * t) * kv_token          # HBM bytes a step reads at context t
-    decode = {"prompts": B, "rows": B * G, "prompt_tokens": P, "new_tokens": L, "steps_timed": f"32..{steps}"}
+    # HBM bytes a step reads at context t
+    read = lambda t: weight_bytes + (B * P + B * G * t) * kv_token
+    decode = {"prompts": B, "rows": B * G, "prompt_tokens": P, "new_tokens": L,
+              "steps_timed": f"32..{steps}"}
     for mode in ("eager", "cuda_graphs") if device == "cuda" else ("eager",):
-        try:                                               # a failure is recorded; the sections after it still run
+        try:  # a failure is recorded; the sections after it still run
             s = decode_only(model, prompts, B * G, L, steps, mode == "cuda_graphs", device)
         except Exception as e:
             decode[mode] = {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)}
             continue
-        at = read((32 + steps) / 2) / (bandwidth * 1e9)                    # the roofline's step at that context
-        whole = s * sum(read(t) for t in range(L)) / read((32 + steps) / 2)          # as memory-bound as measured
+        at = read((32 + steps) / 2) / (bandwidth * 1e9)  # the roofline's step at that context
+        # as memory-bound as measured
+        whole = s * sum(read(t) for t in range(L)) / read((32 + steps) / 2)
         decode[mode] = {"ms_per_step": 1e3 * s, "tok_s": B * G / s, "roofline_tok_s": B * G / at,
                         "of_roofline": at / s, "rollout_s_extrapolated": whole, **memory(device)}
     hf = torch.tensor([p for p in prompts for _ in range(G)], device=device)
-    hf_steps = lambda n: model.generate(hf, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
-                                        pad_token_id=0)
+    hf_steps = lambda n: model.generate(hf, max_new_tokens=n, min_new_tokens=n, do_sample=True,
+                                        top_k=0, pad_token_id=0)
     try:
         with torch.no_grad():
             hf_steps(2)
@@ -837,7 +942,8 @@ def bench_gpu(args):
             tn, _ = timed(lambda: hf_steps(33), device)
         decode["hf_generate"] = {"ms_per_step": 1e3 * (tn - t1) / 32, **memory(device)}
     except Exception as e:
-        decode["hf_generate"] = {"error": f"{type(e).__name__}: {e}"[:2000], "ms_per_step": float("nan")}
+        decode["hf_generate"] = {"error": f"{type(e).__name__}: {e}"[:2000],
+                                 "ms_per_step": float("nan")}
     best = min((m for m in ("eager", "cuda_graphs") if "ms_per_step" in decode.get(m, {})),
                key=lambda m: decode[m]["ms_per_step"], default="eager")
     ours = decode[best].get("ms_per_step", float("nan"))
@@ -845,12 +951,15 @@ def bench_gpu(args):
     decode["arithmetic"] = ("rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / read(t_measured), "
                             "read(t) = weights + (prompts x prompt_tokens + rows x t) x kv_bytes_per_token, t_measured "
                             "the mean context of the timed steps: the steps stay as memory-bound as measured")
-    section("decode", decode, f"3. decode, {B * G} rows after {B} x {P}-token prompts: " + "; ".join(
+    section("decode", decode,
+            f"3. decode, {B * G} rows after {B} x {P}-token prompts: " + "; ".join(
         f"{m} {decode[m]['ms_per_step']:.1f} ms per step, {100 * decode[m]['of_roofline']:.0f} % of the roofline, "
         f"a whole rollout ~{decode[m]['rollout_s_extrapolated']:.0f} s, peak "
         f"{decode[m].get('peak_allocated_GB', 0):.1f} GB allocated / {decode[m].get('peak_reserved_GB', 0):.1f} GB reserved"
         if "error" not in decode[m] else f"{m} failed: {decode[m]['error'][:300]}"
-        for m in ("eager", "cuda_graphs") if m in decode) + f"; HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
+        for m in ("eager",
+                  "cuda_graphs")
+                  if m in decode) + f"; HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
         f"per step ({decode['vs_hf']:.1f}x slower than {best})")
 
     # 4. one update micro-batch at the worst case, and the 2,000-step projection
@@ -859,23 +968,25 @@ def bench_gpu(args):
     grpo.enable_checkpointing(model)
     model.train()
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
-    completions = [[rand(L), rand(L)]]                                       # 2 rows = --micro-batch-tokens 16,384
+    completions = [[rand(L), rand(L)]]  # 2 rows = --micro-batch-tokens 16,384
     advantages = torch.tensor([[1.0, -1.0]])
-    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs, 0)
+    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs)
     try:
         run()
         memory(device)
         s, _ = timed(run, device)
     except Exception as e:
-        section("update_micro_batch", {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)},
+        section("update_micro_batch", {"error": f"{type(e).__name__}: {e}"[:2000],
+                                       **memory(device)},
                 f"4. update micro-batch failed: {e}")
         s = float("nan")
     rollout = decode[best].get("rollout_s_extrapolated", float("nan"))
     update = {"seconds": s, "prompt_tokens": P, "completion_tokens": [L, L], **memory(device),
-              "training_step_s": rollout + B * G / 2 * s, "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
+              "training_step_s": rollout + B * G / 2 * s,
+              "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
               "arithmetic": "training_step_s = the whole rollout extrapolated + (B x G / 2) micro-batches x seconds"}
-    section("update_micro_batch", update, f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak "
-            f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / {update.get('peak_reserved_GB', 0):.1f} GB reserved; "
+    section("update_micro_batch", update,
+            f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak " f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / {update.get('peak_reserved_GB', 0):.1f} GB reserved; "
             f"a training step at the cap ~{update['training_step_s']:.0f} s, 2,000 steps ~"
             f"{update['projected_2000_steps_h']:.1f} h (an upper bound)")
 
@@ -888,23 +999,27 @@ def bench_gpu(args):
                                 timeout=datetime.timedelta(minutes=minutes))
         x = torch.ones(1, device=device)
         dist.all_reduce(x)
-        nccl.update(version=".".join(map(str, torch.cuda.nccl.version())), all_reduce_ok=x.item() == 1.0)
+        nccl.update(version=".".join(map(str, torch.cuda.nccl.version())),
+                    all_reduce_ok=x.item() == 1.0)
         dist.destroy_process_group()
-    section("nccl", nccl, f"5. NCCL {nccl.get('version', '(no GPU)')}: a process group with a {minutes:.0f}-minute "
+    section("nccl", nccl,
+            f"5. NCCL {nccl.get('version', '(no GPU)')}: a process group with a {minutes:.0f}-minute "
             f"timeout (${generation.TIMEOUT}), all_reduce {'ok' if nccl.get('all_reduce_ok') else 'not run'}")
     if args.quick:
         return result
 
-    # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two whole training steps
-    prompt_len, new = (1536, 128) if big else (32, 16)             # a draft-variant prompt: 1,000-2,000 tokens
+    # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two whole
+    # training steps
+    prompt_len, new = (1536, 128) if big else (32, 16)  # a draft-variant prompt: 1,000-2,000 tokens
     result["decode_by_batch"] = {}
     model.eval()
-    for batch in (16, 64, 128):                                     # batch/16 prompts x 16 samples, as in training
+    for batch in (16, 64, 128):  # batch/16 prompts x 16 samples, as in training
         prompts = [rand(prompt_len) for _ in range(batch // 16)]
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
         with merged(model):
-            for label, gen in (("ours", generate), ("graphs", lambda *a, **k: generate(*a, cuda_graphs=True, **k)),
+            for label, gen in (("ours", generate), ("graphs", lambda *a, **k: generate(*a,
+                    cuda_graphs=True, **k)),
                                ("copied", copied_generate)):
                 if label == "graphs" and device != "cuda":
                     continue
@@ -913,47 +1028,56 @@ def bench_gpu(args):
                 rate[label] = batch * (new - 1) / (tn - t1)
             ids = torch.tensor([p for p in prompts for _ in range(16)], device=device)
             with torch.no_grad():
-                hf_steps = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n, do_sample=True, top_k=0,
-                                                    pad_token_id=0)
+                hf_steps = lambda n: model.generate(ids, max_new_tokens=n, min_new_tokens=n,
+                                                    do_sample=True, top_k=0, pad_token_id=0)
                 hf_steps(2)
                 h1, _ = timed(lambda: hf_steps(1), device)
                 hn, _ = timed(lambda: hf_steps(new), device)
         hf = batch * (new - 1) / (hn - h1)
         roof = batch / ((weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_token) / (bandwidth * 1e9))
         best = max(v for k, v in rate.items() if k != "copied")
-        result["decode_by_batch"][batch] = {"prompt_tokens": prompt_len, **{f"{k}_tok_s": v for k, v in rate.items()},
-                                            "hf_tok_s": hf, "roofline_tok_s": roof, "vs_hf": best / hf,
-                                            "vs_copied": best / rate["copied"], "of_roofline": best / roof}
+        result["decode_by_batch"][batch] = {"prompt_tokens": prompt_len, **{f"{k}_tok_s": v for k,
+                v in rate.items()},
+                                            "hf_tok_s": hf, "roofline_tok_s": roof,
+                                            "vs_hf": best / hf, "vs_copied": best / rate["copied"],
+                                            "of_roofline": best / roof}
         print(f"decode batch {batch:3d} after {prompt_len}-token prompts: " + ", ".join(
-            f"{k} {v:.0f} tok/s" for k, v in rate.items()) + f", HF generate {hf:.0f} tok/s ({best / hf:.2f}x), "
+            f"{k} {v:.0f} tok/s" for k,
+            v in rate.items()) + f", HF generate {hf:.0f} tok/s ({best / hf:.2f}x), "
             f"roofline {roof:.0f} tok/s ({100 * best / roof:.0f} %)", flush=True)
         save("gpu", result, folder)
-    result["sampler"] = bench_sampler(args, device, vocab=config.vocab_size)   # keyed noise vs multinomial, per step
+    # keyed noise vs multinomial, per step
+    result["sampler"] = bench_sampler(args, device, vocab=config.vocab_size)
     save("gpu", result, folder)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=5e-6, betas=(0.9, 0.99), weight_decay=0.01)
-    rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])       # every group has a gradient
+    # every group has a gradient
+    rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])
 
     def update(prompts, completions):
-        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards), targs, 0).loss
+        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards),
+                                  targs).loss
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
         return loss
-    lengths = {"paper_step": [P] * B,                                                    # the worst case
-               "draft_step": [int(x) for x in torch.randint(P // 3, 2 * P // 3, (B,), generator=rng)]}  # 1-2k
+    lengths = {"paper_step": [P] * B,  # the worst case
+               "draft_step": [int(x) for x in torch.randint(P // 3, 2 * P // 3, (B,),
+                                                            generator=rng)]}  # 1-2k
     for step_name, lens in lengths.items():
         prompts = [rand(n) for n in lens]
         memory(device)
         model.eval()
         with merged(model, generation.cache_bytes(model, sum(lens), B * G, L)):
-            t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
-                                                         eos_token_id=-1, pad_token_id=0, seed=1,
+            t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L,
+                                                         temperature=1.0, eos_token_id=-1,
+                                                         pad_token_id=0, seed=1,
                                                          cuda_graphs=device == "cuda"), device)
         model.train()
         t_upd, _ = timed(lambda: update(prompts, completions), device)
         result[step_name] = {"prompt_tokens": lens, "prompts": B, "generations": G, "new_tokens": L,
-                             "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd, **memory(device),
+                             "rollout_s": t_roll, "update_s": t_upd, "step_s": t_roll + t_upd,
+                             **memory(device),
                              "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
         s = result[step_name]
         print(f"{step_name} ({B}x{G} rollouts, prompts of {lens} tokens, every completion at the {L}-token cap): "
@@ -965,20 +1089,29 @@ def bench_gpu(args):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "merge", "gpu"])
-    ap.add_argument("--math-verify", action="store_true", help="grader: compare with math-verify if installed")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "merge",
+                                        "gpu"])
+    ap.add_argument("--math-verify", action="store_true",
+                    help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
-    ap.add_argument("--steps", type=int, default=6, help="cpu/update: steps (the first is not timed; median of rest)")
-    ap.add_argument("--drafts", action="store_true", help="cpu: prompts carry a draft (another problem's solution)")
-    ap.add_argument("--hidden", type=int, default=256, help="cpu/update: model width (64 x 2 layers = --model tiny)")
+    ap.add_argument("--steps", type=int, default=6,
+                    help="cpu/update: steps (the first is not timed; median of rest)")
+    ap.add_argument("--drafts", action="store_true",
+                    help="cpu: prompts carry a draft (another problem's solution)")
+    ap.add_argument("--hidden", type=int, default=256,
+                    help="cpu/update: model width (64 x 2 layers = --model tiny)")
     ap.add_argument("--layers", type=int, default=4, help="cpu/update: model depth")
     ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
-    ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"], help="gpu: model shape")
-    ap.add_argument("--quick", action="store_true", help="gpu: the first-GPU sections only (<= 5 minutes)")
+    ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"],
+                    help="gpu: model shape")
+    ap.add_argument("--quick", action="store_true",
+                    help="gpu: the first-GPU sections only (<= 5 minutes)")
     args = ap.parse_args()
-    sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update, "rollout": bench_rollout,
-                "sampler": bench_sampler, "merge": bench_merge, "gpu": bench_gpu}
+    sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
+                "rollout": bench_rollout, "sampler": bench_sampler, "merge": bench_merge,
+                "gpu": bench_gpu}
     sections[args.section](args)
 
 

@@ -6,8 +6,8 @@
   python drafts.py stats --drafts pool.jsonl [--model M]                              # the referee's table
 
 A pool line: the problem's fields + "drafts": [{text, pred, correct_strict, correct_quasi, length}].
-build_variant() picks ONE draft per problem by the recipe's priority chains (shared by matched and mismatched),
-and the mismatched variants move exactly those drafts along one seeded derangement.
+build_variant() picks ONE draft per problem by the recipe's priority chains (shared by matched and
+mismatched), and the mismatched variants move exactly those drafts along one seeded derangement.
 """
 import argparse
 import json
@@ -17,8 +17,10 @@ import random
 from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser
 from reward import lenient_answer, reward
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")   # defaults work from any directory
-VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct", "mismatched-correct")
+# defaults work from any directory
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct",
+            "mismatched-correct")
 TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. Solve the math "
             "problem step by step. Write your own correct solution. Put your final answer within \\boxed{{}}."
             "\n\nCorrect Solution:")
@@ -26,9 +28,11 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your
                         "\n\nProblem:\n{problem}\n\nSolution:")
 
 
-# ----------------------------------------------------------------------------- files: one line per mistake
+# ----------------------------------------------------------------------------- files: one line per
+# mistake
 def lines(path):
-    """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming the file."""
+    """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming
+    the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -39,8 +43,8 @@ def lines(path):
 
 
 def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "answer")):
-    """Rows of a JSONL file (blank lines skipped); a line that is not a JSON object, lacks a `required` field or
-    holds a non-string in a `text` field is an error naming file and line."""
+    """Rows of a JSONL file (blank lines skipped); a line that is not a JSON object, lacks a
+    `required` field or holds a non-string in a `text` field is an error naming file and line."""
     rows = []
     for lineno, line in enumerate(lines(path), 1):
         if not line.strip():
@@ -49,7 +53,8 @@ def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "ans
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        missing = [k for k in required if k not in row] if isinstance(row, dict) else ["(not an object)"]
+        missing = [k for k in required if k not in row] if isinstance(row,
+                dict) else ["(not an object)"]
         wrong = [k for k in text if k in required and not missing and not isinstance(row[k], str)]
         if missing or wrong:
             raise ValueError(f"{path}:{lineno}: " + (f"missing field(s) {missing}" if missing else
@@ -68,9 +73,10 @@ def load_json(path):
 
 
 def read_resumable(path):
-    """Records of a JSONL file that is appended to as work is done. A torn last line (a crash mid-write) is removed
-    from the file, so rerunning the same command continues where it stopped; a bad line before the last is damage,
-    not a crash, and an error naming the line (nothing after it is thrown away)."""
+    """Records of a JSONL file that is appended to as work is done. A torn last line (a crash
+    mid-write) is removed from the file, so rerunning the same command continues where it stopped; a
+    bad line before the last is damage, not a crash, and an error naming the line (nothing after it
+    is thrown away)."""
     records, text = [], lines(path) if os.path.exists(path) else []
     for lineno, line in enumerate(text, 1):
         try:
@@ -85,7 +91,8 @@ def read_resumable(path):
 
 
 def output_path(path, flag):
-    """Refuse an output file whose name is a folder, or whose folder is a file, before any work is done."""
+    """Refuse an output file whose name is a folder, or whose folder is a file, before any work is
+    done."""
     folder = os.path.dirname(os.path.abspath(path))
     while not os.path.exists(folder):
         folder = os.path.dirname(folder)
@@ -95,13 +102,15 @@ def output_path(path, flag):
 
 
 def training_problems(rows, levels=(3, 4, 5)):
-    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus MATH-500). Rows without
-    a `level` field at all (your own data) are all kept; MATH's two `level: null` rows are not."""
+    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus
+    MATH-500). Rows without a `level` field at all (your own data) are all kept; MATH's two `level:
+    null` rows are not."""
     return [r for r in rows if ("level" not in r or r["level"] in levels) and r["answer"].strip()]
 
 
 def load_pool(path):
-    """A draft pool: load_jsonl's rows, each with a non-empty list of drafts {text, correct_strict, correct_quasi}."""
+    """A draft pool: load_jsonl's rows, each with a non-empty list of drafts {text, correct_strict,
+    correct_quasi}."""
     rows = load_jsonl(path, required=("id", "problem", "answer", "drafts"))
     for r in rows:
         drafts = r["drafts"] if isinstance(r["drafts"], list) else []
@@ -117,14 +126,16 @@ def load_pool(path):
 
 # ----------------------------------------------------------------------------- prompts
 def encode_prompt(tokenizer, text):
-    """Token ids of a prompt: BOS (when the tokenizer has one, even if it is not set to add it), then the text."""
+    """Token ids of a prompt: BOS (when the tokenizer has one, even if it is not set to add it),
+    then the text."""
     ids, bos = tokenizer(text)["input_ids"], getattr(tokenizer, "bos_token_id", None)
     return ids if bos is None or ids[:1] == [bos] else [bos] + ids
 
 
 def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
-    """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only the draft (keep its beginning)
-    to fit max_prompt_tokens; if problem + instruction alone do not fit, the draft becomes 'N/A'."""
+    """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only the draft (keep its
+    beginning) to fit max_prompt_tokens; if problem + instruction alone do not fit, the draft
+    becomes 'N/A'."""
     draft = "N/A" if draft is None else draft.strip()
     prompt = TEMPLATE.format(problem=problem, draft=draft)
     if tokenizer is None or len(encode_prompt(tokenizer, prompt)) <= max_prompt_tokens:
@@ -134,7 +145,7 @@ def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
     if budget <= 0:
         return TEMPLATE.format(problem=problem, draft="N/A")
     ids = tokenizer(draft, add_special_tokens=False)["input_ids"]
-    while budget > 0:              # tokens can merge across the cut: shrink until the whole prompt fits
+    while budget > 0:  # tokens can merge across the cut: shrink until the whole prompt fits
         prompt = TEMPLATE.format(problem=problem, draft=tokenizer.decode(ids[:budget]).strip())
         over = len(encode_prompt(tokenizer, prompt)) - max_prompt_tokens
         if over <= 0:
@@ -145,20 +156,24 @@ def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
 
 # ----------------------------------------------------------------------------- variants
 def select_draft(drafts, want_correct, rng):
-    """(index, tier) by the recipe's priority chain; tier 1 is the preferred kind, tier 3 is 'any draft'."""
+    """(index, tier) by the recipe's priority chain; tier 1 is the preferred kind, tier 3 is 'any
+    draft'."""
     if want_correct:
         tiers = [[i for i, d in enumerate(drafts) if d["correct_strict"]],
-                 [i for i, d in enumerate(drafts) if d["correct_quasi"] and not d["correct_strict"]]]
+                 [i for i,
+                  d in enumerate(drafts) if d["correct_quasi"] and not d["correct_strict"]]]
     else:
         tiers = [[i for i, d in enumerate(drafts) if not d["correct_quasi"]],
-                 [i for i, d in enumerate(drafts) if not d["correct_strict"] and d["correct_quasi"]]]
+                 [i for i,
+                  d in enumerate(drafts) if not d["correct_strict"] and d["correct_quasi"]]]
     tiers.append(list(range(len(drafts))))
     tier = next(t for t in range(3) if tiers[t])
     return rng.choice(tiers[tier]), tier + 1
 
 
 def derangement(n, rng):
-    """A seeded shuffle of range(n) repaired so that no index maps to itself (one pass of neighbour swaps)."""
+    """A seeded shuffle of range(n) repaired so that no index maps to itself (one pass of neighbour
+    swaps)."""
     if n < 2:
         raise ValueError(f"a derangement needs at least 2 problems, got {n}")
     perm = list(range(n))
@@ -171,13 +186,13 @@ def derangement(n, rng):
 
 
 def build_variant(pool, variant, seed=0, length_matched=False):
-    """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and the shown
-    draft's labels, tier and answer (draft_pred: the whole draft's, before any cut). Mismatched-X shows, for
-    problem i, the draft matched-X selected for perm[i].
+    """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and
+    the shown draft's labels, tier and answer (draft_pred: the whole draft's, before any cut).
+    Mismatched-X shows, for problem i, the draft matched-X selected for perm[i].
 
-    length_matched (the referee's control): row i of every draft variant shows its draft cut (beginning kept) to
-    the shortest of the four draft variants' row-i drafts, in characters, so all four train on identical
-    draft-length distributions and differ only in which draft is shown."""
+    length_matched (the referee's control): row i of every draft variant shows its draft cut
+    (beginning kept) to the shortest of the four draft variants' row-i drafts, in characters, so all
+    four train on identical draft-length distributions and differ only in which draft is shown."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     if length_matched and variant != "no-draft":
@@ -186,7 +201,7 @@ def build_variant(pool, variant, seed=0, length_matched=False):
         for i, row in enumerate(rows):
             target = min(len(s[i]["draft"]) for s in shown)
             while target and any(s[i]["draft"][target - 1].isspace() for s in shown):
-                target -= 1                       # build_prompt strips drafts: cut where no variant ends in space
+                target -= 1  # build_prompt strips drafts: cut where no variant ends in space
             row.update(draft=row["draft"][:target], draft_chars_full=len(row["draft"]))
         return rows
     rows = [{"id": p["id"], "problem": p["problem"], "answer": p["answer"], "level": p.get("level"),
@@ -199,24 +214,28 @@ def build_variant(pool, variant, seed=0, length_matched=False):
     rng = random.Random(seed)
     want_correct = variant.endswith("-correct")
     picks = [select_draft(p["drafts"], want_correct, rng) for p in pool]
-    source = derangement(len(pool), random.Random(seed)) if variant.startswith("mismatched") else range(len(pool))
+    source = derangement(len(pool),
+                         random.Random(seed)) if variant.startswith("mismatched") else range(len(pool))
     for row, s in zip(rows, source):
         k, tier = picks[s]
         d = pool[s]["drafts"][k]
-        row.update(draft=d["text"].strip(), draft_source=pool[s]["id"], draft_index=k, draft_tier=tier,
-                   draft_correct_strict=d["correct_strict"], draft_correct_quasi=d["correct_quasi"],
+        row.update(draft=d["text"].strip(), draft_source=pool[s]["id"], draft_index=k,
+                   draft_tier=tier, draft_correct_strict=d["correct_strict"],
+                   draft_correct_quasi=d["correct_quasi"],
                    draft_pred=d["pred"] if d.get("pred") is not None else lenient_answer(d["text"]))
     return rows
 
 
 # ----------------------------------------------------------------------------- commands
 def grade_draft(text, gold, length):
-    return {"text": text, "pred": lenient_answer(text), "correct_strict": reward(text, gold, strict=True) == 1.0,
+    return {"text": text, "pred": lenient_answer(text), "correct_strict": reward(text, gold,
+            strict=True) == 1.0,
             "correct_quasi": reward(text, gold, strict=False) == 1.0, "length": length}
 
 
 def cmd_generate(args):
-    """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's processes, the same pool."""
+    """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's
+    processes, the same pool."""
     from generation import distributed, gather, generate, load_model, rounds
     rank, world = distributed(vars(args))
     output_path(args.out, "--out")
@@ -234,11 +253,13 @@ def cmd_generate(args):
     model, tokenizer = load_model(args.model) if rank < len(chunks) else (None, None)
 
     def draft(chunk):
-        ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for _, r in chunk]
+        ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for _,
+               r in chunk]
         samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
-                           temperature=args.temperature, top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id, seed=args.seed, keys=[i for i, _ in chunk],
-                           batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
+                           temperature=args.temperature, top_p=args.top_p,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           seed=args.seed, keys=[i for i, _ in chunk], batch_size=args.batch_size,
+                           cuda_graphs=args.cuda_graphs)
         return [{**{k: v for k, v in r.items() if k != "_line"}, "drafts": [grade_draft(
                  tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o)) for o in outs]}
                 for (_, r), outs in zip(chunk, samples)]
@@ -248,7 +269,8 @@ def cmd_generate(args):
 def main(argv=None):
     ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("generate", help="sample and grade K drafts per problem with the draft model").flags(
+    sub.add_parser("generate",
+                   help="sample and grade K drafts per problem with the draft model").flags(
         ("--model", "Qwen/Qwen2.5-Math-1.5B", "draft model: hub id, local dir or 'tiny'"),
         ("--data", os.path.join(DATA, "math_train.jsonl"), "problems JSONL (MATH train)"),
         ("--out", "pool.jsonl", "pool JSONL; appended to, and problems in it are skipped"),
@@ -261,10 +283,12 @@ def main(argv=None):
         ("--batch-size", 64, "sequences decoded together", COUNT),
         ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
         ("--seed", 0, "sampling seed", SEED))
-    sub.add_parser("import", help="convert the author's released pool JSON into our pool JSONL").flags(
+    sub.add_parser("import",
+                   help="convert the author's released pool JSON into our pool JSONL").flags(
         ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool (a JSON list)"),
         ("--out", "pool.jsonl", "pool JSONL to write"))
-    sub.add_parser("stats", help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
+    sub.add_parser("stats",
+                   help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
         ("--drafts", "pool.jsonl", "pool JSONL"),
         ("--model", None, "tokenizer for lengths in tokens (else characters)"),
         ("--seed", 0, "variant seed", SEED),

@@ -1,4 +1,5 @@
-"""Evaluation: MATH-500 greedy pass@1, sampling pass@k / avg@k / maj@k, and seed statistics (Welch's t).
+"""Evaluation: MATH-500 greedy pass@1, sampling pass@k / avg@k / maj@k, and seed statistics (Welch's
+t).
 
   python evaluate.py --model mistralai/Mathstral-7B-v0.1 --adapter runs/mismatched-wrong/step-2000 \\
       --data data/math500.jsonl --output results/mw-seed0.json                        # greedy, Thinking: N/A
@@ -7,8 +8,9 @@
   torchrun --nproc-per-node 8 evaluate.py ...                  # the same samples and summary on 8 GPUs
   python evaluate.py compare mismatched-wrong=a0.json,a1.json matched-wrong=b0.json,b1.json
 
-Every sample is appended to <output>.records.jsonl as it is drawn (by process 0, for all); rerunning the command,
-with any number of processes, draws only the missing ones. Grading is strict (last \\boxed{} only); lenient beside.
+Every sample is appended to <output>.records.jsonl as it is drawn (by process 0, for all); rerunning
+the command, with any number of processes, draws only the missing ones. Grading is strict (last
+\\boxed{} only); lenient beside.
 """
 import argparse
 import importlib
@@ -27,14 +29,15 @@ from drafts import (
     output_path,
     read_resumable,
 )
-from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser
+from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser, counts
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
-    "nodraft": lambda problem: build_prompt(problem, None),                      # the test-time prompt
+    "nodraft": lambda problem: build_prompt(problem, None),  # the test-time prompt
     "instruct": lambda problem: f"[INST] {problem}\n\nPlease reason step by step, and put your final answer "
-                                f"within \\boxed{{}}. [/INST]",                 # Mathstral's own format
-    "draftgen": lambda problem: DRAFT_MODEL_TEMPLATE.format(problem=problem),    # the draft model's prompt
+                                f"within \\boxed{{}}. [/INST]",  # Mathstral's own format
+    # the draft model's prompt
+    "draftgen": lambda problem: DRAFT_MODEL_TEMPLATE.format(problem=problem),
 }
 STOP_STRINGS = ("\n\nProblem:", "\nProblem:")
 
@@ -53,7 +56,8 @@ def pass_at_k(n, c, k):
 
 
 def vote_clusters(answers):
-    """Cluster ids for answers, equal when is_equiv: exact normalised strings first, then representatives."""
+    """Cluster ids for answers, equal when is_equiv: exact normalised strings first, then
+    representatives."""
     reps, norm_to_id, out = [], {}, []                   # reps[j]: the first answer of cluster j
     for a in answers:
         if a is None:
@@ -72,7 +76,8 @@ def vote_clusters(answers):
 def maj_at_k(clusters, correct, k, trials=200, seed=0):
     """Majority vote over k samples (ties: the earliest), averaged over random k-subsets when k < n."""
     n, rng = len(clusters), random.Random(seed)
-    subsets = [list(range(n))] if k == n else [sorted(rng.sample(range(n), k)) for _ in range(trials)]
+    subsets = [list(range(n))] if k == n else [sorted(rng.sample(range(n),
+            k)) for _ in range(trials)]
     wins = 0
     for subset in subsets:
         counts = {}
@@ -97,9 +102,13 @@ def summarize(rows, records, ks):
     ks = [k for k in ks if k <= n] or ([1] if n else [])
     out = {"num_problems": len(problems), "samples_per_problem": n}
     for mode in ("strict", "lenient"):
-        out[mode] = {f"pass@{k}": statistics.mean(pass_at_k(n, sum(x[mode] for x in by_id[r["id"]][:n]), k)
-                                                   for r in problems) for k in ks} if problems else {}
-    accuracy = {r["id"]: statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}  # strict
+        out[mode] = {f"pass@{k}": statistics.mean(pass_at_k(n,
+                                                            sum(x[mode]
+                                                                for x in by_id[r["id"]][:n]), k)
+                                                   for r in problems)
+                                                   for k in ks} if problems else {}
+    # strict
+    accuracy = {r["id"]: statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}
     out["avg@n"] = statistics.mean(accuracy.values()) if problems else 0.0
     if n > 1:
         maj = {k: [] for k in ks}
@@ -114,7 +123,8 @@ def summarize(rows, records, ks):
         for r in (r for r in problems if r.get(field) is not None):
             groups.setdefault(str(r[field]), []).append(accuracy[r["id"]])
         if groups:
-            out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)} for g, v in sorted(groups.items())}
+            out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)} for g,
+                                  v in sorted(groups.items())}
     return out
 
 
@@ -124,10 +134,9 @@ def run(args):
     from generation import distributed, gather, generate, load_model, rounds  # torch: only here
     from lora import load_lora, merge_lora
     rank, world = distributed(vars(args))
-    n, ks = args.samples, sorted({int(k) for k in args.k.split(",") if k.strip().isdigit()}) if args.k else [1]
-    if args.k and (len(ks) != len(set(args.k.split(","))) or min(ks) < 1 or max(ks) > n):
-        raise ValueError(f"--k {args.k}: comma-separated whole numbers from 1 to --samples ({n}): pass@k and "
-                         "maj@k need k <= n")
+    n, ks = args.samples, args.k or [1]
+    if ks[-1] > n:
+        raise ValueError(f"--k {','.join(map(str, ks))}: more than --samples {n} (pass@k and maj@k need k <= n)")
     output_path(args.output, "--output")
     if args.adapter and not os.path.isdir(args.adapter):
         raise FileNotFoundError(f"--adapter {args.adapter}: no such folder")
@@ -135,10 +144,12 @@ def run(args):
     if not rows:
         raise ValueError(f"{args.data}: no problems")
     records_path = args.output + ".records.jsonl"
-    setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p", "max_new_tokens",
-                                           "samples", "seed", "no_stop")}   # what the samples depend on
+    setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p",
+                                           # what the samples depend on
+                                           "max_new_tokens", "samples", "seed", "no_stop")}
     config = "|".join(map(str, setup.values()))
-    read = lambda: {(r["id"], r["sample"]): r for r in read_resumable(records_path)}   # (id, sample) -> record
+    # (id, sample) -> record
+    read = lambda: {(r["id"], r["sample"]): r for r in read_resumable(records_path)}
     missing = None
     if rank == 0:                               # process 0 alone reads and writes the files
         records = read()
@@ -146,22 +157,27 @@ def run(args):
             raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
         missing = {r["id"]: [s for s in range(n) if (r["id"], s) not in records] for r in rows}
         print(f"{len(rows)} problems from {args.data}, {sum(map(len, missing.values()))} samples to draw")
-    missing = gather(missing)[0]                # sample s of problem i is keyed (seed, i, s): draw only those missing
-    todo, size = [(i, r) for i, r in enumerate(rows) if missing[r["id"]]], max(1, args.batch_size // n)
+    # sample s of problem i is keyed (seed, i, s): draw only those missing
+    missing = gather(missing)[0]
+    todo, size = [(i, r) for i, r in enumerate(rows) if missing[r["id"]]], max(1,
+            args.batch_size // n)
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     if rank < len(chunks):
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
         if args.adapter:
             load_lora(model, args.adapter)
-        merge_lora(model, spare=None)           # sampling at base-model speed; no way back needed, no copy kept
+        # sampling at base-model speed; no way back needed, no copy kept
+        merge_lora(model, spare=None)
 
     def sample(chunk):
         ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for _, r in chunk]
-        outs = generate(model, ids, n=[missing[r["id"]] for _, r in chunk], max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_p=args.top_p if args.temperature else 1.0,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, seed=args.seed,
-                        keys=[i for i, _ in chunk], stop_strings=() if args.no_stop else STOP_STRINGS,
-                        tokenizer=tokenizer, batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
+        outs = generate(model, ids, n=[missing[r["id"]] for _, r in chunk],
+                        max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        top_p=args.top_p if args.temperature else 1.0,
+                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                        seed=args.seed, keys=[i for i, _ in chunk],
+                        stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
+                        batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
         recs = []
         for (_, r), samples in zip(chunk, outs):
             for s, toks in zip(missing[r["id"]], samples):
@@ -169,9 +185,10 @@ def run(args):
                 for stop in ([] if args.no_stop else STOP_STRINGS):
                     text = text.split(stop)[0]
                 pred = extract_boxed(text)
-                recs.append({"id": r["id"], "sample": s, "tokens": len(toks), "completion": text, "pred": pred,
-                             "strict": is_equiv(pred, r["answer"]),
-                             "lenient": is_equiv(lenient_answer(text), r["answer"]), "config": config})
+                recs.append({"id": r["id"], "sample": s, "tokens": len(toks), "completion": text,
+                             "pred": pred, "strict": is_equiv(pred, r["answer"]),
+                             "lenient": is_equiv(lenient_answer(text), r["answer"]),
+                             "config": config})
         return recs
     rounds(chunks, sample, records_path, f"eval, {size} problem(s) x {world} process(es) a round")
     if rank > 0:
@@ -182,10 +199,12 @@ def run(args):
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)
     print(json.dumps({k: v for k, v in summary.items() if not k.startswith("by_")}, indent=2))
-    log = tracker(args.report_to, args.output + ".tracker", args.run_name or os.path.basename(args.output), setup)
-    if log:                                     # the summary's numbers, flattened: strict/pass@1, maj/maj@8, ...
-        log.log({f"{k}/{m}" if isinstance(v, dict) else k: x for k, v in summary.items() if not k.startswith("by_")
-                 for m, x in (v.items() if isinstance(v, dict) else [(k, v)])}, 0)
+    log = tracker(args.report_to, args.output + ".tracker",
+                  args.run_name or os.path.basename(args.output), setup)
+    if log:  # the summary's numbers, flattened: strict/pass@1, maj/maj@8, ...
+        log.log({f"{k}/{m}" if isinstance(v, dict) else k: x for k,
+                 v in summary.items() if not k.startswith("by_") for m,
+                 x in (v.items() if isinstance(v, dict) else [(k, v)])}, 0)
         log.close()
     if args.model == "tiny":                    # the README's demo ends here: say what a zero means
         print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its weights are random, so\n"
@@ -195,7 +214,8 @@ def run(args):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] in ("compare", "plot"):  # across runs' results: extras/stats.py, extras/plot.py
+    # across runs' results: extras/stats.py, extras/plot.py
+    if argv and argv[0] in ("compare", "plot"):
         return importlib.import_module(f"extras.{'stats' if argv[0] == 'compare' else 'plot'}").main(argv[1:])
     args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--model", "mistralai/Mathstral-7B-v0.1", "base model: hub id, local dir, or 'tiny'"),
@@ -205,7 +225,7 @@ def main(argv=None):
         ("--prompt", "nodraft", "nodraft (Thinking: N/A), instruct, draftgen", tuple(PROMPTS)),
         ("--limit", None, "only the first N problems", COUNT),
         ("--samples", 1, "n samples per problem (1 = greedy pass@1)", COUNT),
-        ("--k", None, "comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)"),
+        ("--k", None, "comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)", counts),
         ("--temperature", None, "0 = greedy (default with --samples 1), else 0.6", NONNEGATIVE),
         ("--top-p", 0.95, "nucleus top_p for sampling (paper: 0.95)", FRACTION),
         ("--max-new-tokens", 4096, "generation cap (paper: 4096)", COUNT),
@@ -214,8 +234,10 @@ def main(argv=None):
         ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
         ("--no-stop", False, "do not stop at '\\n\\nProblem:' / '\\nProblem:'"),
         ("--trust-remote-code", False, "allow model repos with custom code (off by default)"),
-        ("--report-to", "none", "the summary to an experiment tracker too", ("none", "wandb", "tensorboard")),
-        ("--run-name", None, "the tracker's name for the evaluation (default: --output's file name)"),
+        ("--report-to", "none", "the summary to an experiment tracker too", ("none", "wandb",
+                "tensorboard")),
+        ("--run-name", None,
+         "the tracker's name for the evaluation (default: --output's file name)"),
     ).parse_args(argv)
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.6

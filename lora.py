@@ -1,8 +1,9 @@
-"""Hand-written LoRA for nn.Linear with PEFT's semantics and file format (loadable by PEFT, vLLM, SGLang).
+"""Hand-written LoRA for nn.Linear with PEFT's semantics and file format (loadable by PEFT, vLLM,
+SGLang).
 
 y = W x + (alpha / r) * B(A(dropout(x))),  A: [r, in] Kaiming-uniform(a=sqrt5), B: [out, r] zeros -> equals the
-base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16 base. Saved keys are
-PEFT's: `base_model.model.<module path>.lora_A.weight`.
+base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16 base. Saved
+keys are PEFT's: `base_model.model.<module path>.lora_A.weight`.
 """
 import json
 import math
@@ -21,7 +22,8 @@ class LoRALinear(nn.Module):
     def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
         super().__init__()
         self.base_layer = base_layer
-        kw = dict(bias=False, device=base_layer.weight.device, dtype=torch.float32)   # fp32 beside a bf16 base
+        # fp32 beside a bf16 base
+        kw = dict(bias=False, device=base_layer.weight.device, dtype=torch.float32)
         self.lora_A = nn.Linear(base_layer.in_features, r, **kw)
         self.lora_B = nn.Linear(r, base_layer.out_features, **kw)
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
@@ -29,7 +31,7 @@ class LoRALinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.scaling = alpha / r
         self.merged = False              # B@A folded into the base weight (rollouts)
-        self.base_copy = None            # the exact base weight, kept from the first merge on, to restore it
+        self.base_copy = None  # the exact base weight, kept from the first merge on, to restore it
 
     def delta_weight(self):
         return (self.lora_B.weight @ self.lora_A.weight) * self.scaling              # [out, in]
@@ -47,8 +49,8 @@ def lora_modules(model):
 
 
 def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
-    """Wrap every nn.Linear whose attribute name (q_proj) or full path (model.layers.0.self_attn.q_proj) is in
-    `targets`, freeze everything else, return the model."""
+    """Wrap every nn.Linear whose attribute name (q_proj) or full path
+    (model.layers.0.self_attn.q_proj) is in `targets`, freeze everything else, return the model."""
     for p in model.parameters():
         p.requires_grad_(False)
     wrapped = []
@@ -60,7 +62,8 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
                 wrapped.append(child_name)
     if not wrapped:
         raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in {type(model).__name__}")
-    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout, "target_modules": sorted(set(wrapped))}
+    model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
+                         "target_modules": sorted(set(wrapped))}
     return model
 
 
@@ -74,12 +77,15 @@ def save_lora(model, directory, base_model_name_or_path=None):
     """Write adapter_config.json + adapter_model.safetensors exactly as PEFT would."""
     os.makedirs(directory, exist_ok=True)
     cfg = dict(model.lora_config)
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"], "lora_alpha": cfg["lora_alpha"],
-              "lora_dropout": cfg["lora_dropout"], "target_modules": cfg["target_modules"], "bias": "none",
-              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path", None),
-              "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "modules_to_save": None,
-              "use_rslora": False, "use_dora": False, "layers_to_transform": None, "layers_pattern": None,
-              "rank_pattern": {}, "alpha_pattern": {}, "revision": None}
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"],
+              "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
+              "target_modules": cfg["target_modules"], "bias": "none",
+              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path",
+                      None),
+              "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
+              "modules_to_save": None, "use_rslora": False, "use_dora": False,
+              "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
+              "alpha_pattern": {}, "revision": None}
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     save_file({k: v.detach().contiguous() for k, v in lora_parameters(model).items()},
@@ -87,7 +93,8 @@ def save_lora(model, directory, base_model_name_or_path=None):
 
 
 def load_lora(model, directory):
-    """Load a PEFT-format LoRA directory (ours, PEFT's or Unsloth's) into model; wraps it first if needed."""
+    """Load a PEFT-format LoRA directory (ours, PEFT's or Unsloth's) into model; wraps it first if
+    needed."""
     config_path = os.path.join(directory, "adapter_config.json")
     weights_path = os.path.join(directory, "adapter_model.safetensors")
     for path in (config_path, weights_path):
@@ -95,15 +102,17 @@ def load_lora(model, directory):
             raise FileNotFoundError(f"load_lora: {path} not found")
     with open(config_path) as f:
         cfg = json.load(f)
-    unsupported = {k: cfg.get(k) for k in ("use_dora", "use_rslora", "modules_to_save", "rank_pattern",
-                                             "alpha_pattern", "lora_bias", "target_parameters",
-                                             "trainable_token_indices", "layer_replication") if cfg.get(k)}
+    unsupported = {k: cfg.get(k) for k in ("use_dora", "use_rslora", "modules_to_save",
+                                           "rank_pattern", "alpha_pattern", "lora_bias",
+                                           "target_parameters", "trainable_token_indices",
+                                           "layer_replication") if cfg.get(k)}
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("bias", "none") != "none" or unsupported:
         raise ValueError(f"{config_path}: unsupported adapter settings {unsupported or cfg.get('peft_type')}")
     tensors = load_file(weights_path)
     tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
                for k, v in tensors.items()}
-    if not lora_modules(model):     # wrap exactly the modules the file has (covers regex target_modules too)
+    # wrap exactly the modules the file has (covers regex target_modules too)
+    if not lora_modules(model):
         paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)}
         apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths)
     params = lora_parameters(model)
@@ -123,14 +132,16 @@ def load_lora(model, directory):
 
 
 def merge_lora(model, spare=0):
-    """Fold B@A into the base weights: rollouts then run at base-model speed. unmerge_lora restores the exact base
-    weights from a copy made once, at the first merge (they are frozen, so it stays valid; 2 bytes a weight in
-    bf16, 13.96 GB at 7B): on the GPU if that copy and `spare` more bytes fit within 70 % of its memory, else in
-    page-locked host memory, copied back at full bus speed. spare=None keeps no copy: merged for good (evaluation)."""
+    """Fold B@A into the base weights: rollouts then run at base-model speed. unmerge_lora restores
+    the exact base weights from a copy made once, at the first merge (they are frozen, so it stays
+    valid; 2 bytes a weight in bf16, 13.96 GB at 7B): on the GPU if that copy and `spare` more bytes
+    fit within 70 % of its memory, else in page-locked host memory, copied back at full bus speed.
+    spare=None keeps no copy: merged for good (evaluation)."""
     weights = [m.base_layer.weight for _, m in lora_modules(model)]
     with torch.no_grad():
         if spare is not None and weights and lora_modules(model)[0][1].base_copy is None:
-            free, total = torch.cuda.mem_get_info(weights[0].device) if weights[0].is_cuda else (0, 0)
+            free, total = torch.cuda.mem_get_info(weights[0].device) if weights[0].is_cuda else (0,
+                    0)
             room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
             for (_, m), w in zip(lora_modules(model), weights):
                 m.base_copy = w.detach().clone() if room or not w.is_cuda else \

@@ -1,20 +1,24 @@
-"""Answer extraction and grading: the only signal GRPO learns from, and the judge of every evaluation.
+"""Answer extraction and grading: the only signal GRPO learns from, and the judge of every
+evaluation.
 
 reward(completion, gold, strict=False) -> 1.0 / 0.0
   strict=False  training reward (recipe's lenient chain): last \\boxed{}, else "(final) answer is X" /
                 "answer: X", else the last $...$ / \\(...\\) math expression (value after its last `=`).
   strict=True   evaluation: the last \\boxed{} only; no box = wrong.
-Equivalence is string normalisation plus a small exact evaluator (LaTeX arithmetic over fractions.Fraction,
-expressions with variables compared at random rational points). No sympy, no eval; never raises, never hangs.
+Equivalence is string normalisation plus a small exact evaluator (LaTeX arithmetic over
+fractions.Fraction, expressions with variables compared at random rational points). No sympy, no
+eval; never raises, never hangs.
 """
 import math
 import random
 import re
 from fractions import Fraction
 
-MAX_PARSE_CHARS = 400        # longer answers are compared as strings only (keeps every call well under 1 ms)
+# longer answers are compared as strings only (keeps every call well under 1 ms)
+MAX_PARSE_CHARS = 400
 MAX_ANSWER_CHARS = 5_000     # longer "answers" are compared verbatim (adversarial inputs stay fast)
-MAX_POW_BITS = 20_000        # exact powers bigger than this are refused instead of computed (2^{99999999999})
+# exact powers bigger than this are refused instead of computed (2^{99999999999})
+MAX_POW_BITS = 20_000
 
 
 # ----------------------------------------------------------------------------- extraction
@@ -23,7 +27,8 @@ _BRACES = re.compile(r"\\.|[{}]", re.S)
 
 def _brace_group(text, j):
     """text[j] == '{': (content, index after the closing brace), or None if it does not close within
-    MAX_ANSWER_CHARS (no real answer is longer; this bounds the work on adversarial input). `\\}` does not close."""
+    MAX_ANSWER_CHARS (no real answer is longer; this bounds the work on adversarial input). `\\}`
+    does not close."""
     depth = 0
     for m in _BRACES.finditer(text, j, j + MAX_ANSWER_CHARS):
         c = m.group()
@@ -37,7 +42,8 @@ def _brace_group(text, j):
 
 
 def extract_boxed(text):
-    """Argument of the LAST \\boxed / \\fbox: a brace group or a single token (`\\boxed 5`); empty/unclosed -> None."""
+    """Argument of the LAST \\boxed / \\fbox: a brace group or a single token (`\\boxed 5`);
+    empty/unclosed -> None."""
     i = max(text.rfind("\\boxed"), text.rfind("\\fbox")) if isinstance(text, str) else -1
     if i < 0:
         return None
@@ -62,7 +68,8 @@ def _first_math(s):
 
 
 def lenient_answer(text):
-    """The recipe's training-time chain: boxed, else 'answer is X' / 'answer: X', else the last math expression."""
+    """The recipe's training-time chain: boxed, else 'answer is X' / 'answer: X', else the last math
+    expression."""
     if not isinstance(text, str):
         return None
     text = re.sub(r"```.*?(```|$)", " ", text, flags=re.S)          # drop fenced code blocks
@@ -72,7 +79,8 @@ def lenient_answer(text):
     hits = list(_ANSWER_IS.finditer(text))
     if hits:
         tail = hits[-1].group(1).strip()
-        if not tail.startswith(("$", "\\(")):            # up to the end of the sentence ("... is 5, which ...")
+        # up to the end of the sentence ("... is 5, which ...")
+        if not tail.startswith(("$", "\\(")):
             tail = re.split(r"\.\s|\.$|;|,\s+(?=[a-zA-Z]{2})", tail)[0]
         ans = _first_math(tail).strip().rstrip(".").strip()
         if ans:
@@ -85,9 +93,9 @@ def lenient_answer(text):
 
 
 # ----------------------------------------------------------------------------- normalisation
-_UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty", "°": "^\\circ", "×": "\\times",
-            "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge", "∪": "\\cup", "\u00a0": " ",
-            "{,}": "", "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
+_UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty", "°": "^\\circ",
+            "×": "\\times", "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge",
+            "∪": "\\cup", "\u00a0": " ", "{,}": "", "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
 _UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|meters?|"
           r"centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|days?|weeks?|years?|miles?|"
           r"mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|students|ways)")
@@ -106,28 +114,36 @@ def normalize(answer):
     if inner is not None:
         s = inner
     s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-    s = re.sub(r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )", " ", s).replace("~", " ")
+    s = re.sub(r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )", " ", s).replace("~",
+            " ")
     s = re.sub(r"\\[dtc](frac|binom)", r"\\\1", s)
     s = re.sub(r"\{[bB]?matrix\}", "{pmatrix}", s)
     s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
     s = re.sub(r"\\?%|\\\$|\$", "", s)
-    s = re.sub(r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",", s)  # 3, 5, and 7
-    # words in \text{} next to a number are units ("5.4 \text{ cents}", "864 \mbox{ inches}^2"); alone, an answer
+    # 3, 5, and 7
+    s = re.sub(r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",", s)
+    # words in \text{} next to a number are units ("5.4 \text{ cents}", "864 \mbox{ inches}^2");
+    # alone, an answer
     has_number = bool(re.search(r"\d", _TEXT_CMD.sub("", s)))
     s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m.group(1))
                       else m.group(1) + (m.group(2) or ""), s)
     s = re.sub(r"(?<=[\d}])\s*" + _UNITS + r"\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
-    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+", lambda m: m.group(1) + " " if m.group(1) else "", s)  # \cos x
+    s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+",
+               lambda m: m.group(1) + " " if m.group(1) else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
         s = s.replace(",", "")
-    s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)  # \frac{1}{5,525}
+    # \frac{1}{5,525}
+    s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
-    s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d{1,12})\}|(\d))(?:\{(\d{1,12})\}|(\d))", lambda m: m[0] if int(m[2] or m[3])
-               >= int(m[4] or m[5]) else f"({m[1]}+\\frac{{{m[2] or m[3]}}}{{{m[4] or m[5]}}})", s)  # 2\frac13
-    parts = [x for x in s.split("\\approx") if x] or [""]              # "\\frac23 \\approx 0.67", "x \\approx 0.67"
-    return _interval(parts[1] if len(parts) > 1 and re.fullmatch(r"[a-zA-Z]", parts[0]) else parts[0])
+    s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d{1,12})\}|(\d))(?:\{(\d{1,12})\}|(\d))",
+               lambda m: m[0] if int(m[2] or m[3]) >= int(m[4] or m[5])
+               else f"({m[1]}+\\frac{{{m[2] or m[3]}}}{{{m[4] or m[5]}}})", s)  # 2\frac13
+    # "\\frac23 \\approx 0.67", "x \\approx 0.67"
+    parts = [x for x in s.split("\\approx") if x] or [""]
+    return _interval(parts[1] if len(parts) > 1 and re.fullmatch(r"[a-zA-Z]",
+            parts[0]) else parts[0])
 
 
 def _interval(s):
@@ -142,15 +158,17 @@ def _interval(s):
     return low + "," + m[4] + (")" if m[3] == "<" else "]")
 
 
-# ----------------------------------------------------------------------------- a small exact evaluator
+# ----------------------------------------------------------------------------- a small exact
+# evaluator
 class _Unevaluable(Exception):
     pass
 
 
 _TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
 _FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
-          "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log, "log": math.log,
-          "exp": math.exp, "arcsin": math.asin, "arccos": math.acos, "arctan": math.atan}
+          "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log,
+          "log": math.log, "exp": math.exp, "arcsin": math.asin, "arccos": math.acos,
+          "arctan": math.atan}
 _KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp", "binom"}
 
 
@@ -167,13 +185,13 @@ def _tokens(s):
 
 def _variables(tokens):
     """Single letters and unknown commands (\\theta) are variables."""
-    return {t for t in tokens if (len(t) == 1 and t.isalpha()) or (t[0] == "\\" and t[1:].isalpha() and
-                                                                   t[1:] not in _KNOWN)}
+    return {t for t in tokens if (len(t) == 1 and t.isalpha()) or (t[0] == "\\" and t[1:].isalpha()
+            and t[1:] not in _KNOWN)}
 
 
 def _iroot(k, n):
     """Exact integer n-th root of k >= 0, or None."""
-    r = round(k ** (1.0 / n)) if k < 2 ** 1000 else -9         # too big for a float: no exact root found
+    r = round(k ** (1.0 / n)) if k < 2 ** 1000 else -9  # too big for a float: no exact root found
     return next((c for c in (r - 1, r, r + 1) if c >= 0 and c ** n == k), None)
 
 
@@ -195,7 +213,8 @@ def _power(a, b):
         if b.denominator == 1:
             bits = max(a.numerator.bit_length(), a.denominator.bit_length())
             if a not in (0, 1, -1) and bits * abs(b.numerator) > MAX_POW_BITS:
-                raise _Unevaluable("power too large")          # a guard, not a computation of 2^{99999999999}
+                # a guard, not a computation of 2^{99999999999}
+                raise _Unevaluable("power too large")
             return a ** b.numerator
         if b.denominator <= 12:
             r = _root(a, b.denominator)
@@ -208,7 +227,8 @@ def _power(a, b):
 
 
 class _Parser:
-    """Recursive descent over LaTeX arithmetic: + - * / ^ ! \\frac \\sqrt \\pi, implicit products, functions."""
+    """Recursive descent over LaTeX arithmetic: + - * / ^ ! \\frac \\sqrt \\pi, implicit products,
+    functions."""
 
     def __init__(self, tokens, env):
         self.t, self.i, self.env, self.depth = tokens, 0, env, 0
@@ -247,8 +267,9 @@ class _Parser:
                     raise _Unevaluable("division by zero")
                 v = v / d
             elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{", ".") or
-                                      (tok.startswith("\\") and tok not in ("\\pm", "\\mp", "\\}", "\\|"))):
-                v = v * self.power()                                   # implicit product: 2\sqrt3, 3xy
+                                      (tok.startswith("\\") and tok not in ("\\pm", "\\mp", "\\}",
+                                              "\\|"))):
+                v = v * self.power()  # implicit product: 2\sqrt3, 3xy
             else:
                 return v
 
@@ -316,7 +337,9 @@ class _Parser:
             return _root(self.arg(), n)
         if tok == "\\binom":
             n, k = self.arg(), self.arg()
-            if not all(isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 1000 for x in (n, k)):
+            if not all(isinstance(x,
+                                  Fraction) and x.denominator == 1 and 0 <= x <= 1000 for x in (n,
+                                          k)):
                 raise _Unevaluable("binomial")
             return Fraction(math.comb(int(n), int(k)))
         if tok == "\\pi":
@@ -348,15 +371,18 @@ def _close(a, b):
     exact = [x for x in (a, b) if isinstance(x, Fraction)]
     if len(exact) == 2:
         return a == b
-    if exact and exact[0].denominator > 1000:  # exact vs inexact: only a simple rational can be an irrational's truth
+    # exact vs inexact: only a simple rational can be an irrational's truth
+    if exact and exact[0].denominator > 1000:
         return False
     a, b = float(a), float(b)                 # OverflowError: caught by the caller
-    return a == b if math.isinf(a) or math.isinf(b) else math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return a == b if math.isinf(a) or math.isinf(b) else math.isclose(a, b, rel_tol=1e-9,
+            abs_tol=1e-12)
 
 
 def _points(names, count=4):
     rng = random.Random(" ".join(sorted(names)))
-    return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1, 113 + k) for v in names}
+    return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1,
+            113 + k) for v in names}
             for k in range(count)]
 
 
@@ -368,14 +394,15 @@ def _values_equal(a, b, ratio=False):
     if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", a + " " + b)):
         return False                                          # words, not algebra
     names = _variables(ta) | _variables(tb)
-    agree, factor, ratio = 0, None, ratio and bool(names)     # constant equations: equal, not proportional
+    # constant equations: equal, not proportional
+    agree, factor, ratio = 0, None, ratio and bool(names)
     for env in (_points(names) if names else [{}]):
         try:
             va, vb = _evaluate(ta, env), _evaluate(tb, env)
             close = _close(va, vb)
         except (_Unevaluable, ZeroDivisionError, ValueError, OverflowError, TypeError):
             continue
-        if ratio:                                  # equations: the two lhs-rhs proportional at every point
+        if ratio:  # equations: the two lhs-rhs proportional at every point
             if _close(va, 0) or _close(vb, 0):
                 close = _close(va, 0) and _close(vb, 0)
             else:
@@ -387,7 +414,8 @@ def _values_equal(a, b, ratio=False):
     return agree >= (2 if names else 1)
 
 
-# ----------------------------------------------------------------------------- structure: lists, sets, tuples, intervals
+# ----------------------------------------------------------------------------- structure: lists,
+# sets, tuples, intervals
 def _split_top(s, seps=(",",)):
     """Split at separators outside any bracket, brace, \\{ \\} or \\begin..\\end."""
     parts, depth, start, i = [], 0, 0, 0
@@ -456,14 +484,15 @@ def _equiv(p, g, depth=0):
     if choice:
         pc = re.fullmatch(r"\(?([A-Ea-e])\)?|\(([A-Ea-e])\).*", p)
         return bool(pc) and (pc.group(1) or pc.group(2)).upper() == choice.group(1).upper()
-    if not re.search(r"[\d\\^_=+*/(){}\[\],-]", g):                       # a word answer: Evelyn, even, east
+    if not re.search(r"[\d\\^_=+*/(){}\[\],-]", g):  # a word answer: Evelyn, even, east
         return re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
     mats = [re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", x) for x in (p, g)]
-    if any(mats):                               # matrices entry by entry; a column vector may be written as a tuple
+    if any(mats):  # matrices entry by entry; a column vector may be written as a tuple
         rows = [[r.split("&") for r in m[1].split("\\\\") if r] if m else None for m in mats]
-        flat = [[c for r in rs for c in r] if rs else _split_top(_wrapper(x)[2]) if _wrapper(x) else None
-                for rs, x in zip(rows, (p, g))]
-        return None not in flat and len(flat[0]) == len(flat[1]) and (None in rows or [len(r) for r in rows[0]] == [
+        flat = [[c for r in rs for c in r] if rs else _split_top(_wrapper(x)[2]) if _wrapper(x)
+                else None for rs, x in zip(rows, (p, g))]
+        return None not in flat and len(flat[0]) == len(flat[1]) and (None in rows or [len(r)
+                for r in rows[0]] == [
             len(r) for r in rows[1]]) and all(_equiv(a, b, depth + 1) for a, b in zip(*flat))
     up, ug = _split_top(p, ("\\cup",)), _split_top(g, ("\\cup",))
     if len(ug) > 1 or len(up) > 1:
@@ -473,9 +502,9 @@ def _equiv(p, g, depth=0):
     ig = _split_top(wg[2]) if wg else _split_top(g)
     if len(ig) > 1 or len(ip) > 1:
         ip, ig = _expand_pm([_strip_var(x) for x in ip]), _expand_pm([_strip_var(x) for x in ig])
-        ordered = bool(wg) and wg[0] in "(["                               # tuples and intervals keep order
+        ordered = bool(wg) and wg[0] in "(["  # tuples and intervals keep order
         if ordered and (wp[:2] if wp else ("(", ")")) != wg[:2]:
-            return False                              # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
+            return False  # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
         eq = lambda a, b: _equiv(a, b, depth + 1)
         if ordered:
             return len(ip) == len(ig) and all(eq(a, b) for a, b in zip(ip, ig))
@@ -485,15 +514,15 @@ def _equiv(p, g, depth=0):
     p, g = _strip_var(p), _strip_var(g)
     if p == g:
         return True
-    if p.count("=") == 1 and g.count("=") == 1:                             # equations: lhs - rhs up to a factor
+    if p.count("=") == 1 and g.count("=") == 1:  # equations: lhs - rhs up to a factor
         (pl, pr), (gl, gr) = p.split("="), g.split("=")
         return _values_equal(f"({pl})-({pr})", f"({gl})-({gr})", ratio=True)
     if "=" in p or "=" in g:
         return False
     base_p, base_g = re.fullmatch(r"(\w+)_\w+", p), re.fullmatch(r"(\w+)_\w+", g)
     if base_p and base_g:
-        return False                                                        # 52_8 vs 52_9: different numbers
-    if base_p or base_g:                                                    # 52 for 52_8: the digits are the answer
+        return False  # 52_8 vs 52_9: different numbers
+    if base_p or base_g:  # 52 for 52_8: the digits are the answer
         return (base_p.group(1) if base_p else p) == (base_g.group(1) if base_g else g)
     return _values_equal(p, g)
 
@@ -504,17 +533,18 @@ def is_equiv(pred, gold):
         if pred is None or gold is None:
             return False
         if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
-            return pred.strip() == gold.strip()              # no real answer is this long: don't normalise it
+            return pred.strip() == gold.strip()  # no real answer is this long: don't normalise it
         p, g = normalize(pred), normalize(gold)
         if not p or not g or p == g:
             return bool(p) and p == g
         return max(len(p), len(g)) <= MAX_PARSE_CHARS and _equiv(p, g)
-    except Exception:            # a grader that raises would kill a 2,000-step run; wrong is the safe answer
+    except Exception:  # a grader that raises would kill a 2,000-step run; wrong is the safe answer
         return False
 
 
 def reward(completion, gold, strict=False):
-    """1.0 if the completion's answer equals gold, else 0.0. strict: last \\boxed{} only (evaluation)."""
+    """1.0 if the completion's answer equals gold, else 0.0. strict: last \\boxed{} only
+    (evaluation)."""
     try:
         pred = extract_boxed(completion) if strict else lenient_answer(completion)
         return 1.0 if is_equiv(pred, gold) else 0.0

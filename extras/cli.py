@@ -1,37 +1,48 @@
-"""Command-line plumbing for the three scripts: flags as table rows, each with the check of its range beside it,
-and a mistake reported as one line `error: argument --flag: ...` (argparse's usage dump left out)."""
+"""Command-line plumbing for the three scripts: flags as table rows, each with the check of its
+range beside it, and a mistake reported as one line `error: argument --flag: ...` (argparse's usage
+dump left out)."""
 import argparse
 import math
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with flags from table rows (flag, default, help[, kind]) and a one-line error naming the flag."""
+    """argparse, with flags from table rows (flag, default, help[, kind]) and a one-line error
+    naming the flag."""
 
     def error(self, message):                  # no usage dump: `error: argument --x: ...`
         raise SystemExit(f"error: {message}")
 
     def flags(self, *rows):
-        """kind: a checked type (COUNT, SEED, ...), a tuple of choices, or [type] for several values; a False default
-        makes a switch; else a string."""
+        """kind: a checked type (COUNT, SEED, ...), a tuple of choices, or [type] for several
+        values; a False default makes a switch; else a string."""
         for flag, default, help, *kind in rows:
             kind = dict(action="store_true") if default is False else dict(default=default) | (
                 {} if not kind else {"choices": kind[0]} if isinstance(kind[0], tuple) else
-                {"type": kind[0][0], "nargs": "+"} if isinstance(kind[0], list) else {"type": kind[0]})
+                {"type": kind[0][0], "nargs": "+"} if isinstance(kind[0],
+                        list) else {"type": kind[0]})
             self.add_argument(flag, help=help, **kind)
         return self
 
 
 def number(kind, ok, rule):
-    """An argparse type: a finite `kind` (int or float) for which ok(x) holds, else an error saying `rule`."""
+    """An argparse type: a finite `kind` (int or float) for which ok(x) holds, else an error saying
+    `rule`."""
     def parse(text):
         x = kind(text)
         if not (math.isfinite(x) and ok(x)):
             raise argparse.ArgumentTypeError(f"{text}: must be {rule}")
         return x
-    parse.__name__ = kind.__name__                   # argparse's message for a non-number: "invalid int value"
+    parse.__name__ = kind.__name__  # argparse's message for a non-number: "invalid int value"
     return parse
 
 
 COUNT, SEED = number(int, lambda x: x >= 1, ">= 1"), number(int, lambda x: x >= 0, ">= 0")
-POSITIVE, NONNEGATIVE = number(float, lambda x: x > 0, "> 0"), number(float, lambda x: x >= 0, ">= 0")
-FRACTION, UNIT = number(float, lambda x: 0 < x <= 1, "in (0, 1]"), number(float, lambda x: 0 <= x < 1, "in [0, 1)")
+POSITIVE, NONNEGATIVE = number(float, lambda x: x > 0, "> 0"), number(float, lambda x: x >= 0,
+        ">= 0")
+FRACTION, UNIT = number(float, lambda x: 0 < x <= 1, "in (0, 1]"), number(float,
+        lambda x: 0 <= x < 1, "in [0, 1)")
+
+
+def counts(text):
+    """An argparse type: comma-separated COUNTs (1,2,4,8) -> their sorted set."""
+    return sorted({COUNT(k) for k in text.split(",")})

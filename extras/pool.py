@@ -1,5 +1,5 @@
-"""The draft pool's tools beside the method (`python drafts.py import|stats`): the author's released pool converted
-into ours, and the referee's table of what each variant shows."""
+"""The draft pool's tools beside the method (`python drafts.py import|stats`): the author's released
+pool converted into ours, and the referee's table of what each variant shows."""
 import json
 import os
 import statistics
@@ -17,8 +17,9 @@ from reward import is_equiv
 
 
 def cmd_import(args):
-    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split, drafts. Checked whole
-    before anything is written, then written to a temporary file renamed into place."""
+    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split,
+    drafts. Checked whole before anything is written, then written to a temporary file renamed into
+    place."""
     data = load_json(args.src)
     if not isinstance(data, list):
         raise ValueError(f"{args.src}: expected a JSON list of problems")
@@ -28,7 +29,8 @@ def cmd_import(args):
         p = p if isinstance(p, dict) else {}
         drafts = p.get("drafts") if isinstance(p.get("drafts"), list) else [None]
         missing = [f for f in ("unique_id", "problem", "answer") if f not in p] + [
-            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict", "correct_quasi")
+            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict",
+                    "correct_quasi")
             if not isinstance(d, dict) or f not in d][:3]
         if missing:
             raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
@@ -36,8 +38,10 @@ def cmd_import(args):
         rows.append({"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
                      "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
                      "split": p.get("split"), "drafts": [{
-                         "text": d["text"], "pred": d.get("pred"), "correct_strict": bool(d["correct_strict"]),
-                         "correct_quasi": bool(d["correct_quasi"]), "length": d.get("length")} for d in drafts]})
+                         "text": d["text"], "pred": d.get("pred"),
+                         "correct_strict": bool(d["correct_strict"]),
+                         "correct_quasi": bool(d["correct_quasi"]),
+                         "length": d.get("length")} for d in drafts]})
     with open(args.out + ".tmp", "w", encoding="utf-8") as out:
         out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
     os.replace(args.out + ".tmp", args.out)
@@ -55,13 +59,16 @@ def cmd_stats(args):
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
         rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
-        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens) for r in rows]
+        prompts = [build_prompt(r["problem"], r["draft"], tokenizer,
+                                args.max_prompt_tokens) for r in rows]
         lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
         shown = [r for r in rows if r["draft"] is not None]
-        tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2, 3)) if shown else "-"
+        tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2,
+                3)) if shown else "-"
         frac = lambda xs: f"{100 * sum(xs) / len(xs):.1f}%" if xs else "-"
         wrong = frac([not r["draft_correct_quasi"] for r in shown])
-        gold = frac([is_equiv(r["draft_pred"], r["answer"]) for r in shown])    # the shown draft's answer is gold
+        # the shown draft's answer is gold
+        gold = frac([is_equiv(r["draft_pred"], r["answer"]) for r in shown])
         subj = frac([by_id[r["draft_source"]].get("subject") == r["subject"] for r in shown])
         lvl = frac([by_id[r["draft_source"]].get("level") == r["level"] for r in shown])
         sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0

@@ -1,6 +1,7 @@
-"""Statistics across runs (`python evaluate.py compare ...`): mean ± std of a metric over each label's result files
-(a label per variant, a file per seed) and Welch's t-test against the first label, as the paper reports MATH-500
-greedy pass@1 over 10 seeds. Math only: the regularised incomplete beta for the t distribution's tail.
+"""Statistics across runs (`python evaluate.py compare ...`): mean ± std of a metric over each
+label's result files (a label per variant, a file per seed) and Welch's t-test against the first
+label, as the paper reports MATH-500 greedy pass@1 over 10 seeds. Math only: the regularised
+incomplete beta for the t distribution's tail.
 
   python evaluate.py compare matched-wrong=results/matched-wrong-seed{0..9}.json \\
       mismatched-wrong=results/mismatched-wrong-seed{0..9}.json
@@ -48,7 +49,7 @@ def welch_t_test(a, b):
     if len(a) < 2 or len(b) < 2:
         raise ValueError("Welch's t-test needs at least two values per group")
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    if va + vb == 0:                            # two constant samples: equal, or infinitely far apart
+    if va + vb == 0:  # two constant samples: equal, or infinitely far apart
         gap = statistics.mean(a) - statistics.mean(b)
         return (0.0, 1.0) if gap == 0 else (math.copysign(math.inf, gap), 0.0)
     t = (statistics.mean(a) - statistics.mean(b)) / math.sqrt(va + vb)
@@ -57,8 +58,9 @@ def welch_t_test(a, b):
 
 
 def load_groups(specs):
-    """['label=a.json,b.json', ...] -> {label: [result dicts]}. A repeated label pools its files: the shell turns
-    `label=seed{0..9}.json` into ten words `label=seed0.json` ..., which must mean `label=seed0.json,...`."""
+    """['label=a.json,b.json', ...] -> {label: [result dicts]}. A repeated label pools its files:
+    the shell turns `label=seed{0..9}.json` into ten words `label=seed0.json` ..., which must mean
+    `label=seed0.json,...`."""
     groups = {}
     for spec in specs:
         label, _, files = spec.rpartition("=")
@@ -80,8 +82,10 @@ def value(result, metric):
 
 
 def compare(specs, metric="strict.pass@1"):
-    """specs: ['label=a.json,b.json', ...]; prints mean ± std per label and Welch's t against the first."""
-    groups = [(label, [100 * value(r, metric) for r in results]) for label, results in load_groups(specs).items()]
+    """specs: ['label=a.json,b.json', ...]; prints mean ± std per label and Welch's t against the
+    first."""
+    groups = [(label, [100 * value(r, metric) for r in results]) for label,
+              results in load_groups(specs).items()]
     print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} {'p':>8s}")
     for label, values in groups:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
@@ -96,6 +100,7 @@ def compare(specs, metric="strict.pass@1"):
 def main(argv):
     a = Parser(prog="evaluate.py compare", description="seed statistics").flags(
         ("--metric", "strict.pass@1", "dotted key into each result JSON"))
-    a.add_argument("specs", nargs="+", help="LABEL=a.json[,b.json...] (a repeated label pools its files)")
+    a.add_argument("specs", nargs="+",
+                   help="LABEL=a.json[,b.json...] (a repeated label pools its files)")
     a = a.parse_args(argv)
     return compare(a.specs, a.metric)

@@ -1,5 +1,5 @@
-"""Experiment trackers for grpo.py and evaluate.py (--report-to wandb|tensorboard): optional extras, each imported
-only when asked for, beside metrics.jsonl, which a run always writes."""
+"""Experiment trackers for grpo.py and evaluate.py (--report-to wandb|tensorboard): optional extras,
+each imported only when asked for, beside metrics.jsonl, which a run always writes."""
 import importlib
 import json
 import os
@@ -12,19 +12,22 @@ class Tracker(NamedTuple):
 
 
 def tracker(kind, folder, name, config, start=0):
-    """A Tracker sending a record's numbers to wandb or TensorBoard (each imported only when asked for; None for
-    "none"), and a table (rows of dicts) to wandb. A resumed run continues the same tracker run: wandb by the id
-    kept in `folder` (steps it already holds are not sent again), TensorBoard by step (its events after `start` are
-    dropped). wandb's project: $WANDB_PROJECT, else mismatched-wrong-drafts."""
+    """A Tracker sending a record's numbers to wandb or TensorBoard (each imported only when asked
+    for; None for "none"), and a table (rows of dicts) to wandb. A resumed run continues the same
+    tracker run: wandb by the id kept in `folder` (steps it already holds are not sent again),
+    TensorBoard by step (its events after `start` are dropped). wandb's project: $WANDB_PROJECT,
+    else mismatched-wrong-drafts."""
     if kind == "none":
         return None
     try:
-        module = importlib.import_module({"wandb": "wandb", "tensorboard": "torch.utils.tensorboard"}[kind])
+        module = importlib.import_module({"wandb": "wandb",
+                                          "tensorboard": "torch.utils.tensorboard"}[kind])
     except ImportError:
         raise ImportError(f"--report-to {kind} needs the {kind} package: pip install {kind}") from None
     numbers = lambda record: {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
     if kind == "tensorboard":
-        writer = module.SummaryWriter(os.path.join(folder, "tensorboard"), purge_step=start + 1 if start else None)
+        writer = module.SummaryWriter(os.path.join(folder, "tensorboard"),
+                                      purge_step=start + 1 if start else None)
         writer.add_text("config", json.dumps(config, default=str))
 
         def log(record, step, table=None):
@@ -37,7 +40,9 @@ def tracker(kind, folder, name, config, start=0):
     run_id = open(path).read().strip() if os.path.exists(path) else os.urandom(6).hex()
     with open(path, "w") as f:
         f.write(run_id)
-    run = module.init(project=os.environ.get("WANDB_PROJECT", "mismatched-wrong-drafts"), name=name, id=run_id,
-                      resume="allow", config=config, dir=folder)
-    return Tracker(lambda record, step, table=None: run.log({**numbers(record), **({"completions": module.Table(
-        columns=list(table[0]), data=[list(row.values()) for row in table])} if table else {})}, step=step), run.finish)
+    run = module.init(project=os.environ.get("WANDB_PROJECT", "mismatched-wrong-drafts"), name=name,
+                      id=run_id, resume="allow", config=config, dir=folder)
+    return Tracker(lambda record, step, table=None: run.log({**numbers(record),
+                                                             **({"completions": module.Table(
+        columns=list(table[0]), data=[list(row.values()) for row in table])} if table else {})},
+        step=step), run.finish)

@@ -5,7 +5,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-os.chdir(ROOT)                     # the scripts' default paths (data/...) are relative to the repo root
+os.chdir(ROOT)  # the scripts' default paths (data/...) are relative to the repo root
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
 
 
@@ -18,8 +18,9 @@ def tiny():
 
 @pytest.fixture(scope="session")
 def sharp(tiny):
-    """`tiny` with sharpened attention and next-token distributions. A random model attends and samples almost
-    uniformly, so a slip in positions, masks or cache slots would barely move its tokens; here it changes them."""
+    """`tiny` with sharpened attention and next-token distributions. A random model attends and
+    samples almost uniformly, so a slip in positions, masks or cache slots would barely move its
+    tokens; here it changes them."""
     import copy
 
     import torch

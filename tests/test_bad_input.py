@@ -1,6 +1,6 @@
-"""Nothing is lost: a SIGTERM ends a run at a checkpoint it resumes from exactly, a damaged checkpoint falls back to
-the one before, and every bad input to the three scripts is one line `error: ...` naming the flag, file or value,
-with no run folder touched and nothing created."""
+"""Nothing is lost: a SIGTERM ends a run at a checkpoint it resumes from exactly, a damaged
+checkpoint falls back to the one before, and every bad input to the three scripts is one line
+`error: ...` naming the flag, file or value, with no run folder touched and nothing created."""
 import hashlib
 import json
 import os
@@ -18,14 +18,16 @@ import generation
 import grpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl", "--exclude", "",
-        "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
-        "--save-every", "2"]
-STREAM = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0] * 100      # rewards with variance: every step updates
+TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
+        "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens",
+        "6", "--lr", "0.05", "--save-every", "2"]
+# rewards with variance: every step updates
+STREAM = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0] * 100
 
 
 def rewards(skip=0, signal_at=None):
-    """reward(text, gold) scripted by call number (from `skip` on); call `signal_at` sends this process a SIGTERM."""
+    """reward(text, gold) scripted by call number (from `skip` on); call `signal_at` sends this
+    process a SIGTERM."""
     calls = iter(range(skip, 10 ** 6))
 
     def reward(text, gold, strict=False):
@@ -41,13 +43,15 @@ def same_run(a, b, step):
         x, y = load_file(a / f"step-{step}" / name), load_file(b / f"step-{step}" / name)
         assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
     keys = ("step", "reward", "loss", "grad_norm", "skipped_steps")
-    lines = lambda run: [{k: json.loads(line)[k] for k in keys} for line in open(run / "metrics.jsonl")]
+    lines = lambda run: [{k: json.loads(line)[k] for k in keys}
+                         for line in open(run / "metrics.jsonl")]
     assert lines(a) == lines(b)
 
 
 def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, monkeypatch):
-    """Slurm's SIGTERM in the middle of step 3 (save-every 2): the step finishes, step-3 is written, the process exits
-    with 143 (128 + SIGTERM); --resume then ends where an uninterrupted run ends, bit for bit."""
+    """Slurm's SIGTERM in the middle of step 3 (save-every 2): the step finishes, step-3 is written,
+    the process exits with 143 (128 + SIGTERM); --resume then ends where an uninterrupted run ends,
+    bit for bit."""
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
     script = tmp_path / "train.py"
@@ -55,9 +59,11 @@ def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, mon
                       f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\nimport test_bad_input\n"
                       f"grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n"
                       "generation.run_main(lambda: grpo.main(sys.argv[1:]))\n")
-    run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5", "--output-dir", tmp_path / "cut"],
+    run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5", "--output-dir",
+                          tmp_path / "cut"],
                          cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})          # the threads of this process: the same sums
+                         # the threads of this process: the same sums
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
     assert "stopped after step 3, checkpointed" in run.stdout
     assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "step-3"]
@@ -67,8 +73,9 @@ def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, mon
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, monkeypatch, capsys):
-    """The newest checkpoint's optimizer.safetensors cut short (a disk or copy fault): --resume says so, resumes from
-    the checkpoint before it (the two newest keep AdamW's state) and still ends bit-identical."""
+    """The newest checkpoint's optimizer.safetensors cut short (a disk or copy fault): --resume says
+    so, resumes from the checkpoint before it (the two newest keep AdamW's state) and still ends
+    bit-identical."""
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*TINY, "--max-steps", "6", "--output-dir", str(tmp_path / "whole")])
     monkeypatch.setattr(grpo, "reward", rewards())
@@ -94,7 +101,8 @@ def error(module, *argv):
 
 
 def fingerprint(folder):
-    return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f), "rb").read())
+    return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f),
+            "rb").read())
             .hexdigest() for d, _, files in os.walk(folder) for f in files}
 
 
@@ -107,10 +115,11 @@ def run_folder(tmp_path_factory):
 
 
 GRPO_FLAGS = [("--max-steps", "0"), ("--prompts-per-step", "0"), ("--num-generations", "0"),
-              ("--max-new-tokens", "-5"), ("--max-prompt-tokens", "0"), ("--temperature", "0"), ("--top-p", "1.5"),
-              ("--top-p", "0"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"), ("--lr", "fast"), ("--beta1", "1"),
-              ("--beta2", "-0.1"), ("--weight-decay", "-1"), ("--max-grad-norm", "0"), ("--clip-eps", "0"),
-              ("--lora-r", "0"), ("--lora-alpha", "-2"), ("--lora-dropout", "1"), ("--save-every", "0"),
+              ("--max-new-tokens", "-5"), ("--max-prompt-tokens", "0"), ("--temperature", "0"),
+              ("--top-p", "1.5"), ("--top-p", "0"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
+              ("--lr", "fast"), ("--beta1", "1"), ("--beta2", "-0.1"), ("--weight-decay", "-1"),
+              ("--max-grad-norm", "0"), ("--clip-eps", "0"), ("--lora-r", "0"), ("--lora-alpha",
+                      "-2"), ("--lora-dropout", "1"), ("--save-every", "0"),
               ("--seed", "-1"), ("--variant-seed", "-1"), ("--rollout-batch-size", "0"),
               ("--micro-batch-tokens", "0"), ("--variant", "mismatched-wrogn")]
 
@@ -123,44 +132,53 @@ def test_grpo_refuses_impossible_flags(run_folder, flag, value):
 
 
 EVALUATE_FLAGS = [("--limit", "0"), ("--samples", "0"), ("--temperature", "-1"), ("--top-p", "0"),
-                  ("--max-new-tokens", "0"), ("--seed", "-1"), ("--batch-size", "0"), ("--prompt", "chat")]
+                  ("--max-new-tokens", "0"), ("--seed", "-1"), ("--batch-size", "0"), ("--prompt",
+                          "chat")]
 DRAFTS_FLAGS = [("generate", "--num-drafts", "0"), ("generate", "--max-new-tokens", "0"),
-                ("generate", "--temperature", "-0.5"), ("generate", "--top-p", "2"), ("generate", "--limit", "0"),
-                ("generate", "--batch-size", "0"), ("generate", "--seed", "-3"), ("generate", "--levels", "x"),
+                ("generate", "--temperature", "-0.5"), ("generate", "--top-p", "2"), ("generate",
+                        "--limit", "0"),
+                ("generate", "--batch-size", "0"), ("generate", "--seed", "-3"), ("generate",
+                        "--levels", "x"),
                 ("stats", "--seed", "-1"), ("stats", "--max-prompt-tokens", "0")]
 
 
 @pytest.mark.parametrize("flag,value", EVALUATE_FLAGS)
 def test_evaluate_refuses_impossible_flags(tmp_path, flag, value):
-    assert flag in error(evaluate, "--model", "tiny", "--output", tmp_path / "new" / "r.json", flag, value)
+    assert flag in error(evaluate, "--model", "tiny", "--output", tmp_path / "new" / "r.json", flag,
+                         value)
     assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("command,flag,value", DRAFTS_FLAGS)
 def test_drafts_refuses_impossible_flags(tmp_path, command, flag, value):
-    extra = ["--drafts", "pool.jsonl"] if command == "stats" else ["--out", tmp_path / "new" / "pool.jsonl"]
+    extra = ["--drafts", "pool.jsonl"] if command == "stats" else ["--out",
+            tmp_path / "new" / "pool.jsonl"]
     assert flag in error(drafts, command, *extra, flag, value)
     assert not (tmp_path / "new").exists()
 
 
 def test_the_issues_cases(tmp_path, run_folder):
-    """--output-dir naming a file, --model naming a folder that does not exist, --k beyond --samples, an output
-    that is a folder, --adapter that is not there: one line each, before a model loads."""
+    """--output-dir naming a file, --model naming a folder that does not exist, --k beyond
+    --samples, an output that is a folder, --adapter that is not there: one line each, before a
+    model loads."""
     (tmp_path / "afile").write_text("x")
-    assert "--output-dir" in error(grpo, *TINY, "--output-dir", tmp_path / "afile") and "a file" in error(
+    assert "--output-dir" in error(grpo, *TINY, "--output-dir",
+                                   tmp_path / "afile") and "a file" in error(
         grpo, *TINY, "--output-dir", tmp_path / "afile")
     before = fingerprint(run_folder)
-    assert "already holds a run" in error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder)
+    assert "already holds a run" in error(grpo, *TINY, "--max-steps", "3", "--output-dir",
+                                          run_folder)
     for module, extra in ((grpo, TINY[2:] + ["--output-dir", tmp_path / "m"]),
                           (evaluate, ["--limit", "1", "--output", tmp_path / "m" / "r.json"]),
                           (drafts, ["--limit", "1", "--out", tmp_path / "m" / "pool.jsonl"])):
-        argv = ["generate"] * (module is drafts) + ["--model", tmp_path / "no" / "such" / "model", *extra]
+        argv = ["generate"] * (module is drafts) + ["--model", tmp_path / "no" / "such" / "model",
+                                                    *extra]
         assert f"--model {tmp_path / 'no' / 'such' / 'model'}: not a folder" in error(module, *argv)
     assert "--k 1,8" in error(evaluate, "--model", "tiny", "--samples", "4", "--k", "1,8")
     assert "--k" in error(evaluate, "--model", "tiny", "--samples", "4", "--k", "1,two")
     assert "a folder, not a file" in error(evaluate, "--model", "tiny", "--output", tmp_path)
-    assert "--adapter" in error(evaluate, "--model", "tiny", "--adapter", tmp_path / "none", "--output",
-                                tmp_path / "r.json")
+    assert "--adapter" in error(evaluate, "--model", "tiny", "--adapter", tmp_path / "none",
+                                "--output", tmp_path / "r.json")
     assert "a folder, not a file" in error(drafts, "generate", "--model", "tiny", "--out", tmp_path)
     assert "is a file, not a folder" in error(drafts, "generate", "--model", "tiny", "--out",
                                               tmp_path / "afile" / "pool.jsonl")
@@ -169,20 +187,23 @@ def test_the_issues_cases(tmp_path, run_folder):
 
 def test_a_resume_with_other_flags_names_them(run_folder):
     before = fingerprint(run_folder)
-    message = error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder, "--resume", "--lr", "0.01",
-                    "--seed", "4")
+    message = error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder, "--resume", "--lr",
+                    "0.01", "--seed", "4")
     assert "--lr 0.05" in message and "--seed 0" in message and "same flags" in message
     assert fingerprint(run_folder) == before
 
 
 BAD_FILES = {                              # content -> what the error says besides the file's name
     "missing": (None, "no such file"),
-    "not JSON": (b'{"id": 1, "problem": "p", "answer": "1"}\nthis is not json\n', ":2: not valid JSON"),
+    "not JSON": (b'{"id": 1, "problem": "p", "answer": "1"}\nthis is not json\n',
+                 ":2: not valid JSON"),
     "not UTF-8": (b'{"id": 1, "problem": "\xff\xfe", "answer": "1"}\n', "not UTF-8"),
     "a field missing": (b'{"id": 1, "problem": "p"}\n', ":1: missing field(s) ['answer']"),
-    "a field of the wrong type": (b'{"id": 1, "problem": 5, "answer": "1"}\n', ":1: field(s) ['problem'] must be"),
+    "a field of the wrong type": (b'{"id": 1, "problem": 5, "answer": "1"}\n',
+                                  ":1: field(s) ['problem'] must be"),
     "not an object": (b'[1, 2, 3]\n', ":1: missing field(s) ['(not an object)']"),
-    "a torn last line": (b'{"id": 1, "problem": "p", "answer": "1"}\n{"id": 2, "prob', ":2: not valid JSON"),
+    "a torn last line": (b'{"id": 1, "problem": "p", "answer": "1"}\n{"id": 2, "prob',
+                         ":2: not valid JSON"),
 }
 
 
@@ -195,14 +216,17 @@ def bad_file(tmp_path, kind):
 
 @pytest.mark.parametrize("kind", BAD_FILES)
 def test_bad_problem_files_name_the_file_and_line(tmp_path, kind):
-    """The problems files of the three scripts (grpo --data / --exclude, evaluate --data, drafts generate --data):
-    missing, not JSON, not UTF-8, wrong fields, wrong types, not objects, torn. Nothing is created."""
+    """The problems files of the three scripts (grpo --data / --exclude, evaluate --data, drafts
+    generate --data): missing, not JSON, not UTF-8, wrong fields, wrong types, not objects, torn.
+    Nothing is created."""
     path, says = bad_file(tmp_path, kind), BAD_FILES[kind][1]
     out = tmp_path / "out"
     for module, argv in ((grpo, [*TINY, "--data", path, "--output-dir", out]),
                          (grpo, [*TINY, "--exclude", path, "--output-dir", out]),
-                         (evaluate, ["--model", "tiny", "--data", path, "--output", out / "r.json"]),
-                         (drafts, ["generate", "--model", "tiny", "--data", path, "--out", out / "pool.jsonl"])):
+                         (evaluate, ["--model", "tiny", "--data", path, "--output",
+                                     out / "r.json"]),
+                         (drafts, ["generate", "--model", "tiny", "--data", path, "--out",
+                                   out / "pool.jsonl"])):
         message = error(module, *argv)
         assert str(path) in message and says in message, message
     assert not out.exists()
@@ -211,15 +235,18 @@ def test_bad_problem_files_name_the_file_and_line(tmp_path, kind):
 POOLS = {"drafts not a list": {"drafts": "x"}, "no drafts": {"drafts": []},
          "a draft not an object": {"drafts": ["text"]},
          "a draft without its labels": {"drafts": [{"text": "so 4"}]},
-         "a draft whose text is not text": {"drafts": [{"text": 4, "correct_strict": 0, "correct_quasi": 0}]}}
+         "a draft whose text is not text": {"drafts": [{"text": 4, "correct_strict": 0,
+                                                        "correct_quasi": 0}]}}
 
 
 @pytest.mark.parametrize("kind", POOLS)
 def test_bad_pools_name_the_line(tmp_path, kind):
     pool = tmp_path / "pool.jsonl"
-    pool.write_text(json.dumps({"id": "a", "problem": "p", "answer": "1", "level": 3, **POOLS[kind]}) + "\n")
-    for module, argv in ((grpo, ["--model", "tiny", "--drafts", pool, "--exclude", "", "--output-dir",
-                                 tmp_path / "out"]), (drafts, ["stats", "--drafts", pool])):
+    pool.write_text(json.dumps({"id": "a", "problem": "p", "answer": "1", "level": 3,
+                                **POOLS[kind]}) + "\n")
+    for module, argv in ((grpo, ["--model", "tiny", "--drafts", pool, "--exclude", "",
+                                 "--output-dir", tmp_path / "out"]), (drafts, ["stats", "--drafts",
+                                         pool])):
         assert f"{pool}:1: problem a" in error(module, *argv)
     assert not (tmp_path / "out").exists()
 
@@ -227,19 +254,20 @@ def test_bad_pools_name_the_line(tmp_path, kind):
 def test_empty_inputs_are_errors_not_empty_runs(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert "no training problems" in error(grpo, *TINY, "--data", empty, "--output-dir", tmp_path / "out")
-    assert f"{empty}: no problems" in error(evaluate, "--model", "tiny", "--data", empty, "--output",
-                                            tmp_path / "out" / "r.json")
+    assert "no training problems" in error(grpo, *TINY, "--data", empty, "--output-dir",
+                                           tmp_path / "out")
+    assert f"{empty}: no problems" in error(evaluate, "--model", "tiny", "--data", empty,
+                                            "--output", tmp_path / "out" / "r.json")
     assert "no problems" in error(drafts, "generate", "--model", "tiny", "--data", empty, "--out",
                                   tmp_path / "out" / "pool.jsonl")
-    assert "no training problems" in error(grpo, "--model", "tiny", "--drafts", empty, "--exclude", "",
-                                           "--output-dir", tmp_path / "out")
+    assert "no training problems" in error(grpo, "--model", "tiny", "--drafts", empty, "--exclude",
+                                           "", "--output-dir", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
 def test_damage_in_a_file_being_appended_to_is_an_error_that_loses_nothing(tmp_path, run_folder):
-    """A torn last line is a crash and is dropped (tested with resume); a bad line before the last is damage: the
-    error names it, and the file, records after it included, stays as it was."""
+    """A torn last line is a crash and is dropped (tested with resume); a bad line before the last
+    is damage: the error names it, and the file, records after it included, stays as it was."""
     records = tmp_path / "r.json.records.jsonl"
     lines = [json.dumps({"id": "x", "sample": s, "config": "c"}) for s in range(3)]
     records.write_text(lines[0] + "\n{garbage\n" + lines[2] + "\n")
@@ -252,21 +280,24 @@ def test_damage_in_a_file_being_appended_to_is_an_error_that_loses_nothing(tmp_p
     metrics = copy / "metrics.jsonl"
     metrics.write_text("{broken\n" + metrics.read_text())
     before = fingerprint(copy)
-    assert f"{metrics}:1: not valid JSON" in error(grpo, *TINY, "--max-steps", "3", "--output-dir", copy, "--resume")
+    assert f"{metrics}:1: not valid JSON" in error(grpo, *TINY, "--max-steps", "3", "--output-dir",
+                                                   copy, "--resume")
     assert fingerprint(copy) == before
 
 
-@pytest.mark.parametrize("content,says", [(None, "no such file"), (b"\xff", "not UTF-8"), (b"{", "not valid JSON"),
+@pytest.mark.parametrize("content,says", [(None, "no such file"), (b"\xff", "not UTF-8"), (b"{",
+        "not valid JSON"),
                                           (b"[1, 2]", "not a result of evaluate.py")])
 def test_compare_and_plot_name_a_bad_result_file(tmp_path, content, says):
     path = tmp_path / "r.json"
     if content is not None:
         path.write_bytes(content)
-    assert says in error(evaluate, "compare", f"a={path}") and str(path) in error(evaluate, "compare", f"a={path}")
-    assert "--smooth" in error(evaluate, "plot", "--metrics", tmp_path, "--output", tmp_path / "f.png",
-                               "--smooth", "0")
-    assert "metrics.jsonl: no such file" in error(evaluate, "plot", "--metrics", tmp_path, "--output",
-                                                 tmp_path / "f.png")
+    assert says in error(evaluate, "compare", f"a={path}") and str(path) in error(evaluate,
+            "compare", f"a={path}")
+    assert "--smooth" in error(evaluate, "plot", "--metrics", tmp_path, "--output",
+                               tmp_path / "f.png", "--smooth", "0")
+    assert "metrics.jsonl: no such file" in error(evaluate, "plot", "--metrics", tmp_path,
+                                                  "--output", tmp_path / "f.png")
 
 
 @pytest.mark.parametrize("src,says", [(b"{}", "expected a JSON list"), (b"[3]", "problem #0 lacks"),
@@ -275,7 +306,8 @@ def test_compare_and_plot_name_a_bad_result_file(tmp_path, content, says):
 def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
     (tmp_path / "src.json").write_bytes(src)
     (tmp_path / "pool.jsonl").write_text("kept\n")
-    assert says in error(drafts, "import", "--src", tmp_path / "src.json", "--out", tmp_path / "pool.jsonl")
+    assert says in error(drafts, "import", "--src", tmp_path / "src.json", "--out",
+                         tmp_path / "pool.jsonl")
     assert (tmp_path / "pool.jsonl").read_text() == "kept\n"
 
 
@@ -283,5 +315,6 @@ def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
                                          ("evaluate.py", ["--samples", "4", "--k", "1,8"]),
                                          ("drafts.py", ["generate", "--top-p", "2"])])
 def test_the_scripts_print_one_line_and_exit_1(script, argv):
-    run = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    run = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
     assert run.returncode == 1 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr

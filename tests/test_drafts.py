@@ -8,7 +8,8 @@ from drafts import build_prompt, build_variant, derangement, load_pool, select_d
 
 
 def d(strict, quasi, text="draft"):
-    return {"text": text, "pred": None, "correct_strict": strict, "correct_quasi": quasi, "length": 3}
+    return {"text": text, "pred": None, "correct_strict": strict, "correct_quasi": quasi,
+            "length": 3}
 
 
 def synthetic_pool(n=40, seed=0):
@@ -17,8 +18,9 @@ def synthetic_pool(n=40, seed=0):
     for i in range(n):
         drafts_ = [d(s, s or rng.random() < 0.3, f"draft {k} for problem {i}")
                    for k, s in enumerate(rng.random() < 0.4 for _ in range(6))]
-        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 3 + i % 3,
-                     "subject": ["Algebra", "Geometry"][i % 2], "drafts": drafts_})
+        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1),
+                     "level": 3 + i % 3, "subject": ["Algebra", "Geometry"][i % 2],
+                     "drafts": drafts_})
     return pool
 
 
@@ -55,9 +57,9 @@ def test_chains_pick_the_right_tier():
     right_no_box = [d(True, True), d(False, True)]
     assert select_draft(right_no_box, False, rng) == (1, 2)               # wrong chain tier 2
     all_right = [d(True, True), d(True, True)]
-    assert select_draft(all_right, False, rng)[1] == 3                    # wrong chain falls to "any"
+    assert select_draft(all_right, False, rng)[1] == 3  # wrong chain falls to "any"
     all_wrong = [d(False, False)] * 3
-    assert select_draft(all_wrong, True, rng)[1] == 3                     # correct chain falls to "any"
+    assert select_draft(all_wrong, True, rng)[1] == 3  # correct chain falls to "any"
     quasi_only = [d(False, False), d(False, True)]
     assert select_draft(quasi_only, True, rng) == (1, 2)                  # correct chain tier 2
 
@@ -71,15 +73,17 @@ def test_variants_share_selection_and_mismatch_moves_it():
         for r in matched:
             assert r["draft_source"] == r["id"]
         sources = [r["draft_source"] for r in mismatched]
-        assert sorted(sources) == sorted(by_id)                           # every selected draft shown once
+        assert sorted(sources) == sorted(by_id)  # every selected draft shown once
         for r in mismatched:
-            assert r["draft_source"] != r["id"]                           # no problem keeps its own draft
+            assert r["draft_source"] != r["id"]  # no problem keeps its own draft
             src = by_id[r["draft_source"]]
-            assert (r["draft"], r["draft_tier"], r["draft_index"]) == (src["draft"], src["draft_tier"], src["draft_index"])
-            assert r["problem"] == f"What is {r['id'][1:]}+1?"              # problem and answer stay
+            assert (r["draft"], r["draft_tier"], r["draft_index"]) == (src["draft"],
+                    src["draft_tier"], src["draft_index"])
+            assert r["problem"] == f"What is {r['id'][1:]}+1?"  # problem and answer stay
     for r in build_variant(pool, "matched-wrong", seed=3):
         assert r["draft_tier"] != 1 or not r["draft_correct_quasi"]
-    assert all(r["draft"] is None and r["draft_source"] is None for r in build_variant(pool, "no-draft"))
+    assert all(r["draft"] is None and r["draft_source"] is None for r in build_variant(pool,
+            "no-draft"))
 
 
 def test_seeds():
@@ -115,11 +119,13 @@ def test_truncation_cuts_only_the_draft():
     assert build_prompt(problem, draft, tok, max_prompt_tokens=len(full) + 1) == full
     cut = build_prompt(problem, draft, tok, max_prompt_tokens=300)
     assert len(tok(cut)["input_ids"]) <= 300 and cut.startswith("Problem: " + problem + "\n\nThinking: DDD")
-    assert cut == build_prompt(problem, draft[:cut.count("D")])                        # the beginning is kept
+    assert cut == build_prompt(problem, draft[:cut.count("D")])  # the beginning is kept
     frame = len(tok(build_prompt(problem, ""))["input_ids"])
-    assert build_prompt(problem, draft, tok, max_prompt_tokens=frame - 5) == build_prompt(problem, None)
+    assert build_prompt(problem, draft, tok, max_prompt_tokens=frame - 5) == build_prompt(problem,
+            None)
     long_problem = "Q" * 400
-    assert build_prompt(long_problem, draft, tok, max_prompt_tokens=300) == build_prompt(long_problem, None)
+    assert build_prompt(long_problem, draft, tok,
+                        max_prompt_tokens=300) == build_prompt(long_problem, None)
 
 
 def test_bad_pool_lines_name_the_line(tmp_path):
@@ -140,36 +146,39 @@ def test_generate_grades_and_resumes_without_duplicates(tmp_path):
     data = tmp_path / "problems.jsonl"
     with open(data, "w") as f:
         for i in range(5):
-            f.write(json.dumps({"id": f"q{i}", "problem": f"What is {i}?", "answer": str(i), "level": 4}) + "\n")
+            f.write(json.dumps({"id": f"q{i}", "problem": f"What is {i}?", "answer": str(i),
+                                "level": 4}) + "\n")
         f.write(json.dumps({"id": "easy", "problem": "1?", "answer": "1", "level": 1}) + "\n")
     out = tmp_path / "pool.jsonl"
-    args = ["generate", "--model", "tiny", "--data", str(data), "--out", str(out), "--num-drafts", "3",
-            "--max-new-tokens", "8", "--batch-size", "6"]
+    args = ["generate", "--model", "tiny", "--data", str(data), "--out", str(out), "--num-drafts",
+            "3", "--max-new-tokens", "8", "--batch-size", "6"]
     drafts.main(args + ["--limit", "2"])
     first = out.read_text().splitlines()
     with open(out, "a") as f:
         f.write('{"id": "q2", "problem": "torn')                          # a crash mid-write
     drafts.main(args)
     rows = [json.loads(l) for l in out.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]      # level 1 filtered, no duplicates
+    # level 1 filtered, no duplicates
+    assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]
     assert out.read_text().splitlines()[:2] == first                      # done problems untouched
     for r in rows:
         assert len(r["drafts"]) == 3
         for dr in r["drafts"]:
-            assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi", "length"} and 0 < dr["length"] <= 8
+            assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi",
+                               "length"} and 0 < dr["length"] <= 8
     assert len(load_pool(str(out))) == 5
     whole = tmp_path / "whole.jsonl"
-    drafts.main(["generate", "--model", "tiny", "--data", str(data), "--out", str(whole), "--num-drafts", "3",
-                 "--max-new-tokens", "8", "--batch-size", "6"])
-    assert whole.read_text() == out.read_text()                          # resumed == uninterrupted, byte for byte
+    drafts.main(["generate", "--model", "tiny", "--data", str(data), "--out", str(whole),
+                 "--num-drafts", "3", "--max-new-tokens", "8", "--batch-size", "6"])
+    assert whole.read_text() == out.read_text()  # resumed == uninterrupted, byte for byte
 
 
 def test_import_author_schema(tmp_path):
     src = tmp_path / "drafts_qwen25_math_1.5b.json"
-    src.write_text(json.dumps([{"unique_id": "test/algebra/1.json", "problem": "P", "answer": "2", "level": "Level 4",
-                                "subject": "Algebra", "split": "test",
-                                "drafts": [{"text": "t", "pred": "2", "correct_strict": 1, "correct_quasi": 1,
-                                            "length": 5}]}]))
+    src.write_text(json.dumps([{"unique_id": "test/algebra/1.json", "problem": "P", "answer": "2",
+                                "level": "Level 4", "subject": "Algebra", "split": "test",
+                                "drafts": [{"text": "t", "pred": "2", "correct_strict": 1,
+                                            "correct_quasi": 1, "length": 5}]}]))
     drafts.main(["import", "--src", str(src), "--out", str(tmp_path / "pool.jsonl")])
     row = load_pool(str(tmp_path / "pool.jsonl"))[0]
     assert row["id"] == "test/algebra/1.json" and row["level"] == 4 and row["drafts"][0]["correct_strict"] is True
@@ -185,11 +194,13 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
     matched = {v: build_variant(pool, v, seed=2, length_matched=True) for v in controls}
     for i in range(len(pool)):
         lengths = {len(matched[v][i]["draft"]) for v in controls}
-        assert len(lengths) == 1                                           # identical per row, so per variant
-        prompts = {len(build_prompt(matched[v][i]["problem"], matched[v][i]["draft"])) for v in controls}
+        assert len(lengths) == 1  # identical per row, so per variant
+        prompts = {len(build_prompt(matched[v][i]["problem"],
+                                    matched[v][i]["draft"])) for v in controls}
         assert len(prompts) == 1                                           # and so are the prompts
         for v in controls:
-            assert plain[v][i]["draft"].startswith(matched[v][i]["draft"])  # a cut keeps the beginning
+            # a cut keeps the beginning
+            assert plain[v][i]["draft"].startswith(matched[v][i]["draft"])
             assert matched[v][i]["draft_source"] == plain[v][i]["draft_source"]
     assert any(len(matched["mismatched-wrong"][i]["draft"]) < len(plain["mismatched-wrong"][i]["draft"])
                for i in range(len(pool)))
@@ -199,24 +210,28 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
 def test_training_universe_rule():
     rows = [{"id": "a", "answer": "1", "level": 3}, {"id": "b", "answer": "1", "level": 2},
             {"id": "c", "answer": "1", "level": None}, {"id": "d", "answer": " ", "level": 4},
-            {"id": "e", "answer": "2"}]                                    # no level field: the user's own data
+            {"id": "e", "answer": "2"}]  # no level field: the user's own data
     assert [r["id"] for r in drafts.training_problems(rows)] == ["a", "e"]
     math = drafts.load_jsonl("data/math_train.jsonl")
-    assert len(drafts.training_problems(math)) == 8886                    # the recipe's 8,888 minus 2 empty answers
+    assert len(drafts.training_problems(math)) == 8886  # the recipe's 8,888 minus 2 empty answers
 
 
-def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(tmp_path, capsys):
+def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(tmp_path,
+        capsys):
     pool = []
-    for i in range(8):                                  # per problem: a right draft and a wrong one, pred unset
-        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 4, "drafts": [
-            {"text": f"so \\boxed{{{i + 1}}}", "pred": None, "correct_strict": True, "correct_quasi": True},
+    for i in range(8):  # per problem: a right draft and a wrong one, pred unset
+        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 4,
+                     "drafts": [
+            {"text": f"so \\boxed{{{i + 1}}}", "pred": None, "correct_strict": True,
+             "correct_quasi": True},
             {"text": f"the answer is {i + 100}", "correct_strict": False, "correct_quasi": False}]})
     pool[0]["drafts"][1]["pred"] = "7"                  # a pool's own pred wins over re-extraction
     answer = lambda variant: {r["id"]: r["draft_pred"] for r in build_variant(pool, variant)}
     assert answer("matched-correct") == {f"p{i}": str(i + 1) for i in range(8)}
     assert answer("matched-wrong") == {"p0": "7", **{f"p{i}": str(i + 100) for i in range(1, 8)}}
     mismatched = build_variant(pool, "mismatched-correct")
-    assert all(r["draft_pred"] == str(int(r["draft_source"][1:]) + 1) for r in mismatched)  # moves with its draft
+    # moves with its draft
+    assert all(r["draft_pred"] == str(int(r["draft_source"][1:]) + 1) for r in mismatched)
     assert "draft_pred" not in build_variant(pool, "no-draft")[0]
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pool))

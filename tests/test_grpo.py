@@ -11,7 +11,8 @@ from grpo import completion_logprobs, dr_grpo_loss, group_advantages
 def test_group_advantages_is_reward_minus_group_mean_without_std():
     r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
     a = group_advantages(r)
-    assert torch.equal(a, torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4, [-0.5, 0.5, -0.5, 0.5]]))
+    assert torch.equal(a, torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4, [-0.5, 0.5, -0.5,
+            0.5]]))
 
 
 def test_loss_value_and_gradient_match_the_formula():
@@ -21,11 +22,13 @@ def test_loss_value_and_gradient_match_the_formula():
     adv = torch.tensor([0.5, -0.25, 1.0])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]], dtype=torch.float32)
     loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, mask, L)
-    expected = -(adv[:, None] * mask).sum() / (N * L)                 # rho = 1: -(1/(N*L_max)) sum A
+    expected = -(adv[:, None] * mask).sum() / (N * L)  # rho = 1: -(1/(N*L_max)) sum A
     assert torch.allclose(loss, expected)
     loss.backward()
-    assert torch.allclose(logprobs.grad, -adv[:, None] * mask / (N * L))  # d/dlogp = -A*mask/(N*L_max)
-    # not length-normalised: each token of the 5-token completion weighs |A|/(N*L_max), not |A|/(5*N*L_max)
+    # d/dlogp = -A*mask/(N*L_max)
+    assert torch.allclose(logprobs.grad, -adv[:, None] * mask / (N * L))
+    # not length-normalised: each token of the 5-token completion weighs |A|/(N*L_max), not
+    # |A|/(5*N*L_max)
     assert torch.allclose(logprobs.grad[1].abs(), torch.full((T,), 0.25 / (N * L)))
 
 
@@ -34,7 +37,7 @@ def test_loss_clips_off_policy_ratios():
     new = torch.log(torch.tensor([[1.5, 0.5]]))
     mask = torch.ones(1, 2)
     pos = dr_grpo_loss(new, old, torch.tensor([1.0]), mask, 2, clip_eps=0.2)
-    assert torch.allclose(pos, -torch.tensor((1.2 + 0.5) / 2))        # min(rho*A, clip(rho)*A) with A > 0
+    assert torch.allclose(pos, -torch.tensor((1.2 + 0.5) / 2))  # min(rho*A, clip(rho)*A) with A > 0
     neg = dr_grpo_loss(new, old, torch.tensor([-1.0]), mask, 2, clip_eps=0.2)
     assert torch.allclose(neg, -torch.tensor((-1.5 - 0.8) / 2))       # with A < 0
 
@@ -47,19 +50,24 @@ def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temper
     hidden = torch.randn(2, 6, 64, requires_grad=True)                # [N, T, H]
     targets = torch.randint(4, 500, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]])
-    lp, entropy = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)   # [2, 6] each
+    # [2, 6] each
+    lp, entropy = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)
     logits = model.lm_head(hidden).float() / temperature
     ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
-    p = torch.softmax(logits, -1)                                     # the entropy, computed directly
-    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask, atol=1e-5) and not entropy.requires_grad
+    p = torch.softmax(logits, -1)  # the entropy, computed directly
+    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask,
+                          atol=1e-5) and not entropy.requires_grad
     assert torch.allclose(lp, ref, atol=1e-5)
     lp.sum().backward()
     assert torch.equal(lp == 0, mask == 0)
-    assert torch.equal(hidden.grad.abs().sum(-1) > 0, mask.bool())    # masked-out positions get no gradient
+    # masked-out positions get no gradient
+    assert torch.equal(hidden.grad.abs().sum(-1) > 0, mask.bool())
 
 
-def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_new_tokens, temperature=1.0):
-    """The Dr. GRPO gradient the slow, obvious way: one full forward per (prompt + completion) sequence."""
+def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_new_tokens,
+                        temperature=1.0):
+    """The Dr. GRPO gradient the slow, obvious way: one full forward per (prompt + completion)
+    sequence."""
     B, G = advantages.shape
     loss = 0.0
     for b in range(B):
@@ -68,18 +76,20 @@ def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_n
                 continue
             ids = torch.tensor([prompts[b] + completions[b][g]])
             logp = torch.log_softmax(model(input_ids=ids).logits.float() / temperature, -1)[0, :-1]
-            logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompts[b]) - 1:]   # completion tokens only
+            # completion tokens only
+            logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompts[b]) - 1:]
             loss = loss - advantages[b, g] * logp.sum() / (B * G * max_new_tokens)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("budget", [8, 20])                         # 8: one prompt per forward, one row per update
+@pytest.mark.parametrize("budget", [8, 20])  # 8: one prompt per forward, one row per update
 @pytest.mark.parametrize("sliding_window", [None, 5])
 @pytest.mark.parametrize("grad_ckpt", [False, True])
 def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, grad_ckpt, budget):
-    """The prompt-once update (prompt K/V as leaves, micro-batched completions, per-layer checkpointing) must give
-    the gradient of the formula computed sequence by sequence, including under a sliding attention window."""
+    """The prompt-once update (prompt K/V as leaves, micro-batched completions, per-layer
+    checkpointing) must give the gradient of the formula computed sequence by sequence, including
+    under a sliding attention window."""
     import copy
 
     from extras.tiny import model as tiny_model
@@ -89,31 +99,34 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     model.config.sliding_window = sliding_window
     for name, p in model.named_parameters():
         if "lora_B" in name:
-            p.data.normal_(0, 0.1)                                    # B = 0 would hide gradients through the prompt
+            p.data.normal_(0, 0.1)  # B = 0 would hide gradients through the prompt
     model.train()
     prompts = [[1, 5, 6, 3, 8, 9, 10], [1, 11, 12, 13], [1, 14, 15]]          # 3 is the pad id
     completions = [[[20, 21, 22], [23], [24, 25, 26, 27, 28, 29, 30, 31, 32], [40, 41]],
                    [[50, 51], [52], [53, 54, 55], [56]], [[60], [61], [62], [63]]]
     rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     advantages, zero_std = group_advantages(rewards), rewards.std(dim=1) == 0
-    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", str(budget)])   # micro-batches
+    # micro-batches
+    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", str(budget)])
     fast = copy.deepcopy(model)
     if grad_ckpt:
         grpo.enable_checkpointing(fast)
-    loss = grpo.policy_update(fast, prompts, completions, advantages, args, pad_token_id=3).loss
+    loss = grpo.policy_update(fast, prompts, completions, advantages, args).loss
     ref = _naive_update_grads(model, prompts, completions, advantages, zero_std, 16)
     lengths = torch.tensor([[len(c) for c in group] for group in completions], dtype=torch.float32)
-    assert loss == pytest.approx(-(advantages * lengths).sum().item() / (3 * 4 * 16))    # rho = 1: -sum A|o|/(BGL)
+    # rho = 1: -sum A|o|/(BGL)
+    assert loss == pytest.approx(-(advantages * lengths).sum().item() / (3 * 4 * 16))
     for name, p in fast.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, ref[name], rtol=1e-4, atol=1e-7), name
     a_grads = [p.grad for name, p in fast.named_parameters() if "lora_A" in name]
-    assert all(g.abs().sum() > 0 for g in a_grads)                    # the gradient reached every adapter
+    assert all(g.abs().sum() > 0 for g in a_grads)  # the gradient reached every adapter
 
 
 
 def test_policy_update_takes_log_probs_at_the_sampling_temperature():
-    """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi = softmax(logits / 0.7)."""
+    """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi =
+    softmax(logits / 0.7)."""
     import copy
 
     from extras.tiny import model as tiny_model
@@ -124,39 +137,48 @@ def test_policy_update_takes_log_probs_at_the_sampling_temperature():
         if "lora_B" in name:
             p.data.normal_(0, 0.1)
     prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
-    advantages, zero_std = torch.tensor([[0.5, -0.5], [-0.5, 0.5]]), torch.zeros(2, dtype=torch.bool)
+    advantages, zero_std = torch.tensor([[0.5, -0.5], [-0.5, 0.5]]), torch.zeros(2,
+            dtype=torch.bool)
     args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
     fast = copy.deepcopy(model)
-    grpo.policy_update(fast, prompts, completions, advantages, args, pad_token_id=3)
-    at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std, 8, 0.7)
+    grpo.policy_update(fast, prompts, completions, advantages, args)
+    at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std, 8,
+                                0.7)
     at_1 = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8, 1.0)
     for name, p in fast.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, at_07[name], rtol=1e-4, atol=1e-7), name
-    assert any(not torch.allclose(at_07[k], at_1[k], rtol=1e-3) for k in at_1)    # the temperature matters
+    # the temperature matters
+    assert any(not torch.allclose(at_07[k], at_1[k], rtol=1e-3) for k in at_1)
 
 def run_args(tmp_path, *extra):
-    return grpo.parse_args(["--model", "tiny", "--output-dir", str(tmp_path), "--exclude", "", *extra])
+    return grpo.parse_args(["--model", "tiny", "--output-dir", str(tmp_path), "--exclude", "",
+                            *extra])
 
 
 def learnable_task(tmp_path, flip=False, steps=30, seed=0):
-    """Reward 1 when the first completion token is one of the 10% of the vocabulary whose LM-head rows point along
-    one random direction (so one hidden-state shift favours them all): a random model starts near 0.1, and
-    Dr. GRPO must raise it through the same train() the CLI uses."""
+    """Reward 1 when the first completion token is one of the 10% of the vocabulary whose LM-head
+    rows point along one random direction (so one hidden-state shift favours them all): a random
+    model starts near 0.1, and Dr. GRPO must raise it through the same train() the CLI uses."""
     from generation import load_model
     from lora import apply_lora
     model, tok = load_model("tiny", device="cpu")
     torch.manual_seed(0)
     apply_lora(model, r=8, alpha=16)
-    with torch.no_grad():       # a random init's logits are nearly flat (std 0.02): give the frozen head some range
+    # a random init's logits are nearly flat (std 0.02): give the frozen head some range
+    with torch.no_grad():
         model.get_output_embeddings().weight.mul_(6)
     head = model.get_output_embeddings().weight.detach()                    # [V, H]
     score = head @ torch.randn(head.shape[1], generator=torch.Generator().manual_seed(0))
     good = set((score > score.quantile(0.9)).nonzero().squeeze(-1).tolist())
-    reward_fn = lambda text, gold: float(tok(text, add_special_tokens=False)["input_ids"][:1] in [[t] for t in good])
-    rows = [{"id": str(i), "problem": f"Say something {i}", "answer": "x", "draft": None} for i in range(8)]
-    args = run_args(tmp_path, "--variant", "no-draft", "--max-steps", str(steps), "--prompts-per-step", "4",
-                    "--num-generations", "8", "--max-new-tokens", "1", "--lr", "0.02", "--save-every", "1000", "--seed", str(seed))
+    reward_fn = lambda text, gold: float(tok(text,
+                                             add_special_tokens=False)["input_ids"][:1] in [[t]
+                                                     for t in good])
+    rows = [{"id": str(i), "problem": f"Say something {i}", "answer": "x",
+             "draft": None} for i in range(8)]
+    args = run_args(tmp_path, "--variant", "no-draft", "--max-steps", str(steps),
+                    "--prompts-per-step", "4", "--num-generations", "8", "--max-new-tokens", "1",
+                    "--lr", "0.02", "--save-every", "1000", "--seed", str(seed))
     if flip:
         orig = grpo.group_advantages
         grpo.group_advantages = lambda r: -orig(r)
@@ -170,18 +192,20 @@ def learnable_task(tmp_path, flip=False, steps=30, seed=0):
 
 
 def test_grpo_learns_a_learnable_task(tmp_path):
-    """Two seeds, since one run may stall on a plateau (seed 0: 0.2 -> 0.37 in 30 steps, seed 1: 0.24 -> 0.79)."""
+    """Two seeds, since one run may stall on a plateau (seed 0: 0.2 -> 0.37 in 30 steps, seed 1:
+    0.24 -> 0.79)."""
     runs = [learnable_task(tmp_path / f"up{seed}", seed=seed) for seed in (0, 1)]
-    assert sum(last for _, last in runs) / 2 > 0.5 and all(last > first + 0.1 for first, last in runs), runs
+    assert sum(last for _, last in runs) / 2 > 0.5 and all(last > first + 0.1 for first,
+                                                           last in runs), runs
 
 
 def test_flipped_advantage_sign_does_not_learn(tmp_path):
     first, last = learnable_task(tmp_path / "down", flip=True)
-    assert last < 0.1, (first, last)                                 # so the test above catches a sign bug
+    assert last < 0.1, (first, last)  # so the test above catches a sign bug
 
 
-STABLE = ("step", "reward", "reward_std", "frac_reward_zero_std", "completion_length", "loss", "grad_norm",
-          "prompt_length")
+STABLE = ("step", "reward", "reward_std", "frac_reward_zero_std", "completion_length", "loss",
+          "grad_norm", "prompt_length")
 
 
 class Crash(Exception):
@@ -189,8 +213,8 @@ class Crash(Exception):
 
 
 def scripted_rewards(crash_after=None):
-    """A fixed 0/1 reward stream (so groups have non-zero advantages and steps really update), optionally raising
-    after `crash_after` calls to simulate a crash in the middle of a step."""
+    """A fixed 0/1 reward stream (so groups have non-zero advantages and steps really update),
+    optionally raising after `crash_after` calls to simulate a crash in the middle of a step."""
     stream = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0] * 100
     calls = iter(range(10 ** 6))
 
@@ -203,25 +227,29 @@ def scripted_rewards(crash_after=None):
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
-    common = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
-              "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
-              "--save-every", "2", "--max-steps", "6"]
+    common = ["--model", "tiny", "--variant", "no-draft", "--data",
+              "tests/data/tiny_problems.jsonl", "--prompts-per-step", "2", "--num-generations", "3",
+              "--max-new-tokens", "6", "--lr", "0.05", "--save-every", "2", "--max-steps", "6"]
     monkeypatch.setattr(grpo, "reward", scripted_rewards())
     grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
     per_step = 2 * 3
-    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=4 * per_step + 2))   # dies inside step 5
+    # dies inside step 5
+    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=4 * per_step + 2))
     with pytest.raises(Crash):
         grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     assert sorted(os.listdir(tmp_path / "part")) == ["metrics.jsonl", "step-2", "step-4"]
-    assert os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")   # the two newest keep it
+    # the two newest keep it
+    assert os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")
     rest = scripted_rewards()
-    for _ in range(4 * per_step):                                    # the stream continues at step 5
+    for _ in range(4 * per_step):  # the stream continues at step 5
         rest("", "")
     monkeypatch.setattr(grpo, "reward", rest)
-    with pytest.raises(ValueError, match="already holds a run"):             # nothing is overwritten by accident
+    # nothing is overwritten by accident
+    with pytest.raises(ValueError, match="already holds a run"):
         grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
-    assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")  # older ones do not
+    # older ones do not
+    assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")
     from safetensors.torch import load_file
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
         a, b = load_file(tmp_path / "whole" / "step-6" / name), load_file(tmp_path / "part" / "step-6" / name)
@@ -237,7 +265,8 @@ def test_variant_without_pool_and_pool_without_problems_are_clear_errors(tmp_pat
         grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong"))
     pool = tmp_path / "pool.jsonl"
     pool.write_text(json.dumps({"id": "t0", "problem": "p", "answer": "1", "level": 3,
-                                "drafts": [{"text": "x", "correct_strict": False, "correct_quasi": False}]}) + "\n")
+                                "drafts": [{"text": "x", "correct_strict": False,
+                                            "correct_quasi": False}]}) + "\n")
     with pytest.raises(ValueError, match="lacks 4 problem"):
         grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
                                 "--data", "tests/data/tiny_problems.jsonl"))
@@ -249,17 +278,20 @@ def test_training_seed_does_not_change_the_draft_pairing(tmp_path):
     pool = tmp_path / "pool.jsonl"
     with open(pool, "w") as f:
         for i in range(12):
-            f.write(json.dumps({"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4, "drafts": [
-                {"text": f"d{i}-{k}", "correct_strict": False, "correct_quasi": False} for k in range(4)]}) + "\n")
-    rows = lambda *extra: grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
-                                                  *extra))
-    assert rows("--seed", "0") == rows("--seed", "7")                     # same pairing for every training seed
+            f.write(json.dumps({"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4,
+                                "drafts": [
+                {"text": f"d{i}-{k}", "correct_strict": False,
+                 "correct_quasi": False} for k in range(4)]}) + "\n")
+    rows = lambda *extra: grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong",
+                                                  "--drafts", str(pool), *extra))
+    assert rows("--seed", "0") == rows("--seed", "7")  # same pairing for every training seed
     assert rows("--variant-seed", "1") != rows()
 
 
 def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
-    """Every micro-batch's activations, masks and K/V must go when it does, by refcounting alone: at 7B one
-    micro-batch holds gigabytes, and waiting for Python's cycle collector would stack them up across the update."""
+    """Every micro-batch's activations, masks and K/V must go when it does, by refcounting alone: at
+    7B one micro-batch holds gigabytes, and waiting for Python's cycle collector would stack them up
+    across the update."""
     import gc
 
     from extras.tiny import model as tiny_model
@@ -269,7 +301,8 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     model.train()
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if p.requires_grad else None
-    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", "20"])       # several micro-batches
+    # several micro-batches
+    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", "20"])
     completions = [[[20, 21], [22], [23, 24, 25]], [[30], [31, 32], [33]]]
     advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, -0.5, 0.0]])
     tensors = lambda: sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
@@ -277,7 +310,7 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     gc.disable()
     try:
         before = tensors()
-        grpo.policy_update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages, args, pad_token_id=3)
+        grpo.policy_update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages, args)
         assert tensors() == before
     finally:
         gc.enable()
@@ -289,8 +322,8 @@ def tiny_trainer(tmp_path, *extra):
     model, tok = load_model("tiny", device="cpu")
     torch.manual_seed(0)
     apply_lora(model, r=4, alpha=8)
-    args = run_args(tmp_path, "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "4",
-                    "--lr", "0.05", *extra)
+    args = run_args(tmp_path, "--prompts-per-step", "2", "--num-generations", "3",
+                    "--max-new-tokens", "4", "--lr", "0.05", *extra)
     return model, tok, args
 
 
@@ -300,9 +333,10 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
     from safetensors.torch import load_file
 
     from lora import lora_parameters
-    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "12", "--save-every", "2")
+    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "12",
+                                    "--save-every", "2")
     rows = [{"id": str(i), "problem": f"Say {i}", "answer": "x", "draft": None} for i in range(4)]
-    optimizers, seen = [], {}                           # seen[step]: (LoRA weights, AdamW state) before its update
+    optimizers, seen = [], {}  # seen[step]: (LoRA weights, AdamW state) before its update
 
     class Recorded(torch.optim.AdamW):
         def __init__(self, *a, **kw):
@@ -311,7 +345,7 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
     monkeypatch.setattr(torch.optim, "AdamW", Recorded)
     update = grpo.policy_update
 
-    def poisoned(model, *a, **kw):                      # step 3: a NaN loss; steps 5-9: NaN gradients
+    def poisoned(model, *a, **kw):  # step 3: a NaN loss; steps 5-9: NaN gradients
         step = len(seen) + 1
         seen[step] = ({k: v.detach().clone() for k, v in lora_parameters(model).items()},
                       copy.deepcopy(optimizers[0].state_dict()["state"]))
@@ -324,15 +358,20 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
         grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
     same = lambda a, b: a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     state = lambda s: {f"{i}.{k}": v for i, d in seen[s][1].items() for k, v in d.items()}
-    assert not same(seen[2][0], seen[3][0]) and same(seen[3][0], seen[4][0])   # a real step moves, a skip does not
-    assert same(state(3), state(4)) and not same(state(4), state(5))            # nor do AdamW's moments and count
-    assert same(load_file(tmp_path / "step-8" / "adapter_model.safetensors"), seen[5][0])  # no NaN in a checkpoint
+    # a real step moves, a skip does not
+    assert not same(seen[2][0], seen[3][0]) and same(seen[3][0], seen[4][0])
+    # nor do AdamW's moments and count
+    assert same(state(3), state(4)) and not same(state(4), state(5))
+    # no NaN in a checkpoint
+    assert same(load_file(tmp_path / "step-8" / "adapter_model.safetensors"), seen[5][0])
     metrics = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert [m["skipped"] for m in metrics] == [False, False, True, False] + [True] * 5
     assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 2, 3, 4, 5, 6]
-    assert all(m["draft_answer_rate"] is None and m["gold_answer_rate"] is None for m in metrics)   # no drafts
+    # no drafts
+    assert all(m["draft_answer_rate"] is None and m["gold_answer_rate"] is None for m in metrics)
     monkeypatch.setattr(grpo, "policy_update", update)  # resuming from step 8 keeps the count
-    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "9", "--resume")
+    model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "9",
+                                    "--resume")
     grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
     assert [json.loads(l)["skipped_steps"] for l in open(tmp_path / "metrics.jsonl")][-2:] == [5, 5]
 
@@ -342,9 +381,11 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
                                     "--num-generations", "4")
     rows = [{"id": "a", "problem": "p", "answer": "3", "draft": "so 7", "draft_pred": "7"},
             {"id": "b", "problem": "q", "answer": "5", "draft": "no answer", "draft_pred": None}]
-    texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"], ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
+    texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"], ["\\boxed{5}", "\\boxed{5}",
+            "\\boxed{6}", "5?"]]
     monkeypatch.setattr(grpo, "step_rows", lambda rows, *a: rows)
-    monkeypatch.setattr(grpo, "generate", lambda *a, **kw: [[tok(t, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(grpo, "generate", lambda *a, **kw: [[tok(t,
+            add_special_tokens=False)["input_ids"]
                                                               for t in group] for group in texts])
     grpo.train(args, rows, model, tok)
     m = json.loads(open(tmp_path / "metrics.jsonl").read())
@@ -352,7 +393,8 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
 
 
 def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatch):
-    """The GPU's dtype, on the CPU: a bf16 base under fp32 LoRA through train, checkpoint, resume and evaluate."""
+    """The GPU's dtype, on the CPU: a bf16 base under fp32 LoRA through train, checkpoint, resume
+    and evaluate."""
     from safetensors.torch import load_file
 
     import evaluate
@@ -365,12 +407,14 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
         return model, tok
     monkeypatch.setattr(grpo, "load_model", load_bf16)
     monkeypatch.setattr(generation, "load_model", load_bf16)
-    common = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl", "--exclude", "",
-              "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
-              "--save-every", "2", "--max-steps", "4"]
+    common = ["--model", "tiny", "--variant", "no-draft", "--data",
+              "tests/data/tiny_problems.jsonl", "--exclude", "", "--prompts-per-step", "2",
+              "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05", "--save-every",
+              "2", "--max-steps", "4"]
     monkeypatch.setattr(grpo, "reward", scripted_rewards())
     grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
-    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=2 * 6 + 1))   # dies inside step 3
+    # dies inside step 3
+    monkeypatch.setattr(grpo, "reward", scripted_rewards(crash_after=2 * 6 + 1))
     with pytest.raises(Crash):
         grpo.main(["--output-dir", str(tmp_path / "part"), *common])
     rest = scripted_rewards()
@@ -382,11 +426,11 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
         a, b = load_file(tmp_path / "whole" / "step-4" / name), load_file(tmp_path / "part" / "step-4" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     metrics = [json.loads(l) for l in open(tmp_path / "whole" / "metrics.jsonl")]
-    assert all(m["grad_norm"] > 0 and not m["skipped"] for m in metrics)      # bf16 steps really update
+    assert all(m["grad_norm"] > 0 and not m["skipped"] for m in metrics)  # bf16 steps really update
     base = {k: v.clone() for k, v in loaded[0].state_dict().items() if "lora_" not in k}
-    summary = evaluate.main(["--model", "tiny", "--adapter", str(tmp_path / "whole" / "step-4"), "--data",
-                             "data/math500.jsonl", "--limit", "3", "--max-new-tokens", "8",
-                             "--output", str(tmp_path / "r.json")])
+    summary = evaluate.main(["--model", "tiny", "--adapter", str(tmp_path / "whole" / "step-4"),
+                             "--data", "data/math500.jsonl", "--limit", "3", "--max-new-tokens",
+                             "8", "--output", str(tmp_path / "r.json")])
     assert loaded[-1].model.embed_tokens.weight.dtype == torch.bfloat16 and summary["num_problems"] == 3
     records = [json.loads(l) for l in open(tmp_path / "r.json.records.jsonl")]
     assert len(records) == 3 and all(r["tokens"] > 0 for r in records)
@@ -394,6 +438,8 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
 
 def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3)) + '{"step": 4, "rew')
-    assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1    # one skipped step among those kept
+    path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2,
+            3)) + '{"step": 4, "rew')
+    # one skipped step among those kept
+    assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1
     assert [json.loads(l)["step"] for l in open(path)] == [1, 2]

@@ -21,12 +21,13 @@ from lora import (
 def qwen2_tiny():
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                        num_attention_heads=4, num_key_value_heads=2))
+    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        num_key_value_heads=2))
 
 
 def models():
-    return [tiny_model(300), qwen2_tiny()]     # Qwen2 has biases on q/k/v: the wrapper must keep them
+    return [tiny_model(300), qwen2_tiny()]  # Qwen2 has biases on q/k/v: the wrapper must keep them
 
 
 def randomize_b(model, seed=1):
@@ -42,12 +43,15 @@ def test_wraps_seven_projections_and_equals_base_at_init():
         before = model(x).logits
         apply_lora(model, r=4, alpha=8)
         names = {n.rsplit(".", 1)[-1] for n, _ in lora_modules(model)}
-        assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+        assert names == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                         "down_proj"}
         assert len(lora_modules(model)) == 7 * 2
         assert torch.equal(model(x).logits, before)
         m = lora_modules(model)[0][1]
-        assert m.lora_A.weight.shape == (4, m.base_layer.in_features) and m.lora_A.weight.abs().sum() > 0
-        assert m.lora_B.weight.shape == (m.base_layer.out_features, 4) and m.lora_B.weight.abs().sum() == 0
+        assert m.lora_A.weight.shape == (4,
+                                         m.base_layer.in_features) and m.lora_A.weight.abs().sum() > 0
+        assert m.lora_B.weight.shape == (m.base_layer.out_features,
+                                         4) and m.lora_B.weight.abs().sum() == 0
         assert m.scaling == 2.0
 
 
@@ -72,13 +76,15 @@ def test_save_load_round_trip_is_bit_exact_with_peft_names(tmp_path):
         assert cfg["task_type"] == "CAUSAL_LM" and not cfg["use_dora"] and cfg["modules_to_save"] is None
         keys = load_file(tmp_path / "a" / "adapter_model.safetensors").keys()
         assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
-        assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight", ".lora_B.weight"))
+        assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight",
+                ".lora_B.weight"))
                    for k in keys)
         fresh = models()[0] if model.config.model_type == "mistral" else qwen2_tiny()
         load_lora(fresh, tmp_path / "a")
         for (n1, m1), (n2, m2) in zip(lora_modules(model), lora_modules(fresh)):
             assert n1 == n2
-            assert torch.equal(m1.lora_A.weight, m2.lora_A.weight) and torch.equal(m1.lora_B.weight, m2.lora_B.weight)
+            assert torch.equal(m1.lora_A.weight, m2.lora_A.weight) and torch.equal(m1.lora_B.weight,
+                    m2.lora_B.weight)
         x = torch.randint(0, 300, (2, 9))
         assert torch.equal(model(x).logits, fresh(x).logits)
 
@@ -90,7 +96,8 @@ def test_load_rejects_missing_unexpected_and_misshaped(tmp_path):
     tensors = load_file(path)
     key = next(iter(tensors))
     for broken, match in [({k: v for k, v in tensors.items() if k != key}, "missing"),
-                          ({**tensors, "base_model.model.extra.lora_A.weight": torch.zeros(1)}, "unexpected"),
+                          ({**tensors, "base_model.model.extra.lora_A.weight": torch.zeros(1)},
+                           "unexpected"),
                           ({**tensors, key: torch.zeros(3, 3)}, "shape")]:
         save_file(broken, path)
         with pytest.raises((KeyError, ValueError), match=match):
@@ -106,7 +113,8 @@ def test_merge_matches_unmerged_and_unmerge_restores_bit_exactly():
     with merged(model):
         assert all(m.merged for _, m in lora_modules(model))
         merged_out = model(x).logits.float()
-    assert (merged_out - unmerged).abs().max() < 0.05 * unmerged.abs().max()     # bf16 rounding of W + BA
+    # bf16 rounding of W + BA
+    assert (merged_out - unmerged).abs().max() < 0.05 * unmerged.abs().max()
     assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in lora_modules(model))
     merge_lora(model)
     merge_lora(model)                          # idempotent: a second merge must not add BA twice
@@ -117,26 +125,28 @@ def test_merge_matches_unmerged_and_unmerge_restores_bit_exactly():
 
 
 def test_the_base_copy_is_made_once_not_every_merge():
-    """The base weights are frozen, so the copy that restores them is made at the first merge and reused: no
-    per-step round trip (at 7B: 13.96 GB out to host memory and back, every step). Training steps in between move
-    B, and each merge folds the current B@A; each unmerge restores the base bit for bit."""
+    """The base weights are frozen, so the copy that restores them is made at the first merge and
+    reused: no per-step round trip (at 7B: 13.96 GB out to host memory and back, every step).
+    Training steps in between move B, and each merge folds the current B@A; each unmerge restores
+    the base bit for bit."""
     model = apply_lora(tiny_model(300).to(torch.bfloat16), r=4, alpha=8)
     base = {n: m.base_layer.weight.clone() for n, m in lora_modules(model)}
     x = torch.randint(0, 300, (2, 9))
     copies = None
     for step in range(3):
-        randomize_b(model, seed=step + 1)                             # a training step moved the adapter
+        randomize_b(model, seed=step + 1)  # a training step moved the adapter
         with torch.no_grad():
             unmerged = model(x).logits.float()
         with merged(model):
             kept = [m.base_copy for _, m in lora_modules(model)]
-            assert copies is None or all(a is b for a, b in zip(kept, copies))   # the same tensors every step
+            # the same tensors every step
+            assert copies is None or all(a is b for a, b in zip(kept, copies))
             copies = kept
             with torch.no_grad():
                 assert (model(x).logits.float() - unmerged).abs().max() < 0.05 * unmerged.abs().max()
         assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in lora_modules(model))
     evaluation = apply_lora(tiny_model(300), r=4, alpha=8)
-    merge_lora(evaluation, spare=None)                                # merged for good: no copy is kept
+    merge_lora(evaluation, spare=None)  # merged for good: no copy is kept
     assert all(m.merged and m.base_copy is None for _, m in lora_modules(evaluation))
     with pytest.raises(ValueError, match="no copy"):
         unmerge_lora(evaluation)
@@ -154,9 +164,9 @@ def test_dropout_applies_to_lora_input_only():
     torch.manual_seed(0)
     layer = LoRALinear(nn.Linear(8, 8), r=2, alpha=4, dropout=0.5).train()
     x = torch.randn(3, 8)
-    assert torch.equal(layer(x), layer.base_layer(x))        # B = 0: dropout never touches the base path
+    assert torch.equal(layer(x), layer.base_layer(x))  # B = 0: dropout never touches the base path
     nn.init.ones_(layer.lora_B.weight)
-    assert not torch.equal(layer(x), layer(x))               # training: the adapter's input is dropped at random
+    assert not torch.equal(layer(x), layer(x))  # training: the adapter's input is dropped at random
     layer.eval()
     assert torch.equal(layer(x), layer(x))                   # evaluation: deterministic
     expected = layer.base_layer(x) + layer.lora_B(layer.lora_A(x)) * 2.0

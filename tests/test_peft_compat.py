@@ -1,4 +1,5 @@
-"""Outside check of lora.py against real PEFT (an optional test dependency, never imported by the core)."""
+"""Outside check of lora.py against real PEFT (an optional test dependency, never imported by the
+core)."""
 import pytest
 import torch
 
@@ -26,11 +27,13 @@ def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path):
     x = torch.randint(0, 300, (2, 11))
     diff = (ours(x).logits - theirs(x).logits).abs().max().item()
     assert diff < 1e-5, diff
-    assert (theirs(x).logits - tiny_model(300)(x).logits).abs().max() > 1e-3     # the adapter really acts
+    # the adapter really acts
+    assert (theirs(x).logits - tiny_model(300)(x).logits).abs().max() > 1e-3
 
 
 def test_peft_adapter_loaded_by_us_gives_peft_logits(tmp_path):
-    config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM")
+    config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS,
+                             task_type="CAUSAL_LM")
     theirs = peft.get_peft_model(tiny_model(300), config)
     randomize(theirs, 2)
     theirs.save_pretrained(str(tmp_path / "theirs"))
@@ -42,19 +45,22 @@ def test_peft_adapter_loaded_by_us_gives_peft_logits(tmp_path):
 
 
 def test_peft_regex_and_layer_subset_adapters_load(tmp_path):
-    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=r".*\.layers\.1\.self_attn\.(q|v)_proj",
+    config = peft.LoraConfig(r=8, lora_alpha=16,
+                             target_modules=r".*\.layers\.1\.self_attn\.(q|v)_proj",
                              task_type="CAUSAL_LM")
     theirs = peft.get_peft_model(tiny_model(300), config)
     randomize(theirs, 3)
     theirs.save_pretrained(str(tmp_path / "regex"))
     ours = load_lora(tiny_model(300), tmp_path / "regex")
-    assert [n for n, _ in lora_modules(ours)] == ["model.layers.1.self_attn.q_proj", "model.layers.1.self_attn.v_proj"]
+    assert [n for n, _ in lora_modules(ours)] == ["model.layers.1.self_attn.q_proj",
+                                                  "model.layers.1.self_attn.v_proj"]
     x = torch.randint(0, 300, (2, 11))
     assert (ours(x).logits - theirs(x).logits).abs().max().item() < 1e-5
 
 
 def test_unsupported_peft_settings_are_refused(tmp_path):
-    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, use_dora=True, task_type="CAUSAL_LM")
+    config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS, use_dora=True,
+                             task_type="CAUSAL_LM")
     peft.get_peft_model(tiny_model(300), config).save_pretrained(str(tmp_path / "dora"))
     with pytest.raises(ValueError, match="use_dora"):
         load_lora(tiny_model(300), tmp_path / "dora")
