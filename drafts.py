@@ -1,9 +1,9 @@
 """Draft pool and the five training variants: which draft sits in which prompt.
 
-  python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl --out pool.jsonl
-  torchrun --nproc-per-node 8 drafts.py generate ...                                 # the same pool, 8 GPUs
-  python drafts.py import --src drafts_qwen25_math_1.5b.json --out pool.jsonl       # the author's released pool
-  python drafts.py stats --drafts pool.jsonl [--model M]                              # the referee's table
+  python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl
+  torchrun --nproc-per-node 8 drafts.py generate ...                # the same pool, on 8 GPUs
+  python drafts.py import --src drafts_qwen25_math_1.5b.json        # the author's released pool
+  python drafts.py stats --drafts pool.jsonl [--model M]            # the referee's table
 
 A pool line: the problem's fields + "drafts": [{text, pred, correct_strict, correct_quasi, length}].
 build_variant() picks ONE draft per problem by the recipe's priority chains (shared by matched and
@@ -21,11 +21,12 @@ from reward import lenient_answer, reward
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct",
             "mismatched-correct")
-TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. Solve the math "
-            "problem step by step. Write your own correct solution. Put your final answer within \\boxed{{}}."
-            "\n\nCorrect Solution:")
-DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. Put your final answer within \\boxed{{}}."
-                        "\n\nProblem:\n{problem}\n\nSolution:")
+TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. "
+            "Solve the math problem step by step. Write your own correct solution. "
+            "Put your final answer within \\boxed{{}}.\n\nCorrect Solution:")
+DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. "
+                        "Put your final answer within \\boxed{{}}.\n\n"
+                        "Problem:\n{problem}\n\nSolution:")
 
 
 # ----------------------------------------------------------------------------- files: one line per
@@ -83,8 +84,8 @@ def read_resumable(path):
             records.append(json.loads(line))
         except json.JSONDecodeError:
             if lineno < len(text) or line.endswith("\n"):
-                raise ValueError(f"{path}:{lineno}: not valid JSON: the file is damaged (move it away, or "
-                                 "remove the line, to go on)") from None
+                raise ValueError(f"{path}:{lineno}: not valid JSON: the file is damaged "
+                                 "(move it away, or remove the line, to go on)") from None
             with open(path, "w", encoding="utf-8") as f:
                 f.writelines(text[:-1])
     return records
@@ -214,8 +215,8 @@ def build_variant(pool, variant, seed=0, length_matched=False):
     rng = random.Random(seed)
     want_correct = variant.endswith("-correct")
     picks = [select_draft(p["drafts"], want_correct, rng) for p in pool]
-    source = derangement(len(pool),
-                         random.Random(seed)) if variant.startswith("mismatched") else range(len(pool))
+    mismatched = variant.startswith("mismatched")
+    source = derangement(len(pool), random.Random(seed)) if mismatched else range(len(pool))
     for row, s in zip(rows, source):
         k, tier = picks[s]
         d = pool[s]["drafts"][k]

@@ -1,11 +1,11 @@
-"""Evaluation: MATH-500 greedy pass@1, sampling pass@k / avg@k / maj@k, and seed statistics (Welch's
-t).
+"""Evaluation: MATH-500 greedy pass@1, sampling pass@k / avg@k / maj@k; across runs (in
+extras/stats.py and extras/plot.py) Welch's t and the figures.
 
-  python evaluate.py --model mistralai/Mathstral-7B-v0.1 --adapter runs/mismatched-wrong/step-2000 \\
-      --data data/math500.jsonl --output results/mw-seed0.json                        # greedy, Thinking: N/A
-  python evaluate.py --model M --adapter A --data data/aime2025.jsonl --samples 2048 --k 1,2,4,...,1024 \\
+  python evaluate.py --adapter runs/mismatched-wrong-seed0/step-2000 --output results/mw-seed0.json
+                                                          # MATH-500, greedy, Thinking: N/A
+  python evaluate.py --adapter A --data data/aime2025.jsonl --samples 2048 --k 1,2,4,...,1024 \\
       --output results/aime25.json
-  torchrun --nproc-per-node 8 evaluate.py ...                  # the same samples and summary on 8 GPUs
+  torchrun --nproc-per-node 8 evaluate.py ...             # the same samples and summary on 8 GPUs
   python evaluate.py compare mismatched-wrong=a0.json,a1.json matched-wrong=b0.json,b1.json
 
 Every sample is appended to <output>.records.jsonl as it is drawn (by process 0, for all); rerunning
@@ -34,7 +34,8 @@ from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
     "nodraft": lambda problem: build_prompt(problem, None),  # the test-time prompt
-    "instruct": lambda problem: f"[INST] {problem}\n\nPlease reason step by step, and put your final answer "
+    "instruct": lambda problem: f"[INST] {problem}\n\nPlease reason step by step, "
+                                f"and put your final answer "
                                 f"within \\boxed{{}}. [/INST]",  # Mathstral's own format
     # the draft model's prompt
     "draftgen": lambda problem: DRAFT_MODEL_TEMPLATE.format(problem=problem),
@@ -74,7 +75,7 @@ def vote_clusters(answers):
 
 
 def maj_at_k(clusters, correct, k, trials=200, seed=0):
-    """Majority vote over k samples (ties: the earliest), averaged over random k-subsets when k < n."""
+    """Majority vote over k samples (ties: the earliest), averaged over random k-subsets (k < n)."""
     n, rng = len(clusters), random.Random(seed)
     subsets = [list(range(n))] if k == n else [sorted(rng.sample(range(n),
             k)) for _ in range(trials)]
@@ -136,7 +137,8 @@ def run(args):
     rank, world = distributed(vars(args))
     n, ks = args.samples, args.k or [1]
     if ks[-1] > n:
-        raise ValueError(f"--k {','.join(map(str, ks))}: more than --samples {n} (pass@k and maj@k need k <= n)")
+        raise ValueError(f"--k {','.join(map(str, ks))}: more than --samples {n} "
+                         "(pass@k and maj@k need k <= n)")
     output_path(args.output, "--output")
     if args.adapter and not os.path.isdir(args.adapter):
         raise FileNotFoundError(f"--adapter {args.adapter}: no such folder")
@@ -144,8 +146,8 @@ def run(args):
     if not rows:
         raise ValueError(f"{args.data}: no problems")
     records_path = args.output + ".records.jsonl"
+    # what the samples depend on: records drawn under another setup are not mixed in
     setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p",
-                                           # what the samples depend on
                                            "max_new_tokens", "samples", "seed", "no_stop")}
     config = "|".join(map(str, setup.values()))
     # (id, sample) -> record
@@ -154,13 +156,15 @@ def run(args):
     if rank == 0:                               # process 0 alone reads and writes the files
         records = read()
         if any(r.get("config") != config for r in records.values()):
-            raise ValueError(f"{records_path} holds samples of another configuration: use another --output")
+            raise ValueError(f"{records_path} holds samples of another configuration: "
+                             "use another --output")
         missing = {r["id"]: [s for s in range(n) if (r["id"], s) not in records] for r in rows}
-        print(f"{len(rows)} problems from {args.data}, {sum(map(len, missing.values()))} samples to draw")
+        print(f"{len(rows)} problems from {args.data}, "
+              f"{sum(map(len, missing.values()))} samples to draw")
     # sample s of problem i is keyed (seed, i, s): draw only those missing
     missing = gather(missing)[0]
-    todo, size = [(i, r) for i, r in enumerate(rows) if missing[r["id"]]], max(1,
-            args.batch_size // n)
+    todo = [(i, r) for i, r in enumerate(rows) if missing[r["id"]]]
+    size = max(1, args.batch_size // n)   # problems a round, each with its n samples
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     if rank < len(chunks):
         model, tokenizer = load_model(args.model, trust_remote_code=args.trust_remote_code)
@@ -198,17 +202,17 @@ def run(args):
     with open(args.output + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)
-    print(json.dumps({k: v for k, v in summary.items() if not k.startswith("by_")}, indent=2))
+    headline = {k: v for k, v in summary.items() if not k.startswith("by_")}   # not per problem
+    print(json.dumps(headline, indent=2))
     log = tracker(args.report_to, args.output + ".tracker",
                   args.run_name or os.path.basename(args.output), setup)
-    if log:  # the summary's numbers, flattened: strict/pass@1, maj/maj@8, ...
-        log.log({f"{k}/{m}" if isinstance(v, dict) else k: x for k,
-                 v in summary.items() if not k.startswith("by_") for m,
-                 x in (v.items() if isinstance(v, dict) else [(k, v)])}, 0)
+    if log:
+        log.log(headline, 0)
         log.close()
     if args.model == "tiny":                    # the README's demo ends here: say what a zero means
-        print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its weights are random, so\n"
-              "pass@1 = 0 and reward=0.000 are expected: the demo tests the plumbing; tests/test_grpo.py, learning.")
+        print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its "
+              "weights are random, so\npass@1 = 0 and reward=0.000 are expected: the demo tests "
+              "the plumbing; tests/test_grpo.py, learning.")
     return summary
 
 
@@ -216,7 +220,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     # across runs' results: extras/stats.py, extras/plot.py
     if argv and argv[0] in ("compare", "plot"):
-        return importlib.import_module(f"extras.{'stats' if argv[0] == 'compare' else 'plot'}").main(argv[1:])
+        tool = importlib.import_module(f"extras.{'stats' if argv[0] == 'compare' else 'plot'}")
+        return tool.main(argv[1:])
     args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--model", "mistralai/Mathstral-7B-v0.1", "base model: hub id, local dir, or 'tiny'"),
         ("--adapter", None, "a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)"),
@@ -234,10 +239,9 @@ def main(argv=None):
         ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
         ("--no-stop", False, "do not stop at '\\n\\nProblem:' / '\\nProblem:'"),
         ("--trust-remote-code", False, "allow model repos with custom code (off by default)"),
-        ("--report-to", "none", "the summary to an experiment tracker too", ("none", "wandb",
-                "tensorboard")),
-        ("--run-name", None,
-         "the tracker's name for the evaluation (default: --output's file name)"),
+        ("--report-to", "none", "the summary to an experiment tracker too",
+         ("none", "wandb", "tensorboard")),
+        ("--run-name", None, "the tracker's name for the evaluation (default: --output's name)"),
     ).parse_args(argv)
     if args.temperature is None:
         args.temperature = 0.0 if args.samples == 1 else 0.6

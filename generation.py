@@ -38,10 +38,10 @@ def from_hub(auto, name, **kw):
 
 
 def load_tokenizer(name, trust_remote_code=False):
-    """The tokenizer alone (a hub id, a local directory or 'tiny'), with a pad token for batching."""
+    """The tokenizer alone (a hub id, a local folder or 'tiny'), with a pad token for batching."""
     from transformers import AutoTokenizer
-    tokenizer = extras.tiny.tokenizer() if name == "tiny" else from_hub(AutoTokenizer, name,
-                                                                 trust_remote_code=trust_remote_code)
+    tokenizer = extras.tiny.tokenizer() if name == "tiny" else \
+        from_hub(AutoTokenizer, name, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -67,8 +67,8 @@ def cache_bytes(model, prompt_tokens, rows, new_tokens):
     """The most K/V bytes a rollout batch holds: each prompt's once, plus every row's own new
     tokens."""
     c = model.config
-    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (getattr(c, "head_dim", None) or
-                                                                   c.hidden_size // c.num_attention_heads)
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim
     return per_token * model.dtype.itemsize * (prompt_tokens + rows * new_tokens)
 
 # ----------------------------------------------------------------------------- sampling
@@ -492,7 +492,8 @@ def distributed(flags=None):
     bad = [f"process {r}: --{k.replace('_', '-')}" for r,
            f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
     if bad:
-        raise ValueError(f"processes were started with flags other than process 0's (the run's): {', '.join(bad)}")
+        raise ValueError("processes were started with flags other than process 0's (the run's): "
+                         + ", ".join(bad))
     return int(os.environ.get("RANK", 0)), world
 
 
@@ -523,8 +524,9 @@ def rounds(chunks, work, path, desc):
 def run_main(main):
     """A script's entry: main(); a bad input (a missing or damaged file, an impossible flag, a model
     that does not load) -> one line `error: ...` and exit status 1. Under torchrun, after success,
-    the processes wait for each other (every send has arrived), then tear the process group down; on
-    gloo they exit skipping C++ teardown instead, where finished processes aborted in 1-3 % of runs."""
+    the processes wait for each other (every send has arrived), then tear the process group down;
+    on gloo they exit skipping C++ teardown instead, where finished processes aborted in 1-3 % of
+    runs."""
     try:
         main()
     except (OSError, ValueError, KeyError, ImportError, FloatingPointError, RuntimeError) as e:

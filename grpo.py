@@ -1,14 +1,14 @@
 """Dr. GRPO with LoRA on MATH: the trainer of "Weak-to-Strong Elicitation via Mismatched Wrong
 Drafts" (arXiv 2605.17314). Read top to bottom: the config, the two formulas, the update, the
-rollouts, the loop; the bookkeeping (checkpoints, logs, signals) comes last.
+rollouts, the loop; the bookkeeping (data order, checkpoints, signals, logs) comes after it.
 
-  python grpo.py --variant mismatched-wrong --drafts pool.jsonl          # the paper's headline run, one GPU
-  torchrun --nproc-per-node 8 grpo.py --variant mismatched-wrong ...    # the same run (same numbers) on 8 GPUs
-  python grpo.py --model tiny --variant no-draft --max-steps 4 ...       # a CPU smoke run
+  python grpo.py --variant mismatched-wrong --drafts pool.jsonl      # the headline run, one GPU
+  torchrun --nproc-per-node 8 grpo.py --variant mismatched-wrong ... # the same numbers on 8 GPUs
+  python grpo.py --model tiny --variant no-draft --max-steps 4 ...   # a CPU smoke run
 
 Each step: 4 prompts x 16 rollouts are sampled (LoRA merged), graded 0/1 by reward.py, turned into
-group-relative advantages, and ONE AdamW step is taken on the LoRA weights. Lines tagged `# Dr.
-GRPO:` depart from vanilla GRPO.
+group-relative advantages, and ONE AdamW step is taken on the LoRA weights.
+Lines tagged `# Dr. GRPO:` depart from vanilla GRPO.
 """
 import argparse
 import contextlib
@@ -63,20 +63,16 @@ MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 def parse_args(argv=None):
     args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--variant", "mismatched-wrong", "which draft the training prompt shows", VARIANTS),
-        ("--model", "mistralai/Mathstral-7B-v0.1",
-         "learner: hub id, local dir, or 'tiny' (CPU smoke)"),
+        ("--model", "mistralai/Mathstral-7B-v0.1", "learner: hub id, local dir, or 'tiny' (CPU)"),
         ("--data", None, "problems JSONL (enough for no-draft; default data/math_train.jsonl)"),
         ("--drafts", None, "draft pool JSONL from drafts.py (carries the problems)"),
-        ("--exclude", os.path.join(DATA, "math500.jsonl"),
-         "ids never trained on (MATH-500); '' for none"),
+        ("--exclude", os.path.join(DATA, "math500.jsonl"), "ids never trained on; '' for none"),
         ("--length-matched", False, "referee's control: equal draft lengths across variants"),
-        ("--output-dir", None,
-         "checkpoints step-N/, metrics.jsonl... (default runs/VARIANT-seedSEED)"),
+        ("--output-dir", None, "checkpoints step-N/, logs (default runs/VARIANT-seedSEED)"),
         ("--max-steps", 2000, "optimizer steps (paper: 2,000 of the 2,222-step epoch)", COUNT),
         ("--prompts-per-step", 4, "B: prompts per optimizer step (paper: 4)", COUNT),
         ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", COUNT),
-        ("--max-new-tokens", 4096, "L_max: rollout cap and the loss normaliser (paper: 4096)",
-         COUNT),
+        ("--max-new-tokens", 4096, "L_max: rollout cap, loss normaliser (paper: 4096)", COUNT),
         ("--max-prompt-tokens", 3072, "prompt budget; only the draft is cut (paper: 3072)", COUNT),
         ("--temperature", 1.0, "rollout temperature (paper: 1.0)", POSITIVE),
         ("--top-p", 1.0, "rollout top_p (paper: 1.0)", FRACTION),
@@ -89,18 +85,16 @@ def parse_args(argv=None):
         ("--lora-r", 16, "LoRA rank (paper: 16)", COUNT),
         ("--lora-alpha", 32, "LoRA alpha, scale alpha/r = 2 (paper: 32)", POSITIVE),
         ("--lora-dropout", 0.0, "LoRA dropout (paper: 0)", UNIT),
-        ("--save-every", 50, "checkpoint every N steps, and at the last step (paper: 50)", COUNT),
+        ("--save-every", 50, "checkpoint every N steps, and at the last (paper: 50)", COUNT),
         ("--seed", 0, "training seed: LoRA init, data order and every rollout", SEED),
-        ("--variant-seed", 0, "draft selection and derangement, built once and shared by seeds",
-         SEED),
+        ("--variant-seed", 0, "draft choice and derangement, shared by the seeds", SEED),
         ("--resume", False, "continue from the newest complete checkpoint in --output-dir"),
         ("--rollout-batch-size", 64, "sequences decoded together", COUNT),
         ("--micro-batch-tokens", 16384, "padded tokens per forward/backward in the update", COUNT),
         ("--cuda-graphs", False, "replay each decode step as a CUDA graph (off until measured)"),
         ("--report-to", "none", "an experiment tracker as well", ("none", "wandb", "tensorboard")),
         ("--run-name", None, "the tracker's name for the run (default: the output folder's)"),
-        ("--log-completions", 10, "every N steps, every rollout to completions.jsonl; 0: off",
-         SEED),
+        ("--log-completions", 10, "every N steps, all rollouts to completions.jsonl; 0: off", SEED),
     ).parse_args(argv)
     args.output_dir = args.output_dir or f"runs/{args.variant}-seed{args.seed}"
     args.run_name = args.run_name or os.path.basename(os.path.normpath(args.output_dir))
@@ -110,47 +104,45 @@ def parse_args(argv=None):
 # ----------------------------------------------------------------------------- the two formulas
 def group_advantages(rewards):
     """rewards [B, G] -> advantages [B, G]: reward minus its group's mean."""
-    return rewards - rewards.mean(dim=1, keepdim=True)  # Dr. GRPO: no division by the group std
+    return rewards - rewards.mean(dim=1, keepdim=True)     # Dr. GRPO: no division by the group std
 
 
 def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_eps=0.2):
-    """-(1/(N*L_max)) * sum mask * min(rho*A, clip(rho)*A).  logprobs/old/mask [N, T], advantages
-    [N]."""
-    ratio = torch.exp(logprobs - old_logprobs)  # [N, T], 1 on-policy
+    """-(1/(N*L_max)) * sum mask * min(rho*A, clip(rho)*A).  logprobs, old, mask [N, T]; A [N]."""
+    ratio = torch.exp(logprobs - old_logprobs)                                # [N, T], 1 on-policy
     adv = advantages[:, None]                                                              # [N, 1]
     per_token = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)      # [N, T]
-    # Dr. GRPO: constant N*L_max, no 1/|o|
+    # Dr. GRPO: divide by N * L_max, a constant, not by each completion's length |o|
     return -(per_token * mask).sum() / (logprobs.shape[0] * max_new_tokens)
 
 
 # ----------------------------------------------------------------------------- the update
 class Update(NamedTuple):
-    loss: float                 # this process's share of the step's loss
-    entropy: float  # the summed per-token entropy of the policy over the completions it ran forward
-    tokens: int                 # how many completion tokens that is
+    loss: float            # this process's share of the step's loss
+    entropy: float         # the policy's per-token entropy, summed over the completions run forward
+    tokens: int            # how many completion tokens that is
 
 
 def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
     """hidden [N, T, H] (position t predicts targets[:, t]) -> (log pi(targets), the entropy of pi),
-    each [N, T] in fp32 and 0 where mask is 0, at the sampling temperature (pi = softmax(logits /
-    temperature): the policy the rollouts were drawn from). The LM head runs only where mask is 1, a
-    chunk at a time, recomputed in backward: never [N, T, V] in fp32. Plainly:
-    log_softmax(lm_head(hidden) / temperature).gather(targets)."""
+    each [N, T] in fp32, 0 where mask is 0, at the sampling temperature: pi = softmax(logits / T),
+    the policy the rollouts were drawn from. Plainly: log_softmax(lm_head(hidden) / T)[targets];
+    here the LM head runs only where mask is 1, a chunk at a time, recomputed in backward, so the
+    [N, T, V] logits never exist in fp32."""
     sel = mask.bool()                                                                      # [N, T]
-    h, y = hidden[sel], targets[sel]  # [K, H], [K]
+    h, y = hidden[sel], targets[sel]                                                 # [K, H], [K]
     weight = model.get_output_embeddings().weight                                          # [V, H]
     parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature,
-                        use_reentrant=False)
-             for i in range(0, len(y), chunk)]
-    out = torch.zeros(2, *sel.shape, dtype=torch.float32, device=hidden.device)  # [2, N, T]
+                        use_reentrant=False) for i in range(0, len(y), chunk)]
+    out = torch.zeros(2, *sel.shape, dtype=torch.float32, device=hidden.device)         # [2, N, T]
     out[:, sel] = torch.cat(parts, 1) if parts else out[:, sel]
     return out[0], out[1].detach()
 
 
 def _token_logprobs(weight, hidden, targets, temperature):
-    logp = torch.log_softmax((hidden @ weight.T).float() / temperature, dim=-1)  # [K, V] one chunk
+    logp = torch.log_softmax((hidden @ weight.T).float() / temperature, dim=-1)  # [K, V], a chunk
     entropy = -(logp.exp() * logp).sum(-1).detach()                                        # [K]
-    return torch.stack([logp.gather(-1, targets[:, None]).squeeze(-1), entropy])           # [2, K]
+    return torch.stack([logp.gather(-1, targets[:, None]).squeeze(-1), entropy])        # [2, K]
 
 
 def micro_batches(lengths, budget):
@@ -167,73 +159,114 @@ def micro_batches(lengths, budget):
 
 def policy_update(model, prompt_ids, completions, advantages, args, owned=None):
     """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
-    samples owned[b]). Each prompt runs forward once, and its completions attend to its K/V
-    micro-batch by micro-batch. One update per batch: rho = 1, PPO clipping never acts, old logprobs
-    = detached. Plainly: one forward and backward of dr_grpo_loss per (prompt + completion)
-    sequence."""
+    samples owned[b]). Plainly: a forward and backward of dr_grpo_loss per (prompt + completion);
+    here each prompt runs forward once and its completions attend to its K/V, micro-batch by
+    micro-batch. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
     B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
     owned, update = owned or [range(G)] * B, Update(0.0, 0.0, 0)
-    # equal rewards: all A = 0, no gradient
-    for b in (b for b in range(B) if advantages[b].any() and owned[b]):
-        # leaving the block: the gradient through the prompt
-        with prompt_once(model, prompt_ids[b]) as prompt:
-            for mb in micro_batches([len(prompt_ids[b]) + len(completions[b][g]) for g in owned[b]],
-                                    args.micro_batch_tokens):
+    for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
+        with prompt_once(model, prompt_ids[b]) as prompt:   # on leaving: back through the prompt
+            lengths = [len(prompt_ids[b]) + len(completions[b][g]) for g in owned[b]]
+            for mb in micro_batches(lengths, args.micro_batch_tokens):
                 gs = [owned[b][k] for k in mb]
-                ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True,
-                                   -1).to(device)    # [n, T]
-                ids, mask = ids.clamp(min=0), ids >= 0  # a short row: padded, masked out
-                hidden = completion_states(model, prompt, ids)  # [n, T, H]
-                # [n, T]
-                logprobs, entropy = completion_logprobs(model, hidden, ids, mask, args.temperature)
+                ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True, -1)
+                ids, mask = ids.clamp(min=0).to(device), (ids >= 0).to(device)  # [n, T], pad: 0
+                hidden = completion_states(model, prompt, ids)                         # [n, T, H]
+                logprobs, entropy = completion_logprobs(model, hidden, ids, mask,
+                                                        args.temperature)           # [n, T] each
                 loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device),
                                     mask.float(), args.max_new_tokens, args.clip_eps)
-                # Dr. GRPO: the normaliser is the whole batch's B*G*L_max
-                loss = loss * len(gs) / (B * G)
+                loss = loss * len(gs) / (B * G)  # Dr. GRPO: the normaliser is the batch's B*G*L_max
                 loss.backward()
                 update = Update(update.loss + loss.item(), update.entropy + entropy.sum().item(),
                                 update.tokens + int(mask.sum()))
     return update
 
 
-# ----------------------------------------------------------------------------- rollouts, and the
-# processes' shares
+# ----------------------------------------------------------------------------- the rollouts
 class Rollouts(NamedTuple):
-    completions: list           # [B][G] token ids, EOS kept
-    texts: list                 # [B][G] the completions decoded
-    rewards: torch.Tensor       # [B, G]
-
-
-def my_share(B, G):
-    """Under torchrun each process samples and updates a contiguous share of the step's B x G
-    rollouts (a group may span two processes): per group b, this process's sample numbers. One
-    process: all of them."""
-    rank, world = distributed()
-    share = range(rank * B * G // world, (rank + 1) * B * G // world)  # rollouts b * G + g
-    return [[g for g in range(G) if b * G + g in share] for b in range(B)]
+    completions: list      # [B][G] token ids, EOS kept
+    texts: list            # [B][G] the completions decoded
+    rewards: torch.Tensor  # [B, G]
 
 
 def sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned, reward_fn):
-    """This process's share of the step's rollouts, sampled with the LoRA merged into the base
-    weights (base-model speed; the exact base weights come back after) and graded; then every
-    process's, gathered: a Rollouts of all B x G in sample order. Sample g of prompt b draws from
-    noise keyed by (seed, step, b, g): the same tokens on any number of processes."""
-    B, G = args.prompts_per_step, args.num_generations
+    """This process's share of the step's rollouts (all of them on one process), sampled with the
+    LoRA merged into the base weights (base-model speed; the exact base weights come back after)
+    and graded; then every process's share, gathered: all B x G in sample order. Sample g of prompt
+    b draws from noise keyed by (seed, step, b, g): the same tokens on any number of processes."""
+    B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
     model.eval()
-    with merged(model, cache_bytes(model, B * args.max_prompt_tokens, min(B * G,
-            args.rollout_batch_size),
-                                   args.max_new_tokens)):
-        outs = generate(model, prompt_ids, n=owned, max_new_tokens=args.max_new_tokens,
-                        temperature=args.temperature, top_p=args.top_p,
-                        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        seed=args.seed * 1_000_003 + step, batch_size=args.rollout_batch_size,
-                        cuda_graphs=args.cuda_graphs)
-    graded = [[(c, t := tokenizer.decode(c, skip_special_tokens=True), reward_fn(t,
-            r["answer"])) for c in group]
-              for group, r in zip(outs, batch)]
-    graded = [sum(shares, []) for shares in zip(*gather(graded))]  # every process's, group by group
+    rows = min(B * G, args.rollout_batch_size)
+    with merged(model, spare=cache_bytes(model, B * args.max_prompt_tokens, rows, L)):
+        outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
+                        top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
+                        batch_size=args.rollout_batch_size, cuda_graphs=args.cuda_graphs)
+    texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in outs]
+    graded = [list(zip(group, ts, [reward_fn(t, r["answer"]) for t in ts]))
+              for group, ts, r in zip(outs, texts, batch)]
+    graded = [sum(shares, []) for shares in zip(*gather(graded))]   # every process's, by group
     completions, texts, rewards = ([[x[i] for x in group] for group in graded] for i in range(3))
     return Rollouts(completions, texts, torch.tensor(rewards, dtype=torch.float32))
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(args, rows, model, tokenizer, reward_fn=None):
+    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float
+    (reward.py's lenient training reward by default)."""
+    reward_fn, B, G = reward_fn or reward, args.prompts_per_step, args.num_generations
+    # torchrun: each process samples and updates its own share of the B x G rollouts, and the LoRA
+    # gradients are summed over processes (sum_over_processes); one process: all of them, as is
+    owned = my_share(B, G)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
+                                  weight_decay=args.weight_decay)
+    for p in params:
+        p.grad = torch.zeros_like(p)  # each step steps the optimizer, even if advantages are all 0
+    enable_checkpointing(model)      # recompute layer activations in backward: memory for compute
+    start = start_or_resume(args, model, optimizer)
+    log = RunLog(args, start, len(rows))   # metrics.jsonl, completions.jsonl, tracker; process 0
+    with stop_signals() as signals:        # Slurm's time limit or preemption: the step ends first
+        for step in log.steps:
+            # ---- rollouts
+            t0 = time.time()
+            batch = step_rows(rows, step, B, args.seed)                              # B problems
+            prompt_ids = [encode_prompt(tokenizer, build_prompt(
+                r["problem"], r["draft"], tokenizer, args.max_prompt_tokens)) for r in batch]
+            rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned,
+                                       reward_fn)                                   # B x G, graded
+            advantages = group_advantages(rollouts.rewards)                                # [B, G]
+            # ---- the update
+            t1 = time.time()
+            model.train()
+            optimizer.zero_grad(set_to_none=False)
+            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned)
+            update = sum_over_processes(params, update)   # torchrun: the gradient of all B x G
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
+            skipped = not math.isfinite(grad_norm + update.loss)  # NaN/inf: no step, nothing kept
+            if not skipped:
+                optimizer.step()
+            log.step(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
+                     (t0, t1, time.time()))
+            checkpoint_or_stop(args, step, model, optimizer, signals)
+    log.close()
+    return model
+
+
+def enable_checkpointing(model):
+    """Per-layer activation checkpointing, transformers' own (5.x's name, else 4.x's)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    (enable or model.gradient_checkpointing_enable)({"use_reentrant": False})
+
+
+# ----------------------------------------------------------------------------- processes
+def my_share(B, G):
+    """Under torchrun each process samples and updates a contiguous share of the step's B x G
+    rollouts (a group may span two processes): per group b, this process's sample numbers."""
+    rank, world = distributed()
+    share = range(rank * B * G // world, (rank + 1) * B * G // world)       # rollouts b * G + g
+    return [[g for g in range(G) if b * G + g in share] for b in range(B)]
 
 
 def sum_over_processes(params, update):
@@ -247,72 +280,19 @@ def sum_over_processes(params, update):
     return Update(*map(sum, zip(*gather(update))))
 
 
-# ----------------------------------------------------------------------------- the loop
-def train(args, rows, model, tokenizer, reward_fn=None):
-    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float
-    (reward.py's lenient training reward by default)."""
-    reward_fn, B, G = reward_fn or reward, args.prompts_per_step, args.num_generations
-    owned = my_share(B, G)  # torchrun: this process's rollouts (all of them on one process)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
-                                  weight_decay=args.weight_decay)
-    for p in params:
-        # every step is an optimizer step, even with all-zero advantages
-        p.grad = torch.zeros_like(p)
-    enable_checkpointing(model)  # recompute layer activations in backward: memory for compute
-    start = start_or_resume(args, model, optimizer)
-    # metrics.jsonl, completions.jsonl, the tracker: process 0 writes
-    log = RunLog(args, start, len(rows))
-    with stop_signals() as signals:  # Slurm's time limit or preemption: the step ends, a checkpoint
-        for step in log.steps:
-            t0 = time.time()
-            batch = step_rows(rows, step, B, args.seed)  # B problems
-            prompt_ids = [encode_prompt(tokenizer, build_prompt(r["problem"], r["draft"], tokenizer,
-                                                                args.max_prompt_tokens))
-                                                                for r in batch]
-            rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned,
-                                       reward_fn)
-            t1 = time.time()
-            advantages = group_advantages(rollouts.rewards)                                # [B, G]
-
-            model.train()
-            optimizer.zero_grad(set_to_none=False)
-            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned)
-            # torchrun: the gradient of all B x G rollouts
-            update = sum_over_processes(params, update)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
-            # NaN or inf: no step (weights, AdamW, ckpt)
-            skipped = not math.isfinite(grad_norm + update.loss)
-            if not skipped:
-                optimizer.step()
-            log.step(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, (t0, t1,
-                    time.time()))
-            checkpoint_or_stop(args, step, model, optimizer, signals)
-    log.close()
-    return model
-
-
-def enable_checkpointing(model):
-    """Per-layer activation checkpointing, transformers' own (5.x's name, else 4.x's): recomputed in
-    backward."""
-    enable = getattr(model, "activation_checkpointing_enable",
-                     None) or model.gradient_checkpointing_enable
-    enable({"use_reentrant": False})
-
-
 # ----------------------------------------------------------------------------- data order
 @functools.lru_cache(maxsize=4)
 def _epoch_order(n, seed, epoch):
-    return torch.randperm(n,
-                          generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).tolist()
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=generator).tolist()
 
 
 def step_rows(rows, step, batch, seed):
     """The prompts of optimizer step `step` (1-based): a fixed seeded shuffle per epoch, so resume
     needs no state."""
     n = len(rows)
-    return [rows[_epoch_order(n, seed, pos // n)[pos % n]] for pos in range((step - 1) * batch,
-            step * batch)]
+    return [rows[_epoch_order(n, seed, pos // n)[pos % n]]
+            for pos in range((step - 1) * batch, step * batch)]
 
 
 def load_rows(args):
@@ -325,32 +305,31 @@ def load_rows(args):
             wanted = {r["id"] for r in training_problems(load_jsonl(args.data))} - excluded
             missing = sorted(wanted - {p["id"] for p in pool}, key=str)
             if missing:
-                raise ValueError(f"{args.drafts}: the pool lacks {len(missing)} problem(s) of {args.data}, "
-                                 f"e.g. {missing[:3]}")
+                raise ValueError(f"{args.drafts}: the pool lacks {len(missing)} problem(s) of "
+                                 f"{args.data}, e.g. {missing[:3]}")
             pool = [p for p in pool if p["id"] in wanted]
     elif args.variant == "no-draft":
-        pool = [r for r in training_problems(load_jsonl(args.data or os.path.join(DATA,
-                "math_train.jsonl")))
-                if r["id"] not in excluded]
+        data = args.data or os.path.join(DATA, "math_train.jsonl")
+        pool = [r for r in training_problems(load_jsonl(data)) if r["id"] not in excluded]
     else:
-        raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL (see drafts.py)")
+        raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL "
+                         "(see drafts.py)")
     if not pool:
-        raise ValueError("no training problems left (levels 3-5, non-empty answer, not in --exclude)")
+        raise ValueError("no training problems left (levels 3-5, non-empty answer, not in "
+                         "--exclude)")
     return build_variant(pool, args.variant, seed=args.variant_seed,
                          length_matched=args.length_matched)
 
 
 # ----------------------------------------------------------------------------- checkpoints
-# the newest checkpoints that keep AdamW's state: a damaged newest one leaves the one before it
-KEEP_OPTIMIZER = 2
+KEEP_OPTIMIZER = 2   # the newest checkpoints with AdamW's state: a damaged one has one before it
 FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size",
         "micro_batch_tokens", "cuda_graphs", "model", "data", "drafts", "exclude", "report_to",
-        "run_name", "log_completions"}   # may change on resume
+        "run_name", "log_completions"}                  # flags a resumed run may change
 
 
 def save_checkpoint(args, step, model, optimizer):
-    """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place
-    (atomic)."""
+    """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place."""
     final = os.path.join(args.output_dir, f"step-{step}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -370,16 +349,15 @@ def save_checkpoint(args, step, model, optimizer):
 
 
 def _checkpoints(output_dir):
+    complete = lambda d: os.path.exists(os.path.join(output_dir, d, "trainer_state.json"))
     return sorted(int(m.group(1)) for d in os.listdir(output_dir)
-                  if (m := re.fullmatch(r"step-(\d+)",
-                                        d)) and os.path.exists(os.path.join(output_dir, d,
-                                                "trainer_state.json")))
+                  if (m := re.fullmatch(r"step-(\d+)", d)) and complete(d))
 
 
 def resume(args, model, optimizer):
     """Load the newest checkpoint that reads back whole (adapter, AdamW's state, trainer state);
-    return its step (0 if none). A damaged one (a disk or copy fault) is passed over, saying so, for
-    the one before it; one trained with other flags is an error naming them."""
+    return its step (0 if none). A damaged one (a disk or copy fault) is passed over, saying so,
+    for the one before it; one trained with other flags is an error naming them."""
     for step in reversed(_checkpoints(args.output_dir)):
         path = os.path.join(args.output_dir, f"step-{step}")
         if not os.path.exists(os.path.join(path, "optimizer.safetensors")):
@@ -391,17 +369,19 @@ def resume(args, model, optimizer):
             state, device = {}, next(p for p in model.parameters() if p.requires_grad).device
             for key, value in tensors.items():
                 _, i, name = key.split(".")
-                state.setdefault(int(i),
-                                 {})[name] = value.reshape(()) if name == "step" else value.to(device)
+                state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" \
+                    else value.to(device)
             optimizer.load_state_dict({"state": state,
                                        "param_groups": optimizer.state_dict()["param_groups"]})
-        except Exception as e:  # safetensors' own errors too: the file is what is wrong
-            print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); trying the one before")
+        except Exception as e:                # safetensors' own errors too: the file is wrong
+            print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); "
+                  "trying the one before")
             continue
         differ = [f"--{k.replace('_', '-')} {saved[k]}" for k in saved
                   if k in vars(args) and k not in FREE and saved[k] != vars(args)[k]]
         if differ:
-            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same flags")
+            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same "
+                             "flags")
         print(f"resumed from {path}")
         return step
     print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
@@ -409,27 +389,29 @@ def resume(args, model, optimizer):
 
 
 def start_or_resume(args, model, optimizer):
-    """The step to start after: 0 for a new run (in a folder that holds none: nothing is overwritten
-    by accident), else --resume's checkpoint, the same on every process."""
+    """The step to start after: 0 for a new run (in a folder that holds none: nothing is
+    overwritten by accident), else --resume's checkpoint, the same on every process."""
     os.makedirs(args.output_dir, exist_ok=True)
-    if not args.resume and (_checkpoints(args.output_dir)
-                            or os.path.exists(os.path.join(args.output_dir,
-                                                                                         "metrics.jsonl"))):
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another --output-dir")
+    ran = _checkpoints(args.output_dir) or os.path.exists(os.path.join(args.output_dir,
+                                                                        "metrics.jsonl"))
+    if ran and not args.resume:
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another "
+                         "--output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
     if len(set(starts := gather(start))) > 1:
-        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder that all nodes share")
+        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder "
+                         "that all nodes share")
     return start
 
 
+# ----------------------------------------------------------------------------- signals
 @contextlib.contextmanager
 def stop_signals():
     """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption)
     are noted, not fatal: the loop finishes the step it is in, writes a checkpoint and exits with
     128 + the signal's number."""
-    got = []
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in (signal.SIGTERM,
-            signal.SIGUSR1)}
+    got, names = [], (signal.SIGTERM, signal.SIGUSR1)
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
     try:
         yield got
     finally:
@@ -439,27 +421,25 @@ def stop_signals():
 
 def checkpoint_or_stop(args, step, model, optimizer, signals):
     """A checkpoint every --save-every steps, at the last, and when a stop signal came (to any
-    process); then stop."""
-    # every process stops after the same step
-    stop, rank = any(gather(bool(signals))), distributed()[0]
-    if rank == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
+    process); then the stop."""
+    stop = any(gather(bool(signals)))                   # every process stops after the same step
+    if distributed()[0] == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
         save_checkpoint(args, step, model, optimizer)
     if stop:
-        gather(None)  # the checkpoint is written before anyone leaves
+        gather(None)                    # the checkpoint is on disk before anyone goes
         number = (signals or [signal.SIGTERM])[0]
-        print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume to go on")
-        raise SystemExit(128 + number)  # as if killed by it: the job script requeues
+        print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
+        raise SystemExit(128 + number)        # as if killed by it, so the job script requeues
 
 
 # ----------------------------------------------------------------------------- logs
-TRL_NAMES = {"completion_length": "completions/mean_length",
-             # the tracker gets TRL's names where TRL has one
-             "clipped_ratio": "completions/clipped_ratio", "lr": "learning_rate"}
+# the tracker's names for our metrics: TRL's, where TRL has one
+TRL_NAMES = {"completion_length": "completions/mean_length", "lr": "learning_rate",
+             "clipped_ratio": "completions/clipped_ratio"}
 
 
 def keep_upto(path, step):
-    """Keep a log's records up to `step` (later ones, and a line torn by a crash, are dropped from
-    the file)."""
+    """Keep a log's records up to `step` (later ones, and a line torn by a crash, are dropped)."""
     if not os.path.exists(path):
         return []
     records = [r for r in read_resumable(path) if r["step"] <= step]
@@ -473,13 +453,14 @@ class RunLog:
     """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step;
     completions.jsonl, every rollout of every --log-completions-th step; the tracker's records
     (--report-to). A resumed run keeps the lines up to its checkpoint and continues the tracker's
-    run. Also the progress bar, and the guard that stops a run after MAX_SKIPS non-finite steps in a
-    row."""
+    run. Also the progress bar, and the guard that stops a run after MAX_SKIPS non-finite steps in
+    a row."""
 
     def __init__(self, args, start, num_rows):
-        self.args, self.num_rows, self.writes, self.streak = args, num_rows, distributed()[0] == 0, 0
-        self.paths = [os.path.join(args.output_dir, f"{name}.jsonl") for name in ("metrics",
-                "completions")]
+        self.args, self.num_rows, self.streak = args, num_rows, 0
+        self.writes = distributed()[0] == 0
+        self.paths = [os.path.join(args.output_dir, f"{name}.jsonl")
+                      for name in ("metrics", "completions")]
         kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
         self.skipped = sum(r.get("skipped", False) for r in kept[0])
         self.tracker = self.writes and tracker(args.report_to, args.output_dir, args.run_name,
@@ -490,28 +471,29 @@ class RunLog:
     def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times):
         args, rewards, (B, G) = self.args, rollouts.rewards, rollouts.rewards.shape
         self.skipped, self.streak = self.skipped + skipped, self.streak + 1 if skipped else 0
-        answers = [[lenient_answer(t) for t in group] for group in rollouts.texts]  # [B][G]
-        rate = lambda key: sum(is_equiv(a, r[key]) for group, r in zip(answers,
-                batch) for a in group) / (B * G) \
-            if "draft_pred" in batch[0] else None
+        answers = [[lenient_answer(t) for t in group] for group in rollouts.texts]       # [B][G]
+        rate = lambda key: sum(is_equiv(a, r[key]) for group, r in zip(answers, batch)
+                               for a in group) / (B * G) if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in rollouts.completions for c in group],
-                            dtype=torch.float32)
+                            dtype=torch.float32)                                        # [B*G]
         record = {"step": step, "reward": rewards.mean().item(),
                   "reward_std": rewards.std().nan_to_num().item(),
-                  "frac_reward_zero_std": (rewards.std(dim=1).nan_to_num() == 0).float().mean().item(), "completion_length": lens.mean().item(), "clipped_ratio": (lens >= args.max_new_tokens).float()
-                  .mean().item(), "prompt_length": sum(map(len, prompt_ids)) / B,
-                  "loss": update.loss, "grad_norm": grad_norm,
-                  "entropy": update.entropy / update.tokens if update.tokens else None,
-                  "lr": args.lr, "epoch": step * B / self.num_rows, "skipped": skipped,
-                  "skipped_steps": self.skipped, "draft_answer_rate": rate("draft_pred"),
-                  "gold_answer_rate": rate("answer"), "rollout_time": times[1] - times[0],
-                  "update_time": times[2] - times[1], "step_time": times[2] - times[0]}
+                  "frac_reward_zero_std": (rewards.std(dim=1).nan_to_num() == 0).float().mean()
+                  .item(), "completion_length": lens.mean().item(),
+                  "clipped_ratio": (lens >= args.max_new_tokens).float().mean().item(),
+                  "prompt_length": sum(map(len, prompt_ids)) / B, "loss": update.loss,
+                  "grad_norm": grad_norm, "entropy": update.entropy / update.tokens
+                  if update.tokens else None, "lr": args.lr, "epoch": step * B / self.num_rows,
+                  "skipped": skipped, "skipped_steps": self.skipped,
+                  "draft_answer_rate": rate("draft_pred"), "gold_answer_rate": rate("answer"),
+                  "rollout_time": times[1] - times[0], "update_time": times[2] - times[1],
+                  "step_time": times[2] - times[0]}
         table = [{"step": step, "id": r["id"], "variant": args.variant,
                   "draft_answer": r.get("draft_pred"), "completion": text, "reward": value,
                   "answer": answer}
-                 for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers) for text,
-                 value,
-                 answer in zip(*row)] if args.log_completions and step % args.log_completions == 0 else []
+                 for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers)
+                 for text, value, answer in zip(*row)] \
+            if args.log_completions and step % args.log_completions == 0 else []
         for path, lines in zip(self.paths, ([record], table)):
             if self.writes and lines:
                 with open(path, "a") as f:
@@ -521,8 +503,9 @@ class RunLog:
         self.steps.set_postfix(reward=f"{record['reward']:.3f}",
                                len=f"{record['completion_length']:.0f}")
         if self.streak >= MAX_SKIPS:
-            raise FloatingPointError(f"step {step}: {self.streak} steps in a row had a non-finite loss or gradient "
-                                     "norm (skipped); try a lower --lr, and check the data and the model's dtype")
+            raise FloatingPointError(f"step {step}: {self.streak} steps in a row had a non-finite "
+                                     "loss or gradient norm (skipped); try a lower --lr, and check "
+                                     "the data and the model's dtype")
 
     def close(self):
         if self.tracker:
@@ -530,21 +513,21 @@ class RunLog:
 
 
 def main(argv=None):
-    # the update's shapes vary
-    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")   # shapes vary
     args = parse_args(argv)
     if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
         raise ValueError(f"--output-dir {args.output_dir}: a file, not a folder")
-    # under torchrun; every set-up error here comes before a model loads
-    rank, world = distributed(vars(args))
+    rank, world = distributed(vars(args))  # torchrun; every set-up error here comes before a model
     if world > (rollouts := args.prompts_per_step * args.num_generations):
-        raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process per rollout")
+        raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process "
+                         "per rollout")
     rows = load_rows(args)                      # fail on bad data before loading a 7B model
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)                # LoRA A init
     apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS)
-    print(f"{len(rows)} training prompts, variant {args.variant}, {world} process(es), output {args.output_dir}, "
-          f"{sum(p.numel() for p in model.parameters() if p.requires_grad):,} LoRA weights")
+    print(f"{len(rows)} training prompts, variant {args.variant}, {world} process(es), output "
+          f"{args.output_dir}, {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
+          "LoRA weights")
     return train(args, rows, model, tokenizer)
 
 

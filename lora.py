@@ -1,9 +1,9 @@
 """Hand-written LoRA for nn.Linear with PEFT's semantics and file format (loadable by PEFT, vLLM,
 SGLang).
 
-y = W x + (alpha / r) * B(A(dropout(x))),  A: [r, in] Kaiming-uniform(a=sqrt5), B: [out, r] zeros -> equals the
-base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16 base. Saved
-keys are PEFT's: `base_model.model.<module path>.lora_A.weight`.
+y = W x + (alpha / r) * B(A(dropout(x))), A: [r, in] Kaiming-uniform(a=sqrt5), B: [out, r] zeros:
+equals the base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16
+base. Saved keys are PEFT's: `base_model.model.<module path>.lora_A.weight`.
 """
 import json
 import math
@@ -61,7 +61,8 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
                 setattr(module, child_name, LoRALinear(child, r, alpha, dropout))
                 wrapped.append(child_name)
     if not wrapped:
-        raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in {type(model).__name__}")
+        raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in "
+                         f"{type(model).__name__}")
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
                          "target_modules": sorted(set(wrapped))}
     return model
@@ -107,7 +108,8 @@ def load_lora(model, directory):
                                            "target_parameters", "trainable_token_indices",
                                            "layer_replication") if cfg.get(k)}
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("bias", "none") != "none" or unsupported:
-        raise ValueError(f"{config_path}: unsupported adapter settings {unsupported or cfg.get('peft_type')}")
+        raise ValueError(f"{config_path}: unsupported adapter settings "
+                         f"{unsupported or cfg.get('peft_type')}")
     tensors = load_file(weights_path)
     tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
                for k, v in tensors.items()}
@@ -116,7 +118,8 @@ def load_lora(model, directory):
         paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0] for k in tensors if k.startswith(PREFIX)}
         apply_lora(model, cfg["r"], cfg["lora_alpha"], cfg.get("lora_dropout", 0.0), paths)
     params = lora_parameters(model)
-    missing, unexpected = sorted(params.keys() - tensors.keys()), sorted(tensors.keys() - params.keys())
+    missing = sorted(params.keys() - tensors.keys())
+    unexpected = sorted(tensors.keys() - params.keys())
     if missing or unexpected:
         raise KeyError(f"{weights_path}: missing keys {missing[:5]} ({len(missing)}), "
                        f"unexpected keys {unexpected[:5]} ({len(unexpected)})")
@@ -159,7 +162,8 @@ def unmerge_lora(model):
         for _, m in lora_modules(model):
             if m.merged:
                 if m.base_copy is None:
-                    raise ValueError("unmerge_lora: merged with spare=None, no copy of the base weights was kept")
+                    raise ValueError("unmerge_lora: merged with spare=None, no copy of the base "
+                                     "weights was kept")
                 m.base_layer.weight.copy_(m.base_copy, non_blocking=True)
                 m.merged = False
 

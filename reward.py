@@ -2,8 +2,9 @@
 evaluation.
 
 reward(completion, gold, strict=False) -> 1.0 / 0.0
-  strict=False  training reward (recipe's lenient chain): last \\boxed{}, else "(final) answer is X" /
-                "answer: X", else the last $...$ / \\(...\\) math expression (value after its last `=`).
+  strict=False  training reward (recipe's lenient chain): last \\boxed{}, else "(final) answer is
+                X" / "answer: X", else the last $...$ / \\(...\\) math expression (the value after
+                its last `=`).
   strict=True   evaluation: the last \\boxed{} only; no box = wrong.
 Equivalence is string normalisation plus a small exact evaluator (LaTeX arithmetic over
 fractions.Fraction, expressions with variables compared at random rational points). No sympy, no
@@ -96,15 +97,16 @@ def lenient_answer(text):
 _UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty", "°": "^\\circ",
             "×": "\\times", "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge",
             "∪": "\\cup", "\u00a0": " ", "{,}": "", "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
-_UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|meters?|"
-          r"centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|days?|weeks?|years?|miles?|"
-          r"mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|students|ways)")
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname)\s*\{([^{}]*)\}"
-                       r"(\^\s*\{?[23]\}?)?")
+_UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|"
+          r"meters?|centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|"
+          r"days?|weeks?|years?|miles?|mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|"
+          r"students|ways)")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname)"
+                       r"\s*\{([^{}]*)\}(\^\s*\{?[23]\}?)?")
 
 
 def normalize(answer):
-    """Canonical string form of an answer (LaTeX spacing, fractions, units, degrees, separators...)."""
+    """Canonical string form of an answer (LaTeX spacing, fractions, units, degrees, separators)."""
     if not isinstance(answer, str):
         return ""
     s = answer.strip()
@@ -164,7 +166,8 @@ class _Unevaluable(Exception):
     pass
 
 
-_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
+_TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]"
+                    r"|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
 _FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
           "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log,
           "log": math.log, "exp": math.exp, "arcsin": math.asin, "arccos": math.acos,
@@ -387,7 +390,7 @@ def _points(names, count=4):
 
 
 def _values_equal(a, b, ratio=False):
-    """Same value (or, with ratio=True, same up to a non-zero constant factor: equations `lhs-rhs`)."""
+    """Same value (or with ratio=True, the same up to a non-zero factor: equations `lhs-rhs`)."""
     ta, tb = _tokens(a), _tokens(b)
     if ta is None or tb is None:
         return False

@@ -1,9 +1,10 @@
 """Figures of evaluate.py's results and of grpo.py's runs (`python evaluate.py plot ...`):
 presentation, kept out of the method's files. matplotlib is an optional extra, imported only here.
 
-  python evaluate.py plot mw=results/mw-seed{0..9}.json mtw=results/mtw-seed{0..9}.json --reference mtw \\
-      --output results/figure.png
-  python evaluate.py plot --metrics runs/mismatched-wrong-seed0 runs/matched-wrong-seed0 --output curves.png
+  python evaluate.py plot mw=results/mw-seed{0..9}.json mtw=results/mtw-seed{0..9}.json \\
+      --reference mtw --output results/figure.png
+  python evaluate.py plot --metrics runs/mismatched-wrong-seed0 runs/matched-wrong-seed0 \\
+      --output curves.png
 """
 import math
 import os

@@ -54,8 +54,8 @@ def cmd_stats(args):
     tokenizer = load_tokenizer(args.model) if args.model else None
     unit = "tokens" if tokenizer else "chars"
     print(f"{len(pool)} problems, {sum(len(p['drafts']) for p in pool)} drafts")
-    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'shown = gold':>12s} {'same subj':>9s} "
-          f"{'same lvl':>8s} prompt {unit} mean ± std")
+    print(f"{'variant':20s} {'tier1/2/3':>16s} {'shown wrong':>11s} {'shown = gold':>12s} "
+          f"{'same subj':>9s} {'same lvl':>8s} prompt {unit} mean ± std")
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
         rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)

@@ -38,7 +38,8 @@ def betainc(a, b, x):
         return 0.0
     if x >= 1:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x)
+                     + b * math.log1p(-x))
     if x < (a + 1) / (a + b + 2):
         return front * _betacf(a, b, x) / a
     return 1.0 - front * _betacf(b, a, 1.0 - x) / b
@@ -68,7 +69,8 @@ def load_groups(specs):
             data = load_json(path)
             data = data if isinstance(data, list) else [data]
             if not all(isinstance(r, dict) for r in data):
-                raise ValueError(f"{path}: not a result of evaluate.py (a JSON object, or a list of them)")
+                raise ValueError(f"{path}: not a result of evaluate.py "
+                                 "(a JSON object, or a list of them)")
             groups.setdefault(label or files, []).extend({**r, "file": path} for r in data)
     return groups
 
@@ -84,15 +86,17 @@ def value(result, metric):
 def compare(specs, metric="strict.pass@1"):
     """specs: ['label=a.json,b.json', ...]; prints mean ± std per label and Welch's t against the
     first."""
-    groups = [(label, [100 * value(r, metric) for r in results]) for label,
-              results in load_groups(specs).items()]
-    print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} {'p':>8s}")
+    groups = [(label, [100 * value(r, metric) for r in results])
+              for label, results in load_groups(specs).items()]
+    print(f"{'variant':24s} {'seeds':>5s} {metric + ' (%)':>22s} {'Δ vs first':>10s} {'t':>7s} "
+          f"{'p':>8s}")
     for label, values in groups:
         sd = statistics.stdev(values) if len(values) > 1 else 0.0
         line = f"{label:24s} {len(values):5d} {statistics.mean(values):14.2f} ± {sd:5.2f}"
         if (label, values) != groups[0] and len(values) > 1 and len(groups[0][1]) > 1:
             t, p = welch_t_test(values, groups[0][1])
-            line += f" {statistics.mean(values) - statistics.mean(groups[0][1]):+10.2f} {t:7.2f} {p:8.4f}"
+            gap = statistics.mean(values) - statistics.mean(groups[0][1])
+            line += f" {gap:+10.2f} {t:7.2f} {p:8.4f}"
         print(line)
     return groups
 

@@ -23,8 +23,8 @@ def tracker(kind, folder, name, config, start=0):
         module = importlib.import_module({"wandb": "wandb",
                                           "tensorboard": "torch.utils.tensorboard"}[kind])
     except ImportError:
-        raise ImportError(f"--report-to {kind} needs the {kind} package: pip install {kind}") from None
-    numbers = lambda record: {k: float(v) for k, v in record.items() if isinstance(v, (int, float))}
+        raise ImportError(f"--report-to {kind} needs the {kind} package: "
+                          f"pip install {kind}") from None
     if kind == "tensorboard":
         writer = module.SummaryWriter(os.path.join(folder, "tensorboard"),
                                       purge_step=start + 1 if start else None)
@@ -42,7 +42,22 @@ def tracker(kind, folder, name, config, start=0):
         f.write(run_id)
     run = module.init(project=os.environ.get("WANDB_PROJECT", "mismatched-wrong-drafts"), name=name,
                       id=run_id, resume="allow", config=config, dir=folder)
-    return Tracker(lambda record, step, table=None: run.log({**numbers(record),
-                                                             **({"completions": module.Table(
-        columns=list(table[0]), data=[list(row.values()) for row in table])} if table else {})},
-        step=step), run.finish)
+
+    def log(record, step, table=None):
+        record = numbers(record)
+        if table:   # completions.jsonl's rows, as a table
+            record["completions"] = module.Table(columns=list(table[0]),
+                                                 data=[list(row.values()) for row in table])
+        run.log(record, step=step)
+    return Tracker(log, run.finish)
+
+
+def numbers(record, prefix=""):
+    """A record's numbers, nested dicts flattened: {"strict": {"pass@1": x}} -> "strict/pass@1"."""
+    flat = {}
+    for key, value in record.items():
+        if isinstance(value, dict):
+            flat.update(numbers(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float)):
+            flat[prefix + key] = float(value)
+    return flat
