@@ -1,11 +1,22 @@
-"""Benchmarks. Every performance or agreement figure in README.md comes from one of these commands.
+"""Benchmarks. Every performance or agreement figure in README.md comes from one of these commands;
+each faster path is measured beside the slower one it replaced, kept here as the baseline, with a
+check that both compute the same thing.
 
-  python bench.py grader            # reward.py: agreement on tests/data/grader_cases.jsonl + worst-case timings
-  python bench.py grader --math-verify   # also where math-verify (optional, never imported by the core) disagrees
-  python bench.py cpu               # CPU: our GRPO step vs TRL's GRPOTrainer (if installed), our generate vs HF
-  python bench.py rollout --steps 3 # CPU: generate() holding each prompt once vs copying it to its rows
-  python bench.py gpu               # GPU: Mathstral-7B-shaped random model: decode tok/s vs HF and roofline,
-                                    #      prefill time, one paper-config training step and its peak memory
+  python bench.py grader               # reward.py: agreement on tests/data/grader_cases.jsonl
+                                       #   + worst-case timings
+  python bench.py grader --math-verify # also where math-verify (optional, never imported by the
+                                       #   core) disagrees
+  python bench.py cpu [--drafts]       # CPU: our GRPO step vs TRL's GRPOTrainer (if installed),
+                                       #   our generate vs HF
+  python bench.py update               # CPU: the prompt-once update vs whole rows
+                                       #   (full_sequence_update), with a gradient check
+  python bench.py rollout --steps 3    # CPU: the decode engine vs the previous one
+                                       #   (dynamic_generate); each prompt held once vs copied
+  python bench.py sampler              # keyed exponential race vs torch.multinomial
+  python bench.py merge                # bf16: how much of a LoRA update a merged base keeps
+  python bench.py gpu --quick          # GPU, <= 5 minutes: the first-GPU checks (bench_gpu)
+  python bench.py gpu                  # GPU: Mathstral-7B-shaped random model: decode tok/s vs HF
+                                       #   and roofline, prefill, training steps, peak memory
 Each section prints a table and writes bench/results/<section>-<device>.json.
 """
 import argparse
@@ -26,9 +37,9 @@ def save(section, result, folder=None):
     folder = folder or os.path.join(HERE, "bench", "results")
     os.makedirs(folder, exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
-    tag = (f"-h{result['hidden']}" if "hidden" in result else "") + ("-drafts"
-            if result.get("drafts") else "") + \
-        (f"-p{result['prompt_tokens']}" if section == "update" else "")
+    tag = f"-h{result['hidden']}" if "hidden" in result else ""
+    tag += "-drafts" if result.get("drafts") else ""
+    tag += f"-p{result['prompt_tokens']}" if section == "update" else ""
     path = os.path.join(folder, f"{section}-{name}{tag}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(result, f, indent=2)
@@ -39,17 +50,17 @@ def save(section, result, folder=None):
 # ----------------------------------------------------------------------------- grader
 def bench_grader(args):
     from reward import is_equiv, reward
-    cases = [json.loads(l) for l in open(os.path.join(HERE, "tests", "data", "grader_cases.jsonl"),
-                                         encoding="utf-8")]
+    cases_path = os.path.join(HERE, "tests", "data", "grader_cases.jsonl")
+    cases = [json.loads(line) for line in open(cases_path, encoding="utf-8")]
     agree, times, disagreements = 0, [], []
     for c in cases:
         t = time.perf_counter()
         if c["kind"] == "answer":
             ok = is_equiv(c["pred"], c["gold"]) == c["equal"]
         else:
-            ok = (reward(c["completion"], c["gold"], strict=True), reward(c["completion"],
-                    c["gold"])) == \
-                 (c["strict"], c["lenient"])
+            got = (reward(c["completion"], c["gold"], strict=True),
+                   reward(c["completion"], c["gold"]))
+            ok = got == (c["strict"], c["lenient"])
         times.append(time.perf_counter() - t)
         agree += ok
         if not ok:
@@ -81,18 +92,19 @@ def bench_grader(args):
                     mv = False
                 mv_agree += mv == c["equal"]
                 if mv != c["equal"]:
-                    print(f"  math-verify {'accepts' if mv else 'rejects'} {c['pred']!r} for {c['gold']!r}")
+                    verdict = "accepts" if mv else "rejects"
+                    print(f"  math-verify {verdict} {c['pred']!r} for {c['gold']!r}")
             result["math_verify_agreement_on_answer_pairs"] = mv_agree / len(answers)
-    print(f"grader: {agree}/{len(cases)} agree ({100 * result['agreement']:.2f}%), mean {result['mean_ms']:.3f} ms, "
-          f"max {result['max_ms']:.2f} ms; adversarial inputs: mean {result['adversarial_mean_ms']:.2f} ms, "
+    print(f"grader: {agree}/{len(cases)} agree ({100 * result['agreement']:.2f}%), "
+          f"mean {result['mean_ms']:.3f} ms, max {result['max_ms']:.2f} ms; "
+          f"adversarial inputs: mean {result['adversarial_mean_ms']:.2f} ms, "
           f"max {result['adversarial_max_ms']:.1f} ms")
     for c in disagreements[:20]:
         print("  disagrees:", c)
     save("grader", result)
 
 
-# ----------------------------------------------------------------------------- CPU: training step
-# and generation
+# ------------------------------------------------------------ CPU: training step and generation
 def small_model(tokenizer, hidden=256, layers=4):
     """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big
     enough that the model's arithmetic, not Python, dominates a CPU step."""
@@ -118,8 +130,8 @@ def bench_cpu(args):
     # --drafts: another problem's solution as the draft, as mismatched prompts show
     for i, r in enumerate(rows):
         r["draft"] = rows[(i + 1) % len(rows)]["solution"] if args.drafts else None
-    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(), "B": B,
-              "G": G, "hidden": args.hidden, "layers": args.layers,
+    result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(),
+              "B": B, "G": G, "hidden": args.hidden, "layers": args.layers,
               "max_new_tokens": L, "steps_timed": steps - 1, "drafts": args.drafts,
               "model": f"random Mistral, hidden {args.hidden}, {args.layers} layers"}
 
@@ -127,9 +139,8 @@ def bench_cpu(args):
     # model rarely stops)
     model = small_model(tok, args.hidden, args.layers).eval()
     ids = [tok(build_prompt(r["problem"], r["draft"]))["input_ids"] for r in rows[:B]]
-    result["mean_prompt_tokens"] = statistics.mean(len(tok(build_prompt(r["problem"],
-            r["draft"]))["input_ids"])
-                                                   for r in rows)
+    prompt_lengths = [len(tok(build_prompt(r["problem"], r["draft"]))["input_ids"]) for r in rows]
+    result["mean_prompt_tokens"] = statistics.mean(prompt_lengths)
     t = time.perf_counter()
     ours = generate(model, ids, n=G, max_new_tokens=L, temperature=1.0, eos_token_id=-1,
                     pad_token_id=tok.pad_token_id)
@@ -157,11 +168,9 @@ def bench_cpu(args):
     result["lora_merged_generate_s"] = time.perf_counter() - t
 
     # one GRPO step (rollouts + rewards + update), ours vs TRL's GRPOTrainer with the same settings.
-    # Two rewards:
-    # the real grader (a random model scores 0: every group is skipped, as early in training on hard
-    # problems) and a
-    # deterministic coin flip per completion (every group has variance: the full update runs in both
-    # trainers)
+    # Two rewards: the real grader (a random model scores 0: every group is skipped, as early in
+    # training on hard problems) and a deterministic coin flip per completion (every group has
+    # variance: the full update runs in both trainers)
     import shutil
     import zlib
     coin = lambda text, gold: float(zlib.crc32(text.encode()) % 2)
@@ -175,24 +184,30 @@ def bench_cpu(args):
         torch.manual_seed(0)
         grpo.train(targs, rows, apply_lora(small_model(tok, args.hidden, args.layers)), tok,
                    reward_fn=reward_fn)
-        times = [json.loads(l)["step_time"] for l in open(os.path.join(out, "metrics.jsonl"))][1:]
+        metrics = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+        times = [m["step_time"] for m in metrics][1:]
         result[f"ours_step_s_{label}"] = statistics.median(times)
         try:
-            result.update({f"{k}_{label}": v for k, v in trl_step(rows, tok, B, G, L, steps,
-                    reward_fn, args.hidden, args.layers).items()})
-            result[f"step_speedup_vs_trl_{label}"] = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
+            theirs = trl_step(rows, tok, B, G, L, steps, reward_fn, args.hidden, args.layers)
+            result.update({f"{k}_{label}": v for k, v in theirs.items()})
+            speedup = result[f"trl_step_s_{label}"] / result[f"ours_step_s_{label}"]
+            result[f"step_speedup_vs_trl_{label}"] = speedup
         except ImportError as e:
             print(f"TRL not installed ({e}); pip install trl to compare")
-    print(f"CPU ({result['threads']} threads), {B} prompts ({result['mean_prompt_tokens']:.0f} tokens on average) x {G} "
+    print(f"CPU ({result['threads']} threads), {B} prompts "
+          f"({result['mean_prompt_tokens']:.0f} tokens on average) x {G} "
           f"rollouts x {L} tokens, {result['model']}")
-    print(f"  generate: ours {result['ours_generate_s']:.2f} s, HF generate {result['hf_generate_s']:.2f} s "
-          f"-> {result['generate_speedup_vs_hf']:.2f}x; LoRA unmerged {result['lora_unmerged_generate_s']:.2f} s, "
+    print(f"  generate: ours {result['ours_generate_s']:.2f} s, "
+          f"HF generate {result['hf_generate_s']:.2f} s "
+          f"-> {result['generate_speedup_vs_hf']:.2f}x; "
+          f"LoRA unmerged {result['lora_unmerged_generate_s']:.2f} s, "
           f"merged {result['lora_merged_generate_s']:.2f} s")
     for label in ("grader", "coin"):
         line = f"  GRPO step, {label} reward: ours {result[f'ours_step_s_{label}']:.2f} s"
         if f"trl_step_s_{label}" in result:
-            line += f", TRL {result[f'trl_version_{label}']} GRPOTrainer {result[f'trl_step_s_{label}']:.2f} s " \
-                    f"-> {result[f'step_speedup_vs_trl_{label}']:.2f}x"
+            line += (f", TRL {result[f'trl_version_{label}']} GRPOTrainer "
+                     f"{result[f'trl_step_s_{label}']:.2f} s "
+                     f"-> {result[f'step_speedup_vs_trl_{label}']:.2f}x")
         print(line)
     save("cpu", result)
 
@@ -212,7 +227,8 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
         width = max(map(len, seqs))
         ids = torch.tensor([s + [pad_token_id] * (width - len(s)) for s in seqs])  # [n, T]
         attn = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])  # [n, T]
-        comp = torch.tensor([[0] * len(prompt_ids[rows[i][0]]) + [1] * len(completions[rows[i][0]][rows[i][1]])
+        comp = torch.tensor([[0] * len(prompt_ids[rows[i][0]])
+                             + [1] * len(completions[rows[i][0]][rows[i][1]])
                              + [0] * (width - lengths[i]) for i in mb])  # [n, T]
         # [n, T, H]
         hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
@@ -244,17 +260,19 @@ def bench_update(args):
     B, G, L, P = 4, 8, args.new_tokens, args.prompt_tokens
     prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
     completions = [[torch.randint(4, 2000, (L,)).tolist() for _ in range(G)] for _ in range(B)]
-    advantages = grpo.group_advantages(torch.tensor([[float(g % 2) for g in range(G)]
-                                                     for _ in range(B)]))
+    rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])
+    advantages = grpo.group_advantages(rewards)
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(),
               "hidden": args.hidden, "layers": args.layers, "B": B, "G": G, "prompt_tokens": P,
               "completion_tokens": L}
     grads = {}
-    for label, fn in (("prompt_once", lambda: grpo.policy_update(model, prompts, completions,
-            advantages, targs)),
-                      ("full_sequence", lambda: full_sequence_update(model, prompts, completions,
-                              advantages, targs, 3))):
+    updates = {
+        "prompt_once": lambda: grpo.policy_update(model, prompts, completions, advantages, targs),
+        "full_sequence": lambda: full_sequence_update(model, prompts, completions, advantages,
+                                                      targs, pad_token_id=3),
+    }
+    for label, fn in updates.items():
         times = []
         for _ in range(args.steps):
             model.zero_grad(set_to_none=True)
@@ -264,11 +282,14 @@ def bench_update(args):
         result[f"{label}_s"] = statistics.median(times[1:])
         grads[label] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
     result["speedup"] = result["full_sequence_s"] / result["prompt_once_s"]
-    diff = (grads["prompt_once"] - grads["full_sequence"]).abs().max() / grads["full_sequence"].abs().max()
+    gap = (grads["prompt_once"] - grads["full_sequence"]).abs().max()
+    diff = gap / grads["full_sequence"].abs().max()
     result["max_grad_rel_diff"] = diff.item()
-    print(f"update, {B} x {G} rollouts of {L} tokens after {P}-token prompts, hidden {args.hidden} x {args.layers} "
-          f"layers: prompt once {result['prompt_once_s']:.3f} s, whole sequences "
-          f"{result['full_sequence_s']:.3f} s -> {result['speedup']:.2f}x; gradients agree to {diff:.1e}")
+    print(f"update, {B} x {G} rollouts of {L} tokens after {P}-token prompts, "
+          f"hidden {args.hidden} x {args.layers} layers: "
+          f"prompt once {result['prompt_once_s']:.3f} s, whole sequences "
+          f"{result['full_sequence_s']:.3f} s -> {result['speedup']:.2f}x; "
+          f"gradients agree to {diff:.1e}")
     save("update", result)
 
 
@@ -306,16 +327,14 @@ def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
                             disable_tqdm=True)
     torch.manual_seed(0)
     timer = Timer()
+    rewards = lambda prompts, completions, answer, **kw: [(reward_fn or reward)(c, a)
+                                                          for c, a in zip(completions, answer)]
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                      "up_proj", "down_proj"])
     trainer = trl.GRPOTrainer(model=small_model(tok, hidden, layers), args=config,
-                              train_dataset=data, processing_class=tok, reward_funcs=lambda prompts,
-                              completions, answer, **kw: [(reward_fn or reward)(c, a) for c,
-                                                          a in zip(completions, answer)],
-                              peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0,
-                                                     task_type="CAUSAL_LM",
-                                                     target_modules=["q_proj", "k_proj", "v_proj",
-                                                             "o_proj", "gate_proj", "up_proj",
-                                                             "down_proj"]),
-                              callbacks=[timer])
+                              train_dataset=data, processing_class=tok, reward_funcs=rewards,
+                              peft_config=lora, callbacks=[timer])
     trainer.train()
     return {"trl_step_s": statistics.median(timer.marks[1:]), "trl_version": trl.__version__}
 
@@ -325,8 +344,9 @@ MATHSTRAL_SHAPE = dict(vocab_size=32768, hidden_size=4096, intermediate_size=143
                        num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                        head_dim=128, rope_theta=1e6, rms_norm_eps=1e-5,
                        max_position_embeddings=32768)  # mistralai/Mathstral-7B-v0.1's config.json
-# ----------------------------------------------------------------------------- rollouts: the prompt
-# held once
+
+
+# ------------------------------------------------------------------ rollouts: the prompt held once
 def left_pad(seqs, pad_token_id, device):
     """Token-id lists -> (ids, attention mask, position ids), each [N, longest], padded on the left
     so that every sequence ends in the last column; each sequence's positions start at 0, pads sit
@@ -347,9 +367,8 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     import torch
 
     from generation import mix, sample_keys, sample_next
-    device, jobs = next(model.parameters()).device, [(p,
-                                                      s) for p in range(len(prompt_ids))
-                                                      for s in range(n)]
+    device = next(model.parameters()).device
+    jobs = [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
     results = [[] for _ in prompt_ids]
     for start in range(0, len(jobs), batch_size):
         owner = [p for p, _ in jobs[start:start + batch_size]]
@@ -362,8 +381,10 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
         prompt = torch.tensor([firsts.index(p) for p in owner], device=device)  # [R]
         cache = out.past_key_values
         cache.batch_select_indices(prompt)  # copy each prompt's K/V to its rows
-        logits, position, mask = out.logits[prompt, -1], mask.sum(-1,
-                keepdim=True)[prompt], mask[prompt]   # [R, *]
+        # [R, *]
+        logits = out.logits[prompt, -1]
+        position = mask.sum(-1, keepdim=True)[prompt]
+        mask = mask[prompt]
         key, tokens = sample_keys(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
         live = torch.arange(len(owner), device=device)
         for t in range(max_new_tokens):
@@ -386,8 +407,7 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     return results
 
 
-# ----------------------------------------------------------------------------- rollouts: the
-# previous engine
+# ---------------------------------------------------------------- rollouts: the previous engine
 def online_softmax_attention(module, query, key, value, attention_mask=None, scaling=None,
                              dropout=0.0, shared_prompts=None, sliding_window=None, **kwargs):
     """Attention of n rows over their prompt's K/V, held once per prompt, and over their own tokens'
@@ -408,13 +428,13 @@ def online_softmax_attention(module, query, key, value, attention_mask=None, sca
     q = query.reshape(n, Hkv, H // Hkv * T, d) * scaling
     qg = q.new_zeros(B, G, Hkv, H // Hkv * T, d).index_put_((prompt, slot), q)  # [B, G, Hkv, M, d]
     qg = qg.transpose(1, 2).reshape(B, Hkv, -1, d)  # all G rows' queries of a prompt in one product
-    pad = torch.zeros(B, 1, 1, P, device=q.device).masked_fill_(~mask[:, None, None, :],
-                                                                float("-inf"))   # [B, 1, 1, P]
+    pad = torch.zeros(B, 1, 1, P, device=q.device)  # [B, 1, 1, P]
+    pad.masked_fill_(~mask[:, None, None, :], float("-inf"))
     s1 = (qg @ kp.transpose(-1, -2)).float().add_(pad)      # left padding at -inf
     # query t sits at position len + S - T + t, prompt key j at j - (left padding)
     if sliding_window:
-        back = (mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device))[:, :, None] \
-            - (mask.cumsum(-1) - 1)[:, None, :]  # [B, T, P]
+        query_pos = mask.sum(-1, keepdim=True) + S - T + torch.arange(T, device=q.device)  # [B, T]
+        back = query_pos[:, :, None] - (mask.cumsum(-1) - 1)[:, None, :]  # [B, T, P]
         s1.view(B, Hkv, -1, T, P).masked_fill_((back >= W)[:, None, None], float("-inf"))
     # any constant per query is exact; the max is stable
     m1 = s1.detach().amax(-1, keepdim=True).clamp_(min=-1e30)
@@ -460,7 +480,8 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
     tokens whichever rows share its batch or process, up to float rounding of the logits. Stops at
     EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail. generation.generate before
     the fixed-shape engine, as the baseline of `bench.py rollout`: a DynamicCache that concatenates
-    every layer's K/V at every step, finished rows dropped every step, every token read by the host."""
+    every layer's K/V at every step, finished rows dropped every step, every token read by the
+    host."""
     import torch
     from transformers import DynamicCache
 
@@ -474,39 +495,39 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
             owner = [p for p, _ in jobs[start:start + batch_size]]
             firsts = sorted(set(owner))  # [J]
             # Each prompt is prefilled alone: no padding, so no fully masked row for a fused kernel
-            # to return NaN on;
-            # the K/V are then left-padded with zeros, which the attention masks.
+            # to return NaN on; the K/V are then left-padded with zeros, which the attention masks.
+            # (A plain cache keeps a windowed prompt.)
             outs = [model(input_ids=torch.tensor([prompt_ids[p]], device=device),
-                          past_key_values=DynamicCache(), use_cache=True,
-                          # a plain cache keeps a windowed prompt
-                          logits_to_keep=1) for p in firsts]
+                          past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)
+                    for p in firsts]
             mask = left_pad([prompt_ids[p] for p in firsts], pad_token_id, device)[1]  # [J, P]
             P = mask.shape[1]
-            kv = [[torch.cat([torch.nn.functional.pad(getattr(o.past_key_values.layers[i], part),
-                                                      (0, 0, P - len(
-                prompt_ids[p]), 0)) for o, p in zip(outs,
-                                                    firsts)])
-                                                    for i in range(len(outs[0].past_key_values.layers))]
-                for part in ("keys", "values")]  # [J, Hkv, P, d]
+            caches = [o.past_key_values.layers for o in outs]  # per prompt, its layers
+            lefts = [P - len(prompt_ids[p]) for p in firsts]  # per prompt, its left padding
+            kv = [[torch.cat([torch.nn.functional.pad(getattr(c[i], part), (0, 0, left, 0))
+                              for c, left in zip(caches, lefts)])
+                   for i in range(len(caches[0]))]
+                  for part in ("keys", "values")]  # [J, Hkv, P, d]
             prompt = torch.tensor([firsts.index(p) for p in owner], device=device)  # [R]
             # [R]
             slot = torch.tensor([r - owner.index(p) for r, p in enumerate(owner)], device=device)
             prompts = (kv[0], kv[1], mask.bool(), prompt, slot, max(slot.tolist()) + 1)
             logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]  # [R, V]
             position = mask.sum(-1, keepdim=True)[prompt]  # [R, 1]
-            key = sample_keys(seed, [(keys[p], s) for p, s in jobs[start:start + batch_size]],
-                              device)          # [R]
-            tokens, live, cache = [[] for _ in owner], torch.arange(len(owner),
-                    device=device), DynamicCache()
+            batch_keys = [(keys[p], s) for p, s in jobs[start:start + batch_size]]
+            key = sample_keys(seed, batch_keys, device)  # [R]
+            tokens, cache = [[] for _ in owner], DynamicCache()
+            live = torch.arange(len(owner), device=device)
             with dynamic_attention(model):  # the rows' cache holds their own tokens
                 for t in range(max_new_tokens):
                     nxt = sample_next(logits, temperature, top_p, mix(key ^ t))  # [R]
                     keep = []
                     for row, tok in zip(live.tolist(), nxt.tolist()):
                         tokens[row].append(tok)
-                        done = tok == eos_token_id or (stop_strings and tokenizer is not None
-                                                       and any(
-                            s in tokenizer.decode(tokens[row][-12:]) for s in stop_strings))
+                        done = tok == eos_token_id or (
+                            stop_strings and tokenizer is not None
+                            and any(s in tokenizer.decode(tokens[row][-12:])
+                                    for s in stop_strings))
                         keep.append(not done)
                     if not any(keep):
                         break
@@ -523,12 +544,6 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
         return results
 
 
-    # ----------------------------------------------------------------------------- processes
-    # (torchrun)
-    # how long a process may wait for the others (an AIME chunk: tens of minutes)
-    TIMEOUT = "DIST_TIMEOUT_MINUTES"
-
-
 @contextlib.contextmanager
 def kv_bytes_held(model):
     """Within the block, record the most KV-cache bytes held entering any decode step of `model`: a
@@ -540,19 +555,17 @@ def kv_bytes_held(model):
     peak, forward, decode_forward = [0], model.forward, generation.decode_forward
 
     def count(past_key_values=None, shared=None):
-        held = [t for layer in getattr(past_key_values, "layers", []) for t in (layer.keys,
-                layer.values)
-                if isinstance(t, torch.Tensor)]
+        held = [t for layer in getattr(past_key_values, "layers", [])
+                for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor)]
         if shared is not None:
-            held += list(shared.keys) + list(shared.values) + [t for layer in shared.cache or []
-                                                               for t in layer]
+            own = [t for layer in shared.cache or [] for t in layer]
+            held += list(shared.keys) + list(shared.values) + own
         peak[0] = max(peak[0], sum({t.data_ptr(): t.nbytes for t in held}.values()))
 
     def counting(*args, past_key_values=None, **kwargs):
         count(past_key_values)
-        return forward(*args,
-                       **({"past_key_values": past_key_values} if past_key_values is not None
-                          else {}), **kwargs)
+        given = {"past_key_values": past_key_values} if past_key_values is not None else {}
+        return forward(*args, **given, **kwargs)
 
     def counting_decode(m, plan, ids, position, shared):
         count(shared=shared) if m is model else None
@@ -595,7 +608,8 @@ def bench_rollout(args):
     token read by the host), 4 prompts of 512 tokens x 16 rows, no EOS: time at 64 and 1,024 new
     tokens, the late/early per-step ratio, aten ops per step, greedy rows identical. 2. Finished
     rows leaving the batch (compaction) or staying, masked, with rows ending at EOS. 3. Each
-    prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token prompts."""
+    prompt's K/V held once vs copied to its rows (copied_generate), after 100-2,000-token
+    prompts."""
     import torch
 
     import generation
@@ -605,7 +619,8 @@ def bench_rollout(args):
     torch.set_num_threads(os.cpu_count() or 1)
     model = small_model(tiny_tokenizer(), args.hidden, args.layers).eval()
     c = model.config
-    kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * (c.hidden_size // c.num_attention_heads) * 4  # fp32
+    head_dim = c.hidden_size // c.num_attention_heads
+    kv_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 4  # fp32
     B, G, P = 4, 16, 512
     result = {"device": "cpu-" + platform.machine(), "threads": torch.get_num_threads(),
               "hidden": args.hidden, "layers": args.layers, "heads": c.num_attention_heads,
@@ -616,47 +631,55 @@ def bench_rollout(args):
     engine = {"prompt_tokens": P}
     for label, gen in (("ours", generate), ("before", dynamic_generate)):
         for L in (64, 1024):
-            engine[f"{label}_s_{L}"] = median_time(lambda: gen(model, prompts, max_new_tokens=L,
-                                                               **kw), args.steps)
-        engine[f"{label}_late_early"] = (engine[f"{label}_s_1024"] / 1024) / (engine[f"{label}_s_64"] / 64)
-        engine[f"{label}_ops_per_step"] = ops_per_step(lambda n: gen(model, prompts,
-                max_new_tokens=n, **kw))
+            engine[f"{label}_s_{L}"] = median_time(
+                lambda: gen(model, prompts, max_new_tokens=L, **kw), args.steps)
+        late, early = engine[f"{label}_s_1024"] / 1024, engine[f"{label}_s_64"] / 64
+        engine[f"{label}_late_early"] = late / early
+        engine[f"{label}_ops_per_step"] = ops_per_step(
+            lambda n: gen(model, prompts, max_new_tokens=n, **kw))
         engine[f"{label}_greedy"] = gen(model, prompts, max_new_tokens=1024, temperature=0, **kw)
     rows = lambda out: [row for group in out for row in group]
-    engine["greedy_rows_identical"] = sum(a == b for a, b in zip(rows(engine.pop("ours_greedy")),
-                                                                 rows(engine.pop("before_greedy")))) / (B * G)
+    greedy_ours = rows(engine.pop("ours_greedy"))
+    greedy_before = rows(engine.pop("before_greedy"))
+    identical = sum(a == b for a, b in zip(greedy_ours, greedy_before))
+    engine["greedy_rows_identical"] = identical / (B * G)
     for L in (64, 1024):
         engine[f"speedup_{L}"] = engine[f"before_s_{L}"] / engine[f"ours_s_{L}"]
     engine["ops_ratio"] = engine["ours_ops_per_step"] / engine["before_ops_per_step"]
     result["engine"] = engine
-    print(f"decode engine, {B} x {G} rows after {P}-token prompts, no EOS, median of {args.steps} runs: 64 tokens "
-          f"{engine['ours_s_64']:.2f} s vs {engine['before_s_64']:.2f} s before ({engine['speedup_64']:.2f}x); "
+    print(f"decode engine, {B} x {G} rows after {P}-token prompts, no EOS, "
+          f"median of {args.steps} runs: "
+          f"64 tokens {engine['ours_s_64']:.2f} s vs {engine['before_s_64']:.2f} s before "
+          f"({engine['speedup_64']:.2f}x); "
           f"1,024 tokens {engine['ours_s_1024']:.2f} s vs {engine['before_s_1024']:.2f} s "
-          f"({engine['speedup_1024']:.2f}x); late/early per-step time {engine['ours_late_early']:.2f} vs "
-          f"{engine['before_late_early']:.2f}; aten ops per step {engine['ours_ops_per_step']:.0f} vs "
-          f"{engine['before_ops_per_step']:.0f} ({engine['ops_ratio']:.2f}); greedy rows identical "
-          f"{100 * engine['greedy_rows_identical']:.1f} %")
+          f"({engine['speedup_1024']:.2f}x); "
+          f"late/early per-step time {engine['ours_late_early']:.2f} vs "
+          f"{engine['before_late_early']:.2f}; "
+          f"aten ops per step {engine['ours_ops_per_step']:.0f} vs "
+          f"{engine['before_ops_per_step']:.0f} ({engine['ops_ratio']:.2f}); "
+          f"greedy rows identical {100 * engine['greedy_rows_identical']:.1f} %")
 
-    # 2. rows ending at EOS (an LM-head bias makes it ~1 in 300 a step): compaction at half the rows
-    # vs never
+    # 2. rows ending at EOS (an LM-head bias makes it ~1 in 300 a step): compaction at half the
+    # rows vs never
     eos, compact, head = 7, generation.COMPACT_AT, model.get_output_embeddings()
-    head.bias = torch.nn.Parameter(torch.zeros(head.out_features).index_fill_(0,
-            torch.tensor([eos]), 1.9))
-    ending = {}
+    bias = torch.zeros(head.out_features).index_fill_(0, torch.tensor([eos]), 1.9)
+    head.bias = torch.nn.Parameter(bias)
+    ending, with_eos = {}, {**kw, "eos_token_id": eos}
     for label, at in (("compacted", compact), ("masked", 0.0)):
         generation.COMPACT_AT = at
-        ending[f"{label}_s"] = median_time(lambda: generate(model, prompts, max_new_tokens=1024, **{
-            **kw, "eos_token_id": eos}), args.steps)
-        ending[f"{label}_rows"] = generate(model, prompts, max_new_tokens=1024, **{**kw,
-                "eos_token_id": eos})
+        ending[f"{label}_s"] = median_time(
+            lambda: generate(model, prompts, max_new_tokens=1024, **with_eos), args.steps)
+        ending[f"{label}_rows"] = generate(model, prompts, max_new_tokens=1024, **with_eos)
     generation.COMPACT_AT, head.bias = compact, None
     lengths = [len(r) for r in rows(ending["compacted_rows"])]
     ending.update(same_tokens=ending.pop("compacted_rows") == ending.pop("masked_rows"),
                   speedup=ending["masked_s"] / ending["compacted_s"],
                   median_length=statistics.median(lengths), longest=max(lengths))
     result["rows_ending"] = ending
-    print(f"rows ending at EOS (median {ending['median_length']:.0f} tokens, longest {ending['longest']}): finished "
-          f"rows leaving the batch {ending['compacted_s']:.2f} s, staying masked {ending['masked_s']:.2f} s "
+    print(f"rows ending at EOS (median {ending['median_length']:.0f} tokens, "
+          f"longest {ending['longest']}): "
+          f"finished rows leaving the batch {ending['compacted_s']:.2f} s, "
+          f"staying masked {ending['masked_s']:.2f} s "
           f"({ending['speedup']:.2f}x); same tokens: {ending['same_tokens']}")
 
     # 3. the prompt held once vs copied to every row
@@ -674,12 +697,15 @@ def bench_rollout(args):
         row["speedup"] = row["copied_s"] / row["shared_s"]
         row["kv_ratio"] = row["copied_kv_bytes"] / row["shared_kv_bytes"]
         row["bound_kv_bytes"] = (B * P + B * G * 64) * kv_token  # the bound: B*P + B*G*L tokens
-        row["tokens_differing"] = sum(a != b for a, b in zip(flat(outs["shared"]),
-                                                             flat(outs["copied"])))
+        pairs = zip(flat(outs["shared"]), flat(outs["copied"]))
+        row["tokens_differing"] = sum(a != b for a, b in pairs)
         result["prompts"][P] = row
-        print(f"rollouts {B} x {G} x 64 tokens after {P}-token prompts: shared {row['shared_s']:.3f} s, copied "
-              f"{row['copied_s']:.3f} s -> {row['speedup']:.2f}x; KV held {row['shared_kv_bytes'] / 2**20:.1f} MiB "
-              f"vs {row['copied_kv_bytes'] / 2**20:.1f} MiB (bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
+        print(f"rollouts {B} x {G} x 64 tokens after {P}-token prompts: "
+              f"shared {row['shared_s']:.3f} s, copied {row['copied_s']:.3f} s "
+              f"-> {row['speedup']:.2f}x; "
+              f"KV held {row['shared_kv_bytes'] / 2**20:.1f} MiB "
+              f"vs {row['copied_kv_bytes'] / 2**20:.1f} MiB "
+              f"(bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
               f"{row['tokens_differing']} of {B * G * 64} tokens differ")
     save("rollout", result)
 
@@ -691,8 +717,8 @@ def multinomial_next(logits, temperature, top_p, generator):
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        sorted_probs = sorted_probs.masked_fill(sorted_probs.cumsum(dim=-1) - sorted_probs > top_p,
-                                                0.0)
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        sorted_probs = sorted_probs.masked_fill(outside, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
@@ -708,8 +734,8 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
     from generation import mix, sample_keys, sample_next
     torch.manual_seed(0)
     logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)  # [R, V], rows alike
-    keys, gen = sample_keys(0, [(0, r) for r in range(rows)],
-                            device), torch.Generator(device=device).manual_seed(0)
+    keys = sample_keys(0, [(0, r) for r in range(rows)], device)
+    gen = torch.Generator(device=device).manual_seed(0)
     probs = torch.softmax(logits[0].float(), -1)
     top = probs.topk(20).indices
     out = {"rows": rows, "vocab": vocab, "steps": steps, "top_p": 1.0, "device": device,
@@ -718,15 +744,18 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
                       ("multinomial", lambda t: multinomial_next(logits, 1.0, 1.0, gen))):
         fn(0)
         seconds, draws = timed(lambda: [fn(t) for t in range(steps)], device)
-        freq = torch.bincount(torch.stack(draws).flatten(),
-                              minlength=vocab).float() / (rows * steps)
+        counts = torch.bincount(torch.stack(draws).flatten(), minlength=vocab)
+        freq = counts.float() / (rows * steps)
         out[f"{label}_ms_per_step"] = 1e3 * seconds / steps
         out[f"{label}_max_gap_top20"] = (freq[top] - probs[top]).abs().max().item()
     out["keyed_vs_multinomial"] = out["keyed_ms_per_step"] / out["multinomial_ms_per_step"]
-    print(f"sampling {rows} rows x {vocab} tokens on {device}: keyed {out['keyed_ms_per_step']:.3f} ms per step, "
-          f"multinomial {out['multinomial_ms_per_step']:.3f} ms ({out['keyed_vs_multinomial']:.2f}x); over "
-          f"{rows * steps} draws the 20 likeliest tokens' frequencies are within {out['keyed_max_gap_top20']:.4f} "
-          f"(keyed) and {out['multinomial_max_gap_top20']:.4f} (multinomial) of their probabilities "
+    print(f"sampling {rows} rows x {vocab} tokens on {device}: "
+          f"keyed {out['keyed_ms_per_step']:.3f} ms per step, "
+          f"multinomial {out['multinomial_ms_per_step']:.3f} ms "
+          f"({out['keyed_vs_multinomial']:.2f}x); "
+          f"over {rows * steps} draws the 20 likeliest tokens' frequencies are within "
+          f"{out['keyed_max_gap_top20']:.4f} (keyed) and "
+          f"{out['multinomial_max_gap_top20']:.4f} (multinomial) of their probabilities "
           f"(the likeliest: p = {out['top_token_prob']:.3f})")
     if args.section == "sampler":  # inside `bench.py gpu` it goes into gpu's JSON
         save("sampler", {**out, "device": "cpu-" + platform.machine()})
@@ -763,9 +792,9 @@ def bench_merge(args):
             share = {m: ((y.float() - y0) * delta).sum().item() / (delta * delta).sum().item()
                      for m, y in ys.items()}
             result["runs"].append({"steps": k, "signs": signs, **share})
-            print(f"bf16, {k} steps, {signs} signs: merged keeps {100 * share['merged']:.1f} %, unmerged + bf16 add "
-                  f"{100 * share['unmerged_bf16_add']:.1f} %, fp32 add {100 * share['fp32_add']:.1f} % of the "
-                  "adapter's effect")
+            print(f"bf16, {k} steps, {signs} signs: merged keeps {100 * share['merged']:.1f} %, "
+                  f"unmerged + bf16 add {100 * share['unmerged_bf16_add']:.1f} %, "
+                  f"fp32 add {100 * share['fp32_add']:.1f} % of the adapter's effect")
     save("merge", result)
 
 
@@ -842,14 +871,17 @@ def bench_gpu(args):
     """Mathstral-7B's exact shape with random weights (no download), section by section;
     bench/results/gpu-<device>.json is rewritten after each, so a run cut short keeps what it
     measured. --quick (<= 5 minutes on an H100/H200):
-      1. left padding: prompts of 5, 37 and 90 tokens sampled together equal each sampled alone on this device's
-         kernels, and how many positions of a left-padded batch the fused kernels return as NaN (what generate avoids);
+      1. left padding: prompts of 5, 37 and 90 tokens sampled together equal each sampled alone on
+         this device's kernels, and how many positions of a left-padded batch the fused kernels
+         return as NaN (what generate avoids);
       2. copy bandwidth (the HBM roofline's ceiling);
-      3. 256 decode steps of 64 rows after 4 x 3,072-token prompts (the paper's worst case, full-size buffers for
-         4,096 new tokens), eager and CUDA graphs: ms per step, tokens/s against the roofline at that context, peak
-         memory allocated and reserved, and a whole rollout extrapolated; HF generate on the same batch for 32 steps;
-      4. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion tokens) and the
-         2,000-step wall-clock these give (an upper bound: every completion at the cap);
+      3. 256 decode steps of 64 rows after 4 x 3,072-token prompts (the paper's worst case,
+         full-size buffers for 4,096 new tokens), eager and CUDA graphs: ms per step, tokens/s
+         against the roofline at that context, peak memory allocated and reserved, and a whole
+         rollout extrapolated; HF generate on the same batch for 32 steps;
+      4. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion
+         tokens) and the 2,000-step wall-clock these give (an upper bound: every completion at the
+         cap);
       5. NCCL with the process group's timeout.
     Without --quick, then: decode at batch 16/64/128 against the copying path and HF generate, the
     sampler, and two whole training steps. --shape tiny runs all of it on a CPU in seconds (a dry
@@ -875,7 +907,8 @@ def bench_gpu(args):
     torch.set_default_dtype(torch.float32)
     dtype_bytes = 2 if device == "cuda" else 4
     weight_bytes = sum(p.numel() for p in model.parameters()) * dtype_bytes
-    kv_token = 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype_bytes
+    kv_token = (2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim
+                * dtype_bytes)
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu-" + platform.machine()
     result = {"device": name, "shape": args.shape, "quick": args.quick, "torch": torch.__version__,
               "params": sum(p.numel() for p in model.parameters()), "kv_bytes_per_token": kv_token,
@@ -900,21 +933,23 @@ def bench_gpu(args):
         hidden = model.model(input_ids=padded, attention_mask=mask,
                              position_ids=positions).last_hidden_state
     nan = torch.isnan(hidden).any(-1)
-    section("left_padding", {"rows_identical": sum(a == b for a, b in zip(sum(alone, []),
-            sum(together, []))),
-                             "rows": 12, "padded_batch_nan_positions": int(nan.sum()),
-                             "padded_batch_nan_in_real_tokens": int((nan & mask.bool()).sum())},
-            f"1. left padding: {sum(a == b for a, b in zip(sum(alone, []), sum(together, [])))} of 12 rows sampled "
-            f"together equal each prompt alone; a left-padded batch through this device's fused kernels: "
-            f"{int(nan.sum())} positions NaN ({int((nan & mask.bool()).sum())} of them real tokens)")
+    identical = sum(a == b for a, b in zip(sum(alone, []), sum(together, [])))
+    nan_real = int((nan & mask.bool()).sum())
+    section("left_padding", {"rows_identical": identical, "rows": 12,
+                             "padded_batch_nan_positions": int(nan.sum()),
+                             "padded_batch_nan_in_real_tokens": nan_real},
+            f"1. left padding: {identical} of 12 rows sampled "
+            f"together equal each prompt alone; "
+            f"a left-padded batch through this device's fused kernels: "
+            f"{int(nan.sum())} positions NaN ({nan_real} of them real tokens)")
 
     # 2. copy bandwidth
     bandwidth = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
     section("copy_bandwidth_GBps", bandwidth,
             f"2. copy bandwidth {bandwidth:.0f} GB/s (read + write)")
 
-    # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for 4,096
-    # new tokens
+    # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for
+    # 4,096 new tokens
     B, G, P, L, steps = (4, 16, 3072, 4096, 256) if big else (4, 4, 64, 128, 48)
     prompts = [rand(P) for _ in range(B)]
     # HBM bytes a step reads at context t
@@ -948,19 +983,26 @@ def bench_gpu(args):
                key=lambda m: decode[m]["ms_per_step"], default="eager")
     ours = decode[best].get("ms_per_step", float("nan"))
     decode["best"], decode["vs_hf"] = best, decode["hf_generate"]["ms_per_step"] / ours
-    decode["arithmetic"] = ("rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / read(t_measured), "
-                            "read(t) = weights + (prompts x prompt_tokens + rows x t) x kv_bytes_per_token, t_measured "
-                            "the mean context of the timed steps: the steps stay as memory-bound as measured")
+    decode["arithmetic"] = (
+        "rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / "
+        "read(t_measured), read(t) = weights + (prompts x prompt_tokens + rows x t) x "
+        "kv_bytes_per_token, t_measured the mean context of the timed steps: the steps stay as "
+        "memory-bound as measured")
+
+    def decode_line(m):
+        d = decode[m]
+        if "error" in d:
+            return f"{m} failed: {d['error'][:300]}"
+        return (f"{m} {d['ms_per_step']:.1f} ms per step, "
+                f"{100 * d['of_roofline']:.0f} % of the roofline, "
+                f"a whole rollout ~{d['rollout_s_extrapolated']:.0f} s, peak "
+                f"{d.get('peak_allocated_GB', 0):.1f} GB allocated / "
+                f"{d.get('peak_reserved_GB', 0):.1f} GB reserved")
+    modes = "; ".join(decode_line(m) for m in ("eager", "cuda_graphs") if m in decode)
     section("decode", decode,
-            f"3. decode, {B * G} rows after {B} x {P}-token prompts: " + "; ".join(
-        f"{m} {decode[m]['ms_per_step']:.1f} ms per step, {100 * decode[m]['of_roofline']:.0f} % of the roofline, "
-        f"a whole rollout ~{decode[m]['rollout_s_extrapolated']:.0f} s, peak "
-        f"{decode[m].get('peak_allocated_GB', 0):.1f} GB allocated / {decode[m].get('peak_reserved_GB', 0):.1f} GB reserved"
-        if "error" not in decode[m] else f"{m} failed: {decode[m]['error'][:300]}"
-        for m in ("eager",
-                  "cuda_graphs")
-                  if m in decode) + f"; HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
-        f"per step ({decode['vs_hf']:.1f}x slower than {best})")
+            f"3. decode, {B * G} rows after {B} x {P}-token prompts: {modes}; "
+            f"HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
+            f"per step ({decode['vs_hf']:.1f}x slower than {best})")
 
     # 4. one update micro-batch at the worst case, and the 2,000-step projection
     torch.manual_seed(0)
@@ -971,22 +1013,26 @@ def bench_gpu(args):
     completions = [[rand(L), rand(L)]]  # 2 rows = --micro-batch-tokens 16,384
     advantages = torch.tensor([[1.0, -1.0]])
     run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs)
+    failure = {}
     try:
         run()
         memory(device)
         s, _ = timed(run, device)
-    except Exception as e:
-        section("update_micro_batch", {"error": f"{type(e).__name__}: {e}"[:2000],
-                                       **memory(device)},
-                f"4. update micro-batch failed: {e}")
+    except Exception as e:  # recorded in the section's JSON; section 5 still runs
+        failure = {"error": f"{type(e).__name__}: {e}"[:2000]}
+        print(f"4. update micro-batch failed: {e}")
         s = float("nan")
     rollout = decode[best].get("rollout_s_extrapolated", float("nan"))
-    update = {"seconds": s, "prompt_tokens": P, "completion_tokens": [L, L], **memory(device),
+    update = {**failure, "seconds": s, "prompt_tokens": P, "completion_tokens": [L, L],
+              **memory(device),
               "training_step_s": rollout + B * G / 2 * s,
               "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
-              "arithmetic": "training_step_s = the whole rollout extrapolated + (B x G / 2) micro-batches x seconds"}
+              "arithmetic": "training_step_s = the whole rollout extrapolated "
+                            "+ (B x G / 2) micro-batches x seconds"}
     section("update_micro_batch", update,
-            f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak " f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / {update.get('peak_reserved_GB', 0):.1f} GB reserved; "
+            f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak "
+            f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / "
+            f"{update.get('peak_reserved_GB', 0):.1f} GB reserved; "
             f"a training step at the cap ~{update['training_step_s']:.0f} s, 2,000 steps ~"
             f"{update['projected_2000_steps_h']:.1f} h (an upper bound)")
 
@@ -1002,14 +1048,16 @@ def bench_gpu(args):
         nccl.update(version=".".join(map(str, torch.cuda.nccl.version())),
                     all_reduce_ok=x.item() == 1.0)
         dist.destroy_process_group()
+    reduced = "ok" if nccl.get("all_reduce_ok") else "not run"
     section("nccl", nccl,
-            f"5. NCCL {nccl.get('version', '(no GPU)')}: a process group with a {minutes:.0f}-minute "
-            f"timeout (${generation.TIMEOUT}), all_reduce {'ok' if nccl.get('all_reduce_ok') else 'not run'}")
+            f"5. NCCL {nccl.get('version', '(no GPU)')}: "
+            f"a process group with a {minutes:.0f}-minute timeout (${generation.TIMEOUT}), "
+            f"all_reduce {reduced}")
     if args.quick:
         return result
 
-    # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two whole
-    # training steps
+    # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two
+    # whole training steps
     prompt_len, new = (1536, 128) if big else (32, 16)  # a draft-variant prompt: 1,000-2,000 tokens
     result["decode_by_batch"] = {}
     model.eval()
@@ -1018,8 +1066,8 @@ def bench_gpu(args):
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
         with merged(model):
-            for label, gen in (("ours", generate), ("graphs", lambda *a, **k: generate(*a,
-                    cuda_graphs=True, **k)),
+            with_graphs = lambda *a, **k: generate(*a, cuda_graphs=True, **k)
+            for label, gen in (("ours", generate), ("graphs", with_graphs),
                                ("copied", copied_generate)):
                 if label == "graphs" and device != "cuda":
                     continue
@@ -1034,17 +1082,19 @@ def bench_gpu(args):
                 h1, _ = timed(lambda: hf_steps(1), device)
                 hn, _ = timed(lambda: hf_steps(new), device)
         hf = batch * (new - 1) / (hn - h1)
-        roof = batch / ((weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_token) / (bandwidth * 1e9))
+        # HBM bytes a step reads at the mean context
+        step_bytes = weight_bytes + (len(prompts) * prompt_len + batch * new / 2) * kv_token
+        roof = batch / (step_bytes / (bandwidth * 1e9))
         best = max(v for k, v in rate.items() if k != "copied")
-        result["decode_by_batch"][batch] = {"prompt_tokens": prompt_len, **{f"{k}_tok_s": v for k,
-                v in rate.items()},
+        result["decode_by_batch"][batch] = {"prompt_tokens": prompt_len,
+                                            **{f"{k}_tok_s": v for k, v in rate.items()},
                                             "hf_tok_s": hf, "roofline_tok_s": roof,
                                             "vs_hf": best / hf, "vs_copied": best / rate["copied"],
                                             "of_roofline": best / roof}
-        print(f"decode batch {batch:3d} after {prompt_len}-token prompts: " + ", ".join(
-            f"{k} {v:.0f} tok/s" for k,
-            v in rate.items()) + f", HF generate {hf:.0f} tok/s ({best / hf:.2f}x), "
-            f"roofline {roof:.0f} tok/s ({100 * best / roof:.0f} %)", flush=True)
+        rates = ", ".join(f"{k} {v:.0f} tok/s" for k, v in rate.items())
+        print(f"decode batch {batch:3d} after {prompt_len}-token prompts: {rates}, "
+              f"HF generate {hf:.0f} tok/s ({best / hf:.2f}x), "
+              f"roofline {roof:.0f} tok/s ({100 * best / roof:.0f} %)", flush=True)
         save("gpu", result, folder)
     # keyed noise vs multinomial, per step
     result["sampler"] = bench_sampler(args, device, vocab=config.vocab_size)
@@ -1055,24 +1105,24 @@ def bench_gpu(args):
     rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])
 
     def update(prompts, completions):
-        loss = grpo.policy_update(model, prompts, completions, grpo.group_advantages(rewards),
-                                  targs).loss
+        adv = grpo.group_advantages(rewards)
+        loss = grpo.policy_update(model, prompts, completions, adv, targs).loss
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad()
         return loss
+    draft_lengths = torch.randint(P // 3, 2 * P // 3, (B,), generator=rng)  # 1-2k
     lengths = {"paper_step": [P] * B,  # the worst case
-               "draft_step": [int(x) for x in torch.randint(P // 3, 2 * P // 3, (B,),
-                                                            generator=rng)]}  # 1-2k
+               "draft_step": [int(x) for x in draft_lengths]}
     for step_name, lens in lengths.items():
         prompts = [rand(n) for n in lens]
         memory(device)
         model.eval()
         with merged(model, generation.cache_bytes(model, sum(lens), B * G, L)):
-            t_roll, completions = timed(lambda: generate(model, prompts, n=G, max_new_tokens=L,
-                                                         temperature=1.0, eos_token_id=-1,
-                                                         pad_token_id=0, seed=1,
-                                                         cuda_graphs=device == "cuda"), device)
+            rollouts = lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
+                                        eos_token_id=-1, pad_token_id=0, seed=1,
+                                        cuda_graphs=device == "cuda")
+            t_roll, completions = timed(rollouts, device)
         model.train()
         t_upd, _ = timed(lambda: update(prompts, completions), device)
         result[step_name] = {"prompt_tokens": lens, "prompts": B, "generations": G, "new_tokens": L,
@@ -1080,10 +1130,11 @@ def bench_gpu(args):
                              **memory(device),
                              "projected_2000_steps_h": 2000 * (t_roll + t_upd) / 3600}
         s = result[step_name]
-        print(f"{step_name} ({B}x{G} rollouts, prompts of {lens} tokens, every completion at the {L}-token cap): "
+        print(f"{step_name} ({B}x{G} rollouts, prompts of {lens} tokens, "
+              f"every completion at the {L}-token cap): "
               f"rollouts {s['rollout_s']:.1f} s + update {s['update_s']:.1f} s, peak "
-              f"{s.get('peak_allocated_GB', 0):.1f} GB; 2,000 such steps: {s['projected_2000_steps_h']:.1f} h "
-              "(an upper bound)", flush=True)
+              f"{s.get('peak_allocated_GB', 0):.1f} GB; "
+              f"2,000 such steps: {s['projected_2000_steps_h']:.1f} h (an upper bound)", flush=True)
         save("gpu", result, folder)
     return result
 
@@ -1091,8 +1142,8 @@ def bench_gpu(args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("section", choices=["grader", "cpu", "update", "rollout", "sampler", "merge",
-                                        "gpu"])
+    ap.add_argument("section",
+                    choices=["grader", "cpu", "update", "rollout", "sampler", "merge", "gpu"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")

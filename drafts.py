@@ -29,8 +29,7 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. "
                         "Problem:\n{problem}\n\nSolution:")
 
 
-# ----------------------------------------------------------------------------- files: one line per
-# mistake
+# ---------------------------------------------------------------------- files: one line per mistake
 def lines(path):
     """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming
     the file."""
@@ -54,12 +53,13 @@ def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "ans
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-        missing = [k for k in required if k not in row] if isinstance(row,
-                dict) else ["(not an object)"]
+        missing = ["(not an object)"]
+        if isinstance(row, dict):
+            missing = [k for k in required if k not in row]
         wrong = [k for k in text if k in required and not missing and not isinstance(row[k], str)]
         if missing or wrong:
-            raise ValueError(f"{path}:{lineno}: " + (f"missing field(s) {missing}" if missing else
-                                                      f"field(s) {wrong} must be text"))
+            why = f"missing field(s) {missing}" if missing else f"field(s) {wrong} must be text"
+            raise ValueError(f"{path}:{lineno}: {why}")
         row["_line"] = lineno
         rows.append(row)
     return rows
@@ -117,9 +117,12 @@ def load_pool(path):
         drafts = r["drafts"] if isinstance(r["drafts"], list) else []
         bad = [] if drafts else ["has no drafts (a non-empty list of them is needed)"]
         for k, d in enumerate(drafts):
-            bad += [f"draft {k} lacks {f}" for f in ("text", "correct_strict", "correct_quasi")
-                    if not isinstance(d, dict) or f not in d] or \
-                [f"draft {k}'s text is not text" for _ in [0] if not isinstance(d["text"], str)]
+            lacks = [f for f in ("text", "correct_strict", "correct_quasi")
+                     if not isinstance(d, dict) or f not in d]
+            if lacks:
+                bad.append(f"draft {k} lacks {', '.join(lacks)}")
+            elif not isinstance(d["text"], str):
+                bad.append(f"draft {k}'s text is not text")
         if bad:
             raise ValueError(f"{path}:{r['_line']}: problem {r['id']} {', '.join(bad[:3])}")
     return rows
@@ -159,14 +162,11 @@ def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
 def select_draft(drafts, want_correct, rng):
     """(index, tier) by the recipe's priority chain; tier 1 is the preferred kind, tier 3 is 'any
     draft'."""
-    if want_correct:
-        tiers = [[i for i, d in enumerate(drafts) if d["correct_strict"]],
-                 [i for i,
-                  d in enumerate(drafts) if d["correct_quasi"] and not d["correct_strict"]]]
-    else:
-        tiers = [[i for i, d in enumerate(drafts) if not d["correct_quasi"]],
-                 [i for i,
-                  d in enumerate(drafts) if not d["correct_strict"] and d["correct_quasi"]]]
+    strict = [d["correct_strict"] for d in drafts]
+    quasi = [d["correct_quasi"] for d in drafts]
+    first = strict if want_correct else [not q for q in quasi]     # (1) strict True / quasi False
+    between = [q and not s for s, q in zip(strict, quasi)]   # (2) the right answer, but not boxed
+    tiers = [[i for i, ok in enumerate(kind) if ok] for kind in (first, between)]
     tiers.append(list(range(len(drafts))))
     tier = next(t for t in range(3) if tiers[t])
     return rng.choice(tiers[tier]), tier + 1
@@ -229,8 +229,9 @@ def build_variant(pool, variant, seed=0, length_matched=False):
 
 # ----------------------------------------------------------------------------- commands
 def grade_draft(text, gold, length):
-    return {"text": text, "pred": lenient_answer(text), "correct_strict": reward(text, gold,
-            strict=True) == 1.0,
+    """A draft as the pool keeps it: its text, answer, grades by both graders, and length."""
+    return {"text": text, "pred": lenient_answer(text),
+            "correct_strict": reward(text, gold, strict=True) == 1.0,
             "correct_quasi": reward(text, gold, strict=False) == 1.0, "length": length}
 
 
@@ -254,16 +255,17 @@ def cmd_generate(args):
     model, tokenizer = load_model(args.model) if rank < len(chunks) else (None, None)
 
     def draft(chunk):
-        ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"])) for _,
-               r in chunk]
+        prompts = [DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]) for _, r in chunk]
+        ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
         samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                            seed=args.seed, keys=[i for i, _ in chunk], batch_size=args.batch_size,
                            cuda_graphs=args.cuda_graphs)
-        return [{**{k: v for k, v in r.items() if k != "_line"}, "drafts": [grade_draft(
-                 tokenizer.decode(o, skip_special_tokens=True), r["answer"], len(o)) for o in outs]}
-                for (_, r), outs in zip(chunk, samples)]
+        grade = lambda r, o: grade_draft(tokenizer.decode(o, skip_special_tokens=True),
+                                         r["answer"], len(o))
+        return [{**{k: v for k, v in r.items() if k != "_line"},
+                 "drafts": [grade(r, o) for o in outs]} for (_, r), outs in zip(chunk, samples)]
     rounds(chunks, draft, args.out, f"drafts, {size} problem(s) x {world} process(es) a round")
 
 
@@ -284,22 +286,10 @@ def main(argv=None):
         ("--batch-size", 64, "sequences decoded together", COUNT),
         ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
         ("--seed", 0, "sampling seed", SEED))
-    sub.add_parser("import",
-                   help="convert the author's released pool JSON into our pool JSONL").flags(
-        ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool (a JSON list)"),
-        ("--out", "pool.jsonl", "pool JSONL to write"))
-    sub.add_parser("stats",
-                   help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
-        ("--drafts", "pool.jsonl", "pool JSONL"),
-        ("--model", None, "tokenizer for lengths in tokens (else characters)"),
-        ("--seed", 0, "variant seed", SEED),
-        ("--max-prompt-tokens", 3072, "prompt budget (recipe: 3072)", COUNT),
-        ("--length-matched", False, "the length-matched control (see build_variant)"))
-    args = ap.parse_args(argv)
-    if args.cmd == "generate":
-        return cmd_generate(args)
     import extras.pool  # the pool's import and statistics: tools beside the method
-    return {"import": extras.pool.cmd_import, "stats": extras.pool.cmd_stats}[args.cmd](args)
+    commands = {"generate": cmd_generate, **extras.pool.add_commands(sub)}
+    args = ap.parse_args(argv)
+    return commands[args.cmd](args)
 
 
 if __name__ == "__main__":

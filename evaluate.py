@@ -33,10 +33,11 @@ from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser, counts
 from reward import extract_boxed, is_equiv, lenient_answer, normalize
 
 PROMPTS = {
-    "nodraft": lambda problem: build_prompt(problem, None),  # the test-time prompt
-    "instruct": lambda problem: f"[INST] {problem}\n\nPlease reason step by step, "
-                                f"and put your final answer "
-                                f"within \\boxed{{}}. [/INST]",  # Mathstral's own format
+    # the test-time prompt: the training template with "Thinking: N/A"
+    "nodraft": lambda problem: build_prompt(problem, None),
+    # Mathstral's own format
+    "instruct": lambda problem: f"[INST] {problem}\n\nPlease reason step by step, and put your "
+                                "final answer within \\boxed{}. [/INST]",
     # the draft model's prompt
     "draftgen": lambda problem: DRAFT_MODEL_TEMPLATE.format(problem=problem),
 }
@@ -103,12 +104,10 @@ def summarize(rows, records, ks):
     ks = [k for k in ks if k <= n] or ([1] if n else [])
     out = {"num_problems": len(problems), "samples_per_problem": n}
     for mode in ("strict", "lenient"):
-        out[mode] = {f"pass@{k}": statistics.mean(pass_at_k(n,
-                                                            sum(x[mode]
-                                                                for x in by_id[r["id"]][:n]), k)
-                                                   for r in problems)
-                                                   for k in ks} if problems else {}
-    # strict
+        correct = [sum(x[mode] for x in by_id[r["id"]][:n]) for r in problems]  # c of each problem
+        out[mode] = {f"pass@{k}": statistics.mean(pass_at_k(n, c, k) for c in correct)
+                     for k in ks} if problems else {}
+    # per problem: its share of strictly correct samples
     accuracy = {r["id"]: statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}
     out["avg@n"] = statistics.mean(accuracy.values()) if problems else 0.0
     if n > 1:
@@ -124,8 +123,8 @@ def summarize(rows, records, ks):
         for r in (r for r in problems if r.get(field) is not None):
             groups.setdefault(str(r[field]), []).append(accuracy[r["id"]])
         if groups:
-            out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)} for g,
-                                  v in sorted(groups.items())}
+            out[f"by_{field}"] = {g: {"n": len(v), "accuracy": statistics.mean(v)}
+                                  for g, v in sorted(groups.items())}
     return out
 
 

@@ -1,12 +1,16 @@
 """Model loading and batched sampling, shared by drafts.py, grpo.py and evaluate.py.
 
-generate() prefills each prompt once and keeps its K/V once: its n samples' cache holds only their
-own tokens, and their attention reads the prompt's K/V through shared_prompt_attention (all n
-queries in one product). Finished samples leave the batch (a step costs what the live samples cost;
-the loop ends with the longest one). Sample s of prompt p draws from noise keyed by (seed, p's key,
-s, step): its tokens do not depend on the batch or the process. `--model tiny` builds a random
-Mistral-architecture model and a BPE tokenizer on the spot (the pipeline runs offline on a CPU).
-Under torchrun, distributed(), gather() and rounds() are all that the three scripts need.
+generate() prefills each prompt once and keeps its K/V once: the rows sampled from it cache only
+their own tokens, and attention reads the prompt's K/V through shared_prompt_attention (one softmax
+over [prompt; own]). A batch decodes with fixed shapes into preallocated buffers, so a CUDA graph
+can replay a step; every CHECK_EVERY steps the host looks: EOS and stop strings end rows, and once
+at most COMPACT_AT of them are still going, the batch shrinks to those. decode_forward is the
+model's forward written out for Mistral, Llama and Qwen2 (any other model runs transformers'
+forward). Sample s of prompt p draws from noise keyed by (seed, p's key, s, step): its tokens do
+not depend on the batch or the process. The update holds each prompt once too (prompt_once,
+completion_states). `--model tiny` (extras/tiny.py) builds a random Mistral-architecture model and
+a BPE tokenizer on the spot, so the pipeline runs offline on a CPU. Under torchrun, distributed(),
+gather() and rounds() are all that the three scripts need.
 """
 import collections
 import contextlib
@@ -31,17 +35,18 @@ def from_hub(auto, name, **kw):
     try:
         return auto.from_pretrained(name, **kw)
     except (OSError, ValueError) as e:
-        raise ValueError(f"--model {name}: " + ("not a folder, and it did not load from the hub"
-                                                if not os.path.isdir(name)
-                                                else "the folder does not load") +
-                         f" ({str(e).strip().splitlines()[0]})") from None
+        why = "the folder does not load" if os.path.isdir(name) else \
+            "not a folder, and it did not load from the hub"
+        raise ValueError(f"--model {name}: {why} ({str(e).strip().splitlines()[0]})") from None
 
 
 def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer alone (a hub id, a local folder or 'tiny'), with a pad token for batching."""
     from transformers import AutoTokenizer
-    tokenizer = extras.tiny.tokenizer() if name == "tiny" else \
-        from_hub(AutoTokenizer, name, trust_remote_code=trust_remote_code)
+    if name == "tiny":
+        tokenizer = extras.tiny.tokenizer()
+    else:
+        tokenizer = from_hub(AutoTokenizer, name, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
     return tokenizer
@@ -62,7 +67,6 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     return model.eval(), tokenizer
 
 
-
 def cache_bytes(model, prompt_tokens, rows, new_tokens):
     """The most K/V bytes a rollout batch holds: each prompt's once, plus every row's own new
     tokens."""
@@ -70,6 +74,7 @@ def cache_bytes(model, prompt_tokens, rows, new_tokens):
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim
     return per_token * model.dtype.itemsize * (prompt_tokens + rows * new_tokens)
+
 
 # ----------------------------------------------------------------------------- sampling
 def mix(x):
@@ -94,9 +99,9 @@ def sample_next(logits, temperature, top_p, keys):
         drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
         sorted_probs = sorted_probs.masked_fill(drop, 0.0)
         probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    u = ((mix(keys[:, None] ^ torch.arange(probs.shape[-1],
-                                           device=probs.device)) >> 9) + 0.5) * 2 ** -23  # [R, V]
+    token = torch.arange(probs.shape[-1], device=probs.device)                              # [V]
     # 23 bits + 0.5 are exact in fp32: u in (0, 1), E > 0, 0/E = 0
+    u = ((mix(keys[:, None] ^ token) >> 9) + 0.5) * 2 ** -23                            # [R, V]
     return (probs / -torch.log(u)).argmax(dim=-1)
 
 
@@ -107,8 +112,7 @@ def sample_keys(seed, jobs, device):
     return mix(mix(mix(key[:, 0]) ^ key[:, 1]) ^ key[:, 2])
 
 
-# ----------------------------------------------------------------------------- attention: each
-# prompt's K/V once
+# ---------------------------------------------------------------- attention: each prompt's K/V once
 # the position given to a slot that holds no key (past a prompt's end): no query sees it
 NO_KEY = 2 ** 40
 
@@ -161,18 +165,14 @@ def shared_prompt_attention(module, query, key, value, attention_mask=None, scal
         value = vc.index_copy_(3, shared.slot, by_prompt(value))[..., :shared.width, :]
     S, N = key.shape[3], B * Hkv * G  # a batch of B*Hkv products per prompt, N per row
     q = (query * scaling).reshape(B, G, Hkv, M, d).transpose(1, 2).reshape(B * Hkv, G * M, d)
-    # a prompt's G rows at once
-    scores = torch.cat([torch.bmm(q, kp.reshape(B * Hkv, P, d).transpose(1, 2)),
-                        torch.bmm(q.view(N, M, d), key.reshape(N, S, d).transpose(1,
-                                2)).view(B * Hkv, G * M, S)], -1)
-    # selection
+    scores = torch.cat([torch.bmm(q, kp.reshape(B * Hkv, P, d).transpose(1, 2)),  # a prompt's rows
+                        torch.bmm(q.view(N, M, d), key.reshape(N, S, d).transpose(1, 2))  # each row
+                        .view(B * Hkv, G * M, S)], -1)                     # [B * Hkv, G * M, P + S]
     scores = scores.view(B, Hkv, G * H // Hkv, T, P + S).where(shared.visible, float("-inf"))
-    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype).view(B * Hkv, G * M,
-            P + S)
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype)  # one softmax over both
+    probs = probs.view(B * Hkv, G * M, P + S)
     out = torch.bmm(probs[..., :P], vp.reshape(B * Hkv, P, d)) + \
-        torch.bmm(probs[..., P:].view(N, M, S), value.reshape(N, S, d)).view(B * Hkv, G * M,
-                d)    # one softmax
-    # [R, T, H, d]
+        torch.bmm(probs[..., P:].view(N, M, S), value.reshape(N, S, d)).view(B * Hkv, G * M, d)
     return out.view(B, Hkv, G, M, d).transpose(1, 2).reshape(R, H, T, d).transpose(1, 2), None
 
 
@@ -201,8 +201,7 @@ def prompt_pass(model, ids):
     return hidden, record
 
 
-# ----------------------------------------------------------------------------- the update: the
-# prompt once
+# ---------------------------------------------------------------------- the update: the prompt once
 class Prompt(NamedTuple):
     # [1, 1, H]: the prompt's last hidden state (it predicts a completion's first token)
     last: torch.Tensor
@@ -271,23 +270,21 @@ def decode_plan(model):
     tensor conversion per op). None where decode_forward cannot run: another family, or an adapter
     applied unmerged."""
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    linears = [[getattr(part, name) for part in (layer.self_attn, layer.mlp) for name in
-                ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
-                 "down_proj") if hasattr(part, name)]
-               for layer in decoder.layers] + [[head]]
-    if model.config.model_type not in FAMILIES or any(not getattr(m, "merged",
-            True) for ms in linears for m in ms):
+    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    linears = [[getattr(part, name) for part in (layer.self_attn, layer.mlp) for name in names
+                if hasattr(part, name)] for layer in decoder.layers] + [[head]]
+    unmerged = any(not getattr(m, "merged", True) for ms in linears for m in ms)
+    if model.config.model_type not in FAMILIES or unmerged:
         return None
     base = lambda m: getattr(m, "base_layer", m)
-    d, const = decoder.layers[0].self_attn.head_dim, lambda x: torch.tensor(x, dtype=torch.float32)
-    sign = torch.ones(d, device=head.weight.device, dtype=head.weight.dtype)
     layers = [[(base(m).weight.t(), base(m).bias) for m in ms] for ms in linears]
+    d, const = decoder.layers[0].self_attn.head_dim, lambda x: torch.tensor(x, dtype=torch.float32)
+    ones = torch.ones(d, device=head.weight.device, dtype=head.weight.dtype)
     return dict(layers=layers[:-1], head=layers[-1][0],
                 eps=const(decoder.norm.variance_epsilon), width=const(model.config.hidden_size),
-                scaling=const(decoder.layers[0].self_attn.scaling), half=torch.arange(d,
-                        device=sign.device).roll(
-                    # rotate_half: x[half] * sign
-                    d // 2), sign=torch.cat([-sign[:d // 2], sign[d // 2:]]))
+                scaling=const(decoder.layers[0].self_attn.scaling),
+                half=torch.arange(d, device=ones.device).roll(d // 2),  # rotate_half(x):
+                sign=torch.cat([-ones[:d // 2], ones[d // 2:]]))        # x[half] * sign
 
 
 def decode_forward(model, plan, ids, position, shared):
@@ -329,9 +326,9 @@ def decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id):
     nxt = sample(rows.logits, mix(rows.noise ^ s.slot)).masked_fill_(rows.done, pad_token_id)  # [R]
     tokens.index_put_((rows.line, s.slot), nxt)
     rows.done |= nxt == eos_token_id
-    s.visible = visible(rows.key_pos[:, :s.keys[0].shape[2] + s.width], (rows.length + s.slot)[:,
-            None],
-                        getattr(model.config, "sliding_window", None))  # [B, 1, 1, 1, P + W]
+    keys_read = rows.key_pos[:, :s.keys[0].shape[2] + s.width]                       # [B, P + W]
+    query_pos = (rows.length + s.slot)[:, None]                                         # [B, 1]
+    s.visible = visible(keys_read, query_pos, getattr(model.config, "sliding_window", None))
     rows.logits.copy_(decode_forward(model, plan, nxt, rows.start + s.slot, s))
     s.slot += 1
 
@@ -339,20 +336,16 @@ def decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id):
 def compact(rows, alive):
     """The rows still going, each prompt's padded to a common G with its finished ones, in buffers
     of their size: later steps read and compute for them alone. alive: [R] bools, read at a look."""
-    G = len(alive) // len(rows.length)
-    going = [[r for r in range(b * G, b * G + G) if alive[r]] for b in range(len(rows.length))]
-    keep = [b for b in range(len(going)) if going[b]]
-    width = max(map(len, going))
-    pick = torch.tensor([(going[b] + [r for r in range(b * G,
-                                                       b * G + G) if not alive[r]])[:width]
-                                                       for b in keep],
-                        device=rows.done.device)  # [B', G'] old row numbers
+    B, G = len(rows.length), len(alive) // len(rows.length)
+    groups = [sorted(range(b * G, b * G + G), key=lambda r: not alive[r]) for b in range(B)]
+    keep = [b for b in range(B) if alive[groups[b][0]]]        # prompts with a row going
+    width = max(sum(alive[b * G:b * G + G]) for b in range(B))  # G': the most going in a group
+    pick = torch.tensor([groups[b][:width] for b in keep], device=rows.done.device)  # [B', G']
     s, by_prompt, by_row = rows.shared, torch.tensor(keep, device=pick.device), pick.view(-1)
     s.keys, s.values = [k[by_prompt] for k in s.keys], [v[by_prompt] for v in s.values]
     for layer in s.cache:  # layer by layer: the old one freed at once
         for i, x in enumerate(layer):
-            # [B', Hkv, G', L, d]
-            layer[i] = x.new_zeros(len(keep), x.shape[1], width, *x.shape[3:])
+            layer[i] = x.new_zeros(len(keep), x.shape[1], width, *x.shape[3:])  # [B',Hkv,G',L,d]
             layer[i][..., :s.width, :] = x[pick // G, :, pick % G, :s.width].transpose(1, 2)
     return Rows(s, rows.length[by_prompt], rows.key_pos[by_prompt],
                 *(getattr(rows, f)[by_row] for f in ("start", "noise", "line", "done", "logits")))
@@ -369,9 +362,9 @@ def captured(graphs, key, step):
     with torch.cuda.stream(side):
         step()
     torch.cuda.current_stream().wait_stream(side)
+    pool = graphs.setdefault("pool", torch.cuda.graph_pool_handle())   # one pool for every shape
     graphs[key] = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graphs[key], pool=graphs.setdefault("pool",
-                                                              torch.cuda.graph_pool_handle())):
+    with torch.cuda.graph(graphs[key], pool=pool):
         step()
 
 
@@ -380,28 +373,24 @@ def decode(model, prompts, noise, max_new_tokens, sample, eos_token_id, pad_toke
     """One batch: prompts (token-id lists) and per prompt its rows' noise roots -> each row's tokens
     (EOS kept)."""
     device, L, B, G = model.device, max_new_tokens, len(prompts), max(map(len, noise))
-    # each prompt's K/V, prefilled once
-    hidden, passes = zip(*[prompt_pass(model, ids) for ids in prompts])
-    keys, values = ([torch.nn.utils.rnn.pad_sequence([kv[i][part][0].transpose(0,
-            1) for kv in passes], True)
-                     .transpose(1, 2).contiguous() for i in range(len(passes[0]))] for part in (0,
-                             1))  # [B,Hkv,P,d]
-    length = torch.tensor(list(map(len, prompts)), device=device)  # [B]
+    hidden, passes = zip(*[prompt_pass(model, ids) for ids in prompts])  # each prompt's K/V, once
+    pad = lambda ts: torch.nn.utils.rnn.pad_sequence([t[0].transpose(0, 1) for t in ts], True)
+    keys, values = ([pad([kv[i][part] for kv in passes]).transpose(1, 2).contiguous()
+                     for i in range(len(passes[0]))] for part in (0, 1))   # per layer [B,Hkv,P,d]
+    length = torch.tensor(list(map(len, prompts)), device=device)                             # [B]
     slots = torch.arange(keys[0].shape[2], device=device)
     key_pos = torch.cat([torch.where(slots < length[:, None], slots, NO_KEY),
-                         length[:, None] + torch.arange(L, device=device)], 1)  # [B, P + L]
-    real = [b * G + g for b, group in enumerate(noise) for g in range(len(group))]
-    # [B, Hkv, G, L, d]
+                         length[:, None] + torch.arange(L, device=device)], 1)        # [B, P + L]
     cache = [[k.new_zeros(B, k.shape[1], G, L, k.shape[3]) for _ in "kv"] for k in keys]
-    logits = model.get_output_embeddings()(torch.cat([h[:, -1] for h in hidden]))  # [B, V]
-    rows = Rows(SharedPrompts(keys, values, None, cache, torch.zeros(1, dtype=torch.long,
-            device=device)), length,
-                key_pos, length.repeat_interleave(G), torch.stack([group[min(g,
-                        len(group) - 1)] for group in noise
-                                                                   for g in range(G)]),
-                torch.arange(B * G, device=device), ~torch.isin(torch.arange(B * G, device=device),
-                                                                torch.tensor(real, device=device)),
-                logits.repeat_interleave(G, 0))
+    logits = model.get_output_embeddings()(torch.cat([h[:, -1] for h in hidden]))        # [B, V]
+    # G rows a prompt: one with fewer fills its group with copies of its last row, done at once
+    real = [b * G + g for b, group in enumerate(noise) for g in range(len(group))]
+    line = torch.arange(B * G, device=device)                                                # [R]
+    filler = ~torch.isin(line, torch.tensor(real, device=device))
+    noise = torch.stack([group[min(g, len(group) - 1)] for group in noise for g in range(G)])
+    slot = torch.zeros(1, dtype=torch.long, device=device)
+    rows = Rows(SharedPrompts(keys, values, None, cache, slot), length, key_pos,
+                length.repeat_interleave(G), noise, line, filler, logits.repeat_interleave(G, 0))
     tokens = torch.full((B * G, L), pad_token_id, device=device)  # [R, L] the batch's table
     ends, graphs, going, plan = {}, {}, real, decode_plan(model)
     with sharing_prompts(model):
@@ -412,24 +401,23 @@ def decode(model, prompts, noise, max_new_tokens, sample, eos_token_id, pad_toke
             captured(graphs, (len(rows.noise), rows.shared.width), step) if cuda_graphs else step()
             if (t + 1) % CHECK_EVERY and t + 1 < L:
                 continue
-            # stop strings, read here
+            # a look from the host: stop strings among the rows going, their last tokens
             for line, row in zip(going, tokens[going, :t + 1].tolist() if stop else []):
-                hit = next((u for u in range(max(0, t + 1 - CHECK_EVERY), t + 1) if stop(row[max(0,
-                        u - 11):u + 1])),
-                           None)
-                ends.update({line: hit + 1} if hit is not None else {})
-            rows.done |= torch.isin(rows.line, torch.tensor(list(ends), dtype=torch.long,
-                                                            device=device))
+                hits = [u for u in range(max(0, t + 1 - CHECK_EVERY), t + 1)
+                        if stop(row[max(0, u - 11):u + 1])]
+                ends.update({line: hits[0] + 1} if hits else {})
+            ended = torch.tensor(list(ends), dtype=torch.long, device=device)
+            rows.done |= torch.isin(rows.line, ended)
             alive = (~rows.done).tolist()
-            # rows going at this look
             going = [line for line, a in zip(rows.line.tolist(), alive) if a]
             if not going:
                 break
             if len(going) <= COMPACT_AT * len(alive):
-                graphs.clear()
+                graphs.clear()                                     # new shapes: graphs recaptured
                 rows = compact(rows, alive)
-    cut = lambda row, end: row[:min(end,
-                                    row.index(eos_token_id) + 1 if eos_token_id in row else end)]
+
+    def cut(row, end):  # at EOS (kept) or at the end of a stop string, whichever comes first
+        return row[:min(end, row.index(eos_token_id) + 1 if eos_token_id in row else end)]
     return [cut(row, ends.get(r, L)) for r, row in enumerate(tokens.tolist()) if r in real]
 
 
@@ -447,9 +435,9 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     kernels."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     keys = range(len(prompt_ids)) if keys is None else keys
-    stop = (lambda toks: any(s in tokenizer.decode(toks)
-                             for s in stop_strings)) if stop_strings and tokenizer \
-        else None
+    stop = None
+    if stop_strings and tokenizer:
+        stop = lambda toks: any(s in tokenizer.decode(toks) for s in stop_strings)
     batches = []  # consecutive rows, B prompts x G rows (the most of any prompt) <= batch_size
     for job in ((p, s) for p in range(len(prompt_ids)) for s in samples[p]):
         counts = collections.Counter(p for p, _ in batches[-1] + [job]) if batches else {}
@@ -460,8 +448,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     results = [[] for _ in prompt_ids]
     for batch in batches:
         prompts = list(dict.fromkeys(p for p, _ in batch))
-        noise = [sample_keys(seed, [(keys[p], s) for q, s in batch if q == p],
-                             model.device) for p in prompts]
+        noise = [sample_keys(seed, [(keys[p], s) for q, s in batch if q == p], model.device)
+                 for p in prompts]
         rows = decode(model, [prompt_ids[p] for p in prompts], noise, max_new_tokens,
                       lambda logits, key: sample_next(logits, temperature, top_p, key),
                       -1 if eos_token_id is None else eos_token_id, pad_token_id, stop, cuda_graphs)
@@ -485,12 +473,12 @@ def distributed(flags=None):
     if world > 1 and not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        minutes = float(os.environ.get(TIMEOUT, 180))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=datetime.timedelta(minutes=float(os.environ.get(TIMEOUT,
-                                        180))))
+                                timeout=datetime.timedelta(minutes=minutes))
     ranks = gather(flags) if flags is not None else [{}]
-    bad = [f"process {r}: --{k.replace('_', '-')}" for r,
-           f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
+    bad = [f"process {r}: --{k.replace('_', '-')}"
+           for r, f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
     if bad:
         raise ValueError("processes were started with flags other than process 0's (the run's): "
                          + ", ".join(bad))
@@ -514,11 +502,10 @@ def rounds(chunks, work, path, desc):
     for first in tqdm(range(0, len(chunks), world), desc=desc, unit="round", disable=rank > 0):
         rows = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
         if rank == 0:
-            # made when there is a row to keep
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # once a row comes
             with open(path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(row,
-                                        ensure_ascii=False) + "\n" for part in rows for row in part)
+                f.writelines(json.dumps(row, ensure_ascii=False) + "\n"
+                             for part in rows for row in part)
 
 
 def run_main(main):
@@ -530,9 +517,8 @@ def run_main(main):
     try:
         main()
     except (OSError, ValueError, KeyError, ImportError, FloatingPointError, RuntimeError) as e:
-        line = (str(e.args[0] if isinstance(e,
-                                            KeyError) and e.args else e).strip()
-                                            or repr(e)).splitlines()[0]
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str: a repr
+        line = (str(text).strip() or repr(e)).splitlines()[0]
         if isinstance(e, RuntimeError):
             if "imed out" not in line:  # gloo's and NCCL's timeouts say "Timed out"; else a bug
                 raise

@@ -335,8 +335,8 @@ def save_checkpoint(args, step, model, optimizer):
     shutil.rmtree(tmp, ignore_errors=True)
     save_lora(model, tmp, base_model_name_or_path=args.model)
     state = optimizer.state_dict()["state"]
-    tensors = {f"state.{i}.{k}": v.detach().reshape(-1).contiguous().cpu() if k == "step"
-               else v.contiguous().cpu() for i, s in state.items() for k, v in s.items()}
+    tensors = {f"state.{i}.{k}": v.contiguous().cpu() for i, s in state.items()
+               for k, v in s.items()}
     save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
     with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
         json.dump({"step": step, "args": vars(args)}, f, indent=2)
@@ -365,14 +365,13 @@ def resume(args, model, optimizer):
         try:
             saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
             load_lora(model, path)
-            tensors = load_file(os.path.join(path, "optimizer.safetensors"))
-            state, device = {}, next(p for p in model.parameters() if p.requires_grad).device
-            for key, value in tensors.items():
+            state = {}
+            for key, value in load_file(os.path.join(path, "optimizer.safetensors")).items():
                 _, i, name = key.split(".")
-                state.setdefault(int(i), {})[name] = value.reshape(()) if name == "step" \
-                    else value.to(device)
-            optimizer.load_state_dict({"state": state,
-                                       "param_groups": optimizer.state_dict()["param_groups"]})
+                state.setdefault(int(i), {})[name] = value
+            # load_state_dict moves each moment to its parameter's device (`step` stays on the CPU)
+            groups = optimizer.state_dict()["param_groups"]
+            optimizer.load_state_dict({"state": state, "param_groups": groups})
         except Exception as e:                # safetensors' own errors too: the file is wrong
             print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); "
                   "trying the one before")
@@ -392,8 +391,8 @@ def start_or_resume(args, model, optimizer):
     """The step to start after: 0 for a new run (in a folder that holds none: nothing is
     overwritten by accident), else --resume's checkpoint, the same on every process."""
     os.makedirs(args.output_dir, exist_ok=True)
-    ran = _checkpoints(args.output_dir) or os.path.exists(os.path.join(args.output_dir,
-                                                                        "metrics.jsonl"))
+    metrics = os.path.join(args.output_dir, "metrics.jsonl")
+    ran = _checkpoints(args.output_dir) or os.path.exists(metrics)
     if ran and not args.resume:
         raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another "
                          "--output-dir")
@@ -476,24 +475,33 @@ class RunLog:
                                for a in group) / (B * G) if "draft_pred" in batch[0] else None
         lens = torch.tensor([len(c) for group in rollouts.completions for c in group],
                             dtype=torch.float32)                                        # [B*G]
-        record = {"step": step, "reward": rewards.mean().item(),
+        zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()     # [B] no learning signal
+        record = {"step": step,
+                  "reward": rewards.mean().item(),
                   "reward_std": rewards.std().nan_to_num().item(),
-                  "frac_reward_zero_std": (rewards.std(dim=1).nan_to_num() == 0).float().mean()
-                  .item(), "completion_length": lens.mean().item(),
+                  "frac_reward_zero_std": zero_std.mean().item(),
+                  "completion_length": lens.mean().item(),
                   "clipped_ratio": (lens >= args.max_new_tokens).float().mean().item(),
-                  "prompt_length": sum(map(len, prompt_ids)) / B, "loss": update.loss,
-                  "grad_norm": grad_norm, "entropy": update.entropy / update.tokens
-                  if update.tokens else None, "lr": args.lr, "epoch": step * B / self.num_rows,
-                  "skipped": skipped, "skipped_steps": self.skipped,
-                  "draft_answer_rate": rate("draft_pred"), "gold_answer_rate": rate("answer"),
-                  "rollout_time": times[1] - times[0], "update_time": times[2] - times[1],
+                  "prompt_length": sum(map(len, prompt_ids)) / B,
+                  "loss": update.loss,
+                  "grad_norm": grad_norm,
+                  "entropy": update.entropy / update.tokens if update.tokens else None,
+                  "lr": args.lr,
+                  "epoch": step * B / self.num_rows,
+                  "skipped": skipped,
+                  "skipped_steps": self.skipped,
+                  "draft_answer_rate": rate("draft_pred"),   # rollouts answering as the draft did
+                  "gold_answer_rate": rate("answer"),
+                  "rollout_time": times[1] - times[0],
+                  "update_time": times[2] - times[1],
                   "step_time": times[2] - times[0]}
-        table = [{"step": step, "id": r["id"], "variant": args.variant,
-                  "draft_answer": r.get("draft_pred"), "completion": text, "reward": value,
-                  "answer": answer}
-                 for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers)
-                 for text, value, answer in zip(*row)] \
-            if args.log_completions and step % args.log_completions == 0 else []
+        table = []   # completions.jsonl's lines: every rollout, every --log-completions steps
+        if args.log_completions and step % args.log_completions == 0:
+            table = [{"step": step, "id": r["id"], "variant": args.variant,
+                      "draft_answer": r.get("draft_pred"), "completion": text, "reward": value,
+                      "answer": answer}
+                     for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers)
+                     for text, value, answer in zip(*row)]
         for path, lines in zip(self.paths, ([record], table)):
             if self.writes and lines:
                 with open(path, "a") as f:

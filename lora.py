@@ -78,11 +78,11 @@ def save_lora(model, directory, base_model_name_or_path=None):
     """Write adapter_config.json + adapter_model.safetensors exactly as PEFT would."""
     os.makedirs(directory, exist_ok=True)
     cfg = dict(model.lora_config)
+    base_model_name_or_path = base_model_name_or_path or getattr(model, "name_or_path", None)
     config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"],
               "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
               "target_modules": cfg["target_modules"], "bias": "none",
-              "base_model_name_or_path": base_model_name_or_path or getattr(model, "name_or_path",
-                      None),
+              "base_model_name_or_path": base_model_name_or_path,
               "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
               "modules_to_save": None, "use_rslora": False, "use_dora": False,
               "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
@@ -143,12 +143,15 @@ def merge_lora(model, spare=0):
     weights = [m.base_layer.weight for _, m in lora_modules(model)]
     with torch.no_grad():
         if spare is not None and weights and lora_modules(model)[0][1].base_copy is None:
-            free, total = torch.cuda.mem_get_info(weights[0].device) if weights[0].is_cuda else (0,
-                    0)
+            free, total = (0, 0)
+            if weights[0].is_cuda:
+                free, total = torch.cuda.mem_get_info(weights[0].device)
             room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
             for (_, m), w in zip(lora_modules(model), weights):
-                m.base_copy = w.detach().clone() if room or not w.is_cuda else \
-                    torch.empty_like(w, device="cpu", pin_memory=True).copy_(w)
+                if room or not w.is_cuda:
+                    m.base_copy = w.detach().clone()
+                else:   # page-locked: copied back at full bus speed
+                    m.base_copy = torch.empty_like(w, device="cpu", pin_memory=True).copy_(w)
         for _, m in lora_modules(model):
             if not m.merged:
                 w = m.base_layer.weight

@@ -160,8 +160,7 @@ def _interval(s):
     return low + "," + m[4] + (")" if m[3] == "<" else "]")
 
 
-# ----------------------------------------------------------------------------- a small exact
-# evaluator
+# -------------------------------------------------------------------------- a small exact evaluator
 class _Unevaluable(Exception):
     pass
 
@@ -340,9 +339,8 @@ class _Parser:
             return _root(self.arg(), n)
         if tok == "\\binom":
             n, k = self.arg(), self.arg()
-            if not all(isinstance(x,
-                                  Fraction) and x.denominator == 1 and 0 <= x <= 1000 for x in (n,
-                                          k)):
+            whole = lambda x: isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 1000
+            if not (whole(n) and whole(k)):
                 raise _Unevaluable("binomial")
             return Fraction(math.comb(int(n), int(k)))
         if tok == "\\pi":
@@ -378,15 +376,15 @@ def _close(a, b):
     if exact and exact[0].denominator > 1000:
         return False
     a, b = float(a), float(b)                 # OverflowError: caught by the caller
-    return a == b if math.isinf(a) or math.isinf(b) else math.isclose(a, b, rel_tol=1e-9,
-            abs_tol=1e-12)
+    if math.isinf(a) or math.isinf(b):
+        return a == b
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _points(names, count=4):
     rng = random.Random(" ".join(sorted(names)))
-    return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1,
-            113 + k) for v in names}
-            for k in range(count)]
+    return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1, 113 + k)
+             for v in names} for k in range(count)]
 
 
 def _values_equal(a, b, ratio=False):
@@ -417,8 +415,7 @@ def _values_equal(a, b, ratio=False):
     return agree >= (2 if names else 1)
 
 
-# ----------------------------------------------------------------------------- structure: lists,
-# sets, tuples, intervals
+# -------------------------------------------------------- structure: lists, sets, tuples, intervals
 def _split_top(s, seps=(",",)):
     """Split at separators outside any bracket, brace, \\{ \\} or \\begin..\\end."""
     parts, depth, start, i = [], 0, 0, 0
@@ -457,9 +454,10 @@ def _expand_pm(items):
     if sum(x.count("\\pm") + x.count("\\mp") for x in items) > 4:
         return items
     while any("\\pm" in x or "\\mp" in x for x in items):
-        items = [y for x in items for y in ((x.replace("\\pm", "+", 1).replace("\\mp", "-", 1),
-                                             x.replace("\\pm", "-", 1).replace("\\mp", "+", 1))
-                                            if "\\pm" in x or "\\mp" in x else (x,))]
+        plus = lambda x: x.replace("\\pm", "+", 1).replace("\\mp", "-", 1)
+        minus = lambda x: x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)
+        items = [y for x in items
+                 for y in ((plus(x), minus(x)) if "\\pm" in x or "\\mp" in x else (x,))]
     return items
 
 

@@ -16,11 +16,17 @@ class Parser(argparse.ArgumentParser):
         """kind: a checked type (COUNT, SEED, ...), a tuple of choices, or [type] for several
         values; a False default makes a switch; else a string."""
         for flag, default, help, *kind in rows:
-            kind = dict(action="store_true") if default is False else dict(default=default) | (
-                {} if not kind else {"choices": kind[0]} if isinstance(kind[0], tuple) else
-                {"type": kind[0][0], "nargs": "+"} if isinstance(kind[0],
-                        list) else {"type": kind[0]})
-            self.add_argument(flag, help=help, **kind)
+            if default is False:
+                how = {"action": "store_true"}
+            elif not kind:
+                how = {"default": default}
+            elif isinstance(kind[0], tuple):
+                how = {"default": default, "choices": kind[0]}
+            elif isinstance(kind[0], list):
+                how = {"default": default, "type": kind[0][0], "nargs": "+"}
+            else:
+                how = {"default": default, "type": kind[0]}
+            self.add_argument(flag, help=help, **how)
         return self
 
 
@@ -36,11 +42,12 @@ def number(kind, ok, rule):
     return parse
 
 
-COUNT, SEED = number(int, lambda x: x >= 1, ">= 1"), number(int, lambda x: x >= 0, ">= 0")
-POSITIVE, NONNEGATIVE = number(float, lambda x: x > 0, "> 0"), number(float, lambda x: x >= 0,
-        ">= 0")
-FRACTION, UNIT = number(float, lambda x: 0 < x <= 1, "in (0, 1]"), number(float,
-        lambda x: 0 <= x < 1, "in [0, 1)")
+COUNT = number(int, lambda x: x >= 1, ">= 1")
+SEED = number(int, lambda x: x >= 0, ">= 0")
+POSITIVE = number(float, lambda x: x > 0, "> 0")
+NONNEGATIVE = number(float, lambda x: x >= 0, ">= 0")
+FRACTION = number(float, lambda x: 0 < x <= 1, "in (0, 1]")
+UNIT = number(float, lambda x: 0 <= x < 1, "in [0, 1)")
 
 
 def counts(text):

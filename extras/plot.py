@@ -36,8 +36,8 @@ def plot_results(specs, reference=None):
     if reference is not None and reference not in groups:
         raise ValueError(f"--reference {reference!r} is none of the labels {list(groups)}")
     color = {label: f"C{i % 10}" for i, label in enumerate(groups)}  # one per label
-    panel = lambda r: (value(r, "samples") == 1, os.path.splitext(os.path.basename(value(r,
-            "data")))[0])
+    dataset = lambda r: os.path.splitext(os.path.basename(value(r, "data")))[0]
+    panel = lambda r: (value(r, "samples") == 1, dataset(r))   # (greedy, dataset)
     panels = sorted({panel(r) for rs in groups.values() for r in rs})
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False,
                              layout="constrained")
@@ -45,29 +45,30 @@ def plot_results(specs, reference=None):
         series = {label: mine for label, rs in groups.items()
                   if (mine := [r for r in rs if panel(r) == (greedy, data)])}
         if greedy:
-            pass1 = {label: [100 * value(r, "strict.pass@1") for r in rs] for label,
-                     rs in series.items()}
+            pass1 = {label: [100 * value(r, "strict.pass@1") for r in rs]
+                     for label, rs in series.items()}
             for x, (label, ys) in enumerate(pass1.items()):
                 ax.scatter(x + np.linspace(-0.15, 0.15, len(ys) + 2)[1:-1], ys, s=14, alpha=0.6,
                            color=color[label])
-                ax.errorbar(x, np.mean(ys), yerr=np.std(ys, ddof=1) if len(ys) > 1 else 0, fmt="_k",
-                            ms=22, capsize=5)
+                std = np.std(ys, ddof=1) if len(ys) > 1 else 0
+                ax.errorbar(x, np.mean(ys), yerr=std, fmt="_k", ms=22, capsize=5)
                 if label != reference and min(len(ys), len(pass1.get(reference, []))) > 1:
                     ax.annotate(f"p = {welch_t_test(ys, pass1[reference])[1]:.2g}", (x, max(ys)),
                                 xytext=(0, 8), textcoords="offset points", ha="center")
             ax.set_xticks(range(len(pass1)), list(pass1), rotation=20, ha="right")
-            ax.set(ylabel="strict pass@1 (%)", title=f"{data}: pass@1, mean ± std over seeds"
-                   + (f"\nWelch's p vs {reference}" if reference in pass1 else ""), xlim=(-0.5,
-                           len(pass1) - 0.5))
+            title = f"{data}: pass@1, mean ± std over seeds"
+            title += f"\nWelch's p vs {reference}" if reference in pass1 else ""
+            ax.set(ylabel="strict pass@1 (%)", title=title, xlim=(-0.5, len(pass1) - 0.5))
             continue
         for label, rs in series.items():
-            ks = sorted(set.intersection(*({int(k.split("@")[1]) for k in value(r,
-                    "strict")} for r in rs)))
+            # the k every seed has
+            ks = sorted(set.intersection(*({int(k.split("@")[1]) for k in value(r, "strict")}
+                                           for r in rs)))
             ys = np.array([[100 * r["strict"][f"pass@{k}"] for k in ks] for r in rs])  # [seeds, K]
-            ax.plot(ks, ys.mean(0), "--" if rs[0].get("prompt") in ("instruct",
-                    "draftgen") else "-", marker="o",
-                    ms=3, color=color[label],
-                    label=label + (f" ({len(rs)} seeds, min-max)" if len(rs) > 1 else ""))
+            baseline = rs[0].get("prompt") in ("instruct", "draftgen")     # drawn dashed
+            seeds = f" ({len(rs)} seeds, min-max)" if len(rs) > 1 else ""
+            ax.plot(ks, ys.mean(0), "--" if baseline else "-", marker="o", ms=3,
+                    color=color[label], label=label + seeds)
             ax.fill_between(ks, ys.min(0), ys.max(0), color=color[label], alpha=0.2)
         ax.set_xscale("log", base=2)
         ax.set(xlabel="k", ylabel="strict pass@k (%)", title=f"{data}: pass@k")
@@ -82,19 +83,17 @@ def plot_metrics(run_dirs, window=20):
     plt, name = _pyplot(), lambda d: os.path.basename(os.path.normpath(d))
     runs = {name(d): load_jsonl(os.path.join(d, "metrics.jsonl"), ("step",)) for d in run_dirs}
     keys = [k for k in ("reward", "completion_length", "frac_reward_zero_std", "entropy",
-                        "grad_norm", "draft_answer_rate",
-                        "gold_answer_rate") if any(r.get(k) is not None for rs in runs.values()
-                                                                        for r in rs)]
+                        "grad_norm", "draft_answer_rate", "gold_answer_rate")
+            if any(r.get(k) is not None for rs in runs.values() for r in rs)]
     fig, axes = plt.subplots(2, 4, figsize=(20, 7.2), layout="constrained")
     for ax, key in zip(axes.flat, keys):
         ax.xaxis.get_major_locator().set_params(integer=True)      # steps are whole numbers
         for label, rs in runs.items():
-            points = [(r["step"],
-                       r[key]) for r in rs if r.get(key) is not None and math.isfinite(r[key])]
+            points = [(r["step"], r[key]) for r in rs
+                      if r.get(key) is not None and math.isfinite(r[key])]
             steps, ys = zip(*points) if points else ((), ())
-            ax.plot(steps, [statistics.mean(ys[max(0,
-                                                   i - window + 1):i + 1]) for i in range(len(ys))],
-                                                   label=label)
+            average = [statistics.mean(ys[max(0, i - window + 1):i + 1]) for i in range(len(ys))]
+            ax.plot(steps, average, label=label)
         ax.set(title=f"{key} (moving average, {window} steps)", xlabel="step")
     for ax in axes.flat[len(keys):]:
         ax.axis("off")

@@ -13,7 +13,24 @@ from drafts import (
     load_pool,
     output_path,
 )
+from extras.cli import COUNT, SEED
 from reward import is_equiv
+
+
+def add_commands(sub):
+    """drafts.py's `import` and `stats` subcommands: their flags, and the functions running them."""
+    sub.add_parser("import",
+                   help="convert the author's released pool JSON into our pool JSONL").flags(
+        ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool (a JSON list)"),
+        ("--out", "pool.jsonl", "pool JSONL to write"))
+    sub.add_parser("stats",
+                   help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
+        ("--drafts", "pool.jsonl", "pool JSONL"),
+        ("--model", None, "tokenizer for lengths in tokens (else characters)"),
+        ("--seed", 0, "variant seed", SEED),
+        ("--max-prompt-tokens", 3072, "prompt budget (recipe: 3072)", COUNT),
+        ("--length-matched", False, "the length-matched control (see build_variant)"))
+    return {"import": cmd_import, "stats": cmd_stats}
 
 
 def cmd_import(args):
@@ -59,8 +76,8 @@ def cmd_stats(args):
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
         rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
-        prompts = [build_prompt(r["problem"], r["draft"], tokenizer,
-                                args.max_prompt_tokens) for r in rows]
+        prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens)
+                   for r in rows]
         lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
         shown = [r for r in rows if r["draft"] is not None]
         tiers = "/".join(str(sum(r.get("draft_tier") == t for r in shown)) for t in (1, 2,

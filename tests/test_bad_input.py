@@ -19,8 +19,8 @@ import grpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
-        "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens",
-        "6", "--lr", "0.05", "--save-every", "2"]
+        "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3",
+        "--max-new-tokens", "6", "--lr", "0.05", "--save-every", "2"]
 # rewards with variance: every step updates
 STREAM = [0.0, 1.0, 0.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0] * 100
 
@@ -56,14 +56,14 @@ def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, mon
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
     script = tmp_path / "train.py"
     script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nimport generation, grpo\n"
-                      f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\nimport test_bad_input\n"
+                      f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
+                      "import test_bad_input\n"
                       f"grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n"
                       "generation.run_main(lambda: grpo.main(sys.argv[1:]))\n")
-    run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5", "--output-dir",
-                          tmp_path / "cut"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         # the threads of this process: the same sums
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the threads of this process: the same sums
+    run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5",
+                          "--output-dir", tmp_path / "cut"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
     assert "stopped after step 3, checkpointed" in run.stdout
     assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "step-3"]
@@ -85,8 +85,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, monk
     monkeypatch.setattr(grpo, "reward", rewards(skip=2 * 6))
     grpo.main([*TINY, "--max-steps", "6", "--output-dir", str(tmp_path / "cut"), "--resume"])
     out = capsys.readouterr().out
-    assert "step-4 does not read back" in out and "resumed from" in out and out.index("step-4 does") < out.index(
-        "resumed from")
+    assert "step-4 does not read back" in out and "resumed from" in out
+    assert out.index("step-4 does") < out.index("resumed from")
     assert f"resumed from {tmp_path / 'cut' / 'step-2'}" in out
     same_run(tmp_path / "whole", tmp_path / "cut", 6)
 
@@ -101,9 +101,9 @@ def error(module, *argv):
 
 
 def fingerprint(folder):
-    return {os.path.relpath(os.path.join(d, f), folder): hashlib.sha256(open(os.path.join(d, f),
-            "rb").read())
-            .hexdigest() for d, _, files in os.walk(folder) for f in files}
+    paths = [os.path.join(d, f) for d, _, files in os.walk(folder) for f in files]
+    return {os.path.relpath(p, folder): hashlib.sha256(open(p, "rb").read()).hexdigest()
+            for p in paths}
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +118,8 @@ GRPO_FLAGS = [("--max-steps", "0"), ("--prompts-per-step", "0"), ("--num-generat
               ("--max-new-tokens", "-5"), ("--max-prompt-tokens", "0"), ("--temperature", "0"),
               ("--top-p", "1.5"), ("--top-p", "0"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
               ("--lr", "fast"), ("--beta1", "1"), ("--beta2", "-0.1"), ("--weight-decay", "-1"),
-              ("--max-grad-norm", "0"), ("--clip-eps", "0"), ("--lora-r", "0"), ("--lora-alpha",
-                      "-2"), ("--lora-dropout", "1"), ("--save-every", "0"),
+              ("--max-grad-norm", "0"), ("--clip-eps", "0"), ("--lora-r", "0"),
+              ("--lora-alpha", "-2"), ("--lora-dropout", "1"), ("--save-every", "0"),
               ("--seed", "-1"), ("--variant-seed", "-1"), ("--rollout-batch-size", "0"),
               ("--micro-batch-tokens", "0"), ("--variant", "mismatched-wrogn")]
 
@@ -132,27 +132,26 @@ def test_grpo_refuses_impossible_flags(run_folder, flag, value):
 
 
 EVALUATE_FLAGS = [("--limit", "0"), ("--samples", "0"), ("--temperature", "-1"), ("--top-p", "0"),
-                  ("--max-new-tokens", "0"), ("--seed", "-1"), ("--batch-size", "0"), ("--prompt",
-                          "chat")]
+                  ("--max-new-tokens", "0"), ("--seed", "-1"), ("--batch-size", "0"),
+                  ("--prompt", "chat")]
 DRAFTS_FLAGS = [("generate", "--num-drafts", "0"), ("generate", "--max-new-tokens", "0"),
-                ("generate", "--temperature", "-0.5"), ("generate", "--top-p", "2"), ("generate",
-                        "--limit", "0"),
-                ("generate", "--batch-size", "0"), ("generate", "--seed", "-3"), ("generate",
-                        "--levels", "x"),
+                ("generate", "--temperature", "-0.5"), ("generate", "--top-p", "2"),
+                ("generate", "--limit", "0"), ("generate", "--batch-size", "0"),
+                ("generate", "--seed", "-3"), ("generate", "--levels", "x"),
                 ("stats", "--seed", "-1"), ("stats", "--max-prompt-tokens", "0")]
 
 
 @pytest.mark.parametrize("flag,value", EVALUATE_FLAGS)
 def test_evaluate_refuses_impossible_flags(tmp_path, flag, value):
-    assert flag in error(evaluate, "--model", "tiny", "--output", tmp_path / "new" / "r.json", flag,
-                         value)
+    assert flag in error(evaluate, "--model", "tiny", "--output", tmp_path / "new" / "r.json",
+                         flag, value)
     assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.parametrize("command,flag,value", DRAFTS_FLAGS)
 def test_drafts_refuses_impossible_flags(tmp_path, command, flag, value):
-    extra = ["--drafts", "pool.jsonl"] if command == "stats" else ["--out",
-            tmp_path / "new" / "pool.jsonl"]
+    out = tmp_path / "new" / "pool.jsonl"
+    extra = ["--drafts", "pool.jsonl"] if command == "stats" else ["--out", out]
     assert flag in error(drafts, command, *extra, flag, value)
     assert not (tmp_path / "new").exists()
 
@@ -162,33 +161,33 @@ def test_the_issues_cases(tmp_path, run_folder):
     --samples, an output that is a folder, --adapter that is not there: one line each, before a
     model loads."""
     (tmp_path / "afile").write_text("x")
-    assert "--output-dir" in error(grpo, *TINY, "--output-dir",
-                                   tmp_path / "afile") and "a file" in error(
-        grpo, *TINY, "--output-dir", tmp_path / "afile")
+    message = error(grpo, *TINY, "--output-dir", tmp_path / "afile")
+    assert "--output-dir" in message
+    assert "a file" in message
     before = fingerprint(run_folder)
-    assert "already holds a run" in error(grpo, *TINY, "--max-steps", "3", "--output-dir",
-                                          run_folder)
+    assert "already holds a run" in error(grpo, *TINY, "--max-steps", "3",
+                                          "--output-dir", run_folder)
     for module, extra in ((grpo, TINY[2:] + ["--output-dir", tmp_path / "m"]),
                           (evaluate, ["--limit", "1", "--output", tmp_path / "m" / "r.json"]),
                           (drafts, ["--limit", "1", "--out", tmp_path / "m" / "pool.jsonl"])):
-        argv = ["generate"] * (module is drafts) + ["--model", tmp_path / "no" / "such" / "model",
-                                                    *extra]
-        assert f"--model {tmp_path / 'no' / 'such' / 'model'}: not a folder" in error(module, *argv)
+        model = tmp_path / "no" / "such" / "model"
+        argv = ["generate"] * (module is drafts) + ["--model", model, *extra]
+        assert f"--model {model}: not a folder" in error(module, *argv)
     assert "--k 1,8" in error(evaluate, "--model", "tiny", "--samples", "4", "--k", "1,8")
     assert "--k" in error(evaluate, "--model", "tiny", "--samples", "4", "--k", "1,two")
     assert "a folder, not a file" in error(evaluate, "--model", "tiny", "--output", tmp_path)
     assert "--adapter" in error(evaluate, "--model", "tiny", "--adapter", tmp_path / "none",
                                 "--output", tmp_path / "r.json")
     assert "a folder, not a file" in error(drafts, "generate", "--model", "tiny", "--out", tmp_path)
-    assert "is a file, not a folder" in error(drafts, "generate", "--model", "tiny", "--out",
-                                              tmp_path / "afile" / "pool.jsonl")
+    assert "is a file, not a folder" in error(drafts, "generate", "--model", "tiny",
+                                              "--out", tmp_path / "afile" / "pool.jsonl")
     assert fingerprint(run_folder) == before and not (tmp_path / "m").exists()
 
 
 def test_a_resume_with_other_flags_names_them(run_folder):
     before = fingerprint(run_folder)
-    message = error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder, "--resume", "--lr",
-                    "0.01", "--seed", "4")
+    message = error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder, "--resume",
+                    "--lr", "0.01", "--seed", "4")
     assert "--lr 0.05" in message and "--seed 0" in message and "same flags" in message
     assert fingerprint(run_folder) == before
 
@@ -223,10 +222,10 @@ def test_bad_problem_files_name_the_file_and_line(tmp_path, kind):
     out = tmp_path / "out"
     for module, argv in ((grpo, [*TINY, "--data", path, "--output-dir", out]),
                          (grpo, [*TINY, "--exclude", path, "--output-dir", out]),
-                         (evaluate, ["--model", "tiny", "--data", path, "--output",
-                                     out / "r.json"]),
-                         (drafts, ["generate", "--model", "tiny", "--data", path, "--out",
-                                   out / "pool.jsonl"])):
+                         (evaluate, ["--model", "tiny", "--data", path,
+                                     "--output", out / "r.json"]),
+                         (drafts, ["generate", "--model", "tiny", "--data", path,
+                                   "--out", out / "pool.jsonl"])):
         message = error(module, *argv)
         assert str(path) in message and says in message, message
     assert not out.exists()
@@ -242,11 +241,11 @@ POOLS = {"drafts not a list": {"drafts": "x"}, "no drafts": {"drafts": []},
 @pytest.mark.parametrize("kind", POOLS)
 def test_bad_pools_name_the_line(tmp_path, kind):
     pool = tmp_path / "pool.jsonl"
-    pool.write_text(json.dumps({"id": "a", "problem": "p", "answer": "1", "level": 3,
-                                **POOLS[kind]}) + "\n")
+    row = {"id": "a", "problem": "p", "answer": "1", "level": 3, **POOLS[kind]}
+    pool.write_text(json.dumps(row) + "\n")
     for module, argv in ((grpo, ["--model", "tiny", "--drafts", pool, "--exclude", "",
-                                 "--output-dir", tmp_path / "out"]), (drafts, ["stats", "--drafts",
-                                         pool])):
+                                 "--output-dir", tmp_path / "out"]),
+                         (drafts, ["stats", "--drafts", pool])):
         assert f"{pool}:1: problem a" in error(module, *argv)
     assert not (tmp_path / "out").exists()
 
@@ -254,14 +253,14 @@ def test_bad_pools_name_the_line(tmp_path, kind):
 def test_empty_inputs_are_errors_not_empty_runs(tmp_path):
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
-    assert "no training problems" in error(grpo, *TINY, "--data", empty, "--output-dir",
-                                           tmp_path / "out")
+    assert "no training problems" in error(grpo, *TINY, "--data", empty,
+                                           "--output-dir", tmp_path / "out")
     assert f"{empty}: no problems" in error(evaluate, "--model", "tiny", "--data", empty,
                                             "--output", tmp_path / "out" / "r.json")
-    assert "no problems" in error(drafts, "generate", "--model", "tiny", "--data", empty, "--out",
-                                  tmp_path / "out" / "pool.jsonl")
-    assert "no training problems" in error(grpo, "--model", "tiny", "--drafts", empty, "--exclude",
-                                           "", "--output-dir", tmp_path / "out")
+    assert "no problems" in error(drafts, "generate", "--model", "tiny", "--data", empty,
+                                  "--out", tmp_path / "out" / "pool.jsonl")
+    assert "no training problems" in error(grpo, "--model", "tiny", "--drafts", empty,
+                                           "--exclude", "", "--output-dir", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -272,49 +271,59 @@ def test_damage_in_a_file_being_appended_to_is_an_error_that_loses_nothing(tmp_p
     lines = [json.dumps({"id": "x", "sample": s, "config": "c"}) for s in range(3)]
     records.write_text(lines[0] + "\n{garbage\n" + lines[2] + "\n")
     before = records.read_bytes()
-    assert f"{records}:2: not valid JSON: the file is damaged" in error(
-        evaluate, "--model", "tiny", "--limit", "1", "--output", tmp_path / "r.json")
+    message = error(evaluate, "--model", "tiny", "--limit", "1", "--output", tmp_path / "r.json")
+    assert f"{records}:2: not valid JSON: the file is damaged" in message
     assert records.read_bytes() == before
     copy = tmp_path / "run"
     os.system(f"cp -r {run_folder} {copy}")
     metrics = copy / "metrics.jsonl"
     metrics.write_text("{broken\n" + metrics.read_text())
     before = fingerprint(copy)
-    assert f"{metrics}:1: not valid JSON" in error(grpo, *TINY, "--max-steps", "3", "--output-dir",
-                                                   copy, "--resume")
+    assert f"{metrics}:1: not valid JSON" in error(grpo, *TINY, "--max-steps", "3",
+                                                   "--output-dir", copy, "--resume")
     assert fingerprint(copy) == before
 
 
-@pytest.mark.parametrize("content,says", [(None, "no such file"), (b"\xff", "not UTF-8"), (b"{",
-        "not valid JSON"),
-                                          (b"[1, 2]", "not a result of evaluate.py")])
+@pytest.mark.parametrize("content,says", [
+    (None, "no such file"),
+    (b"\xff", "not UTF-8"),
+    (b"{", "not valid JSON"),
+    (b"[1, 2]", "not a result of evaluate.py"),
+])
 def test_compare_and_plot_name_a_bad_result_file(tmp_path, content, says):
     path = tmp_path / "r.json"
     if content is not None:
         path.write_bytes(content)
-    assert says in error(evaluate, "compare", f"a={path}") and str(path) in error(evaluate,
-            "compare", f"a={path}")
-    assert "--smooth" in error(evaluate, "plot", "--metrics", tmp_path, "--output",
-                               tmp_path / "f.png", "--smooth", "0")
+    message = error(evaluate, "compare", f"a={path}")
+    assert says in message
+    assert str(path) in message
+    assert "--smooth" in error(evaluate, "plot", "--metrics", tmp_path,
+                               "--output", tmp_path / "f.png", "--smooth", "0")
     assert "metrics.jsonl: no such file" in error(evaluate, "plot", "--metrics", tmp_path,
                                                   "--output", tmp_path / "f.png")
 
 
-@pytest.mark.parametrize("src,says", [(b"{}", "expected a JSON list"), (b"[3]", "problem #0 lacks"),
-                                      (b'[{"unique_id": 1, "problem": "p", "answer": "1", "drafts": [{"text": "x"}]}]',
-                                       "drafts[0].correct_strict")])
+@pytest.mark.parametrize("src,says", [
+    (b"{}", "expected a JSON list"),
+    (b"[3]", "problem #0 lacks"),
+    (b'[{"unique_id": 1, "problem": "p", "answer": "1", "drafts": [{"text": "x"}]}]',
+     "drafts[0].correct_strict"),
+])
 def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
     (tmp_path / "src.json").write_bytes(src)
     (tmp_path / "pool.jsonl").write_text("kept\n")
-    assert says in error(drafts, "import", "--src", tmp_path / "src.json", "--out",
-                         tmp_path / "pool.jsonl")
+    assert says in error(drafts, "import", "--src", tmp_path / "src.json",
+                         "--out", tmp_path / "pool.jsonl")
     assert (tmp_path / "pool.jsonl").read_text() == "kept\n"
 
 
-@pytest.mark.parametrize("script,argv", [("grpo.py", ["--max-new-tokens", "-5"]),
-                                         ("evaluate.py", ["--samples", "4", "--k", "1,8"]),
-                                         ("drafts.py", ["generate", "--top-p", "2"])])
+@pytest.mark.parametrize("script,argv", [
+    ("grpo.py", ["--max-new-tokens", "-5"]),
+    ("evaluate.py", ["--samples", "4", "--k", "1,8"]),
+    ("drafts.py", ["generate", "--top-p", "2"]),
+])
 def test_the_scripts_print_one_line_and_exit_1(script, argv):
     run = subprocess.run([sys.executable, script, *argv], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)
-    assert run.returncode == 1 and run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr
+    assert run.returncode == 1, run.stderr
+    assert run.stderr.startswith("error: ") and run.stderr.count("\n") == 1, run.stderr

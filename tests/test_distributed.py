@@ -1,6 +1,6 @@
-"""torchrun with 2 CPU processes (gloo) gives what one process gives: grpo.py (and --resume across world sizes),
-evaluate.py and drafts.py generate; bad set-ups stop before a model loads. Each run is a real
-torchrun."""
+"""torchrun with 2 CPU processes (gloo) gives what one process gives: grpo.py (and --resume across
+world sizes), evaluate.py and drafts.py generate; bad set-ups stop before a model loads. Each run
+is a real torchrun."""
 import json
 import os
 import subprocess
@@ -16,8 +16,7 @@ import grpo
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A reward that depends on the completion's text (the tiny model's lenient reward is always 0):
-# groups get
-# non-zero advantages and the steps really move the adapter.
+# groups get non-zero advantages and the steps really move the adapter.
 WRAPPER = """import sys
 sys.path.insert(0, {root!r})
 import grpo
@@ -34,8 +33,8 @@ def torchrun(script, *args, n=2, env=None):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
            **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           f"--nproc-per-node={n}", script, *map(str, args)], cwd=ROOT, env=env,
-                           capture_output=True, text=True, timeout=300)
+                           f"--nproc-per-node={n}", script, *map(str, args)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
 
 
 def wrapper(tmp_path):
@@ -51,18 +50,18 @@ def metrics(run):
 def assert_same_run(a, b):
     """Same steps and rewards exactly; loss and grad norm, and the adapter, to float rounding."""
     ma, mb = metrics(a), metrics(b)
-    assert [(m["step"], m["reward"], m["reward_std"], m["frac_reward_zero_std"]) for m in ma] == \
-           [(m["step"], m["reward"], m["reward_std"], m["frac_reward_zero_std"]) for m in mb]
+    exact = lambda m: (m["step"], m["reward"], m["reward_std"], m["frac_reward_zero_std"])
+    assert [exact(m) for m in ma] == [exact(m) for m in mb]
     for x, y in zip(ma, mb):
-        assert x["loss"] == pytest.approx(y["loss"],
-                                          abs=1e-6) and x["grad_norm"] == pytest.approx(y["grad_norm"], 1e-4)
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
+        assert x["grad_norm"] == pytest.approx(y["grad_norm"], 1e-4)
     wa, wb = (load_file(str(r / "step-2" / "adapter_model.safetensors")) for r in (a, b))
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
-def test_grpo_two_processes_end_where_one_ends_and_resume_may_change_the_world_size(tmp_path,
-        monkeypatch):
+def test_grpo_two_processes_end_where_one_ends_and_resume_may_change_the_world_size(
+        tmp_path, monkeypatch):
     """B x G = 3 x 2 rollouts: process 0 holds group 0 and half of group 1. Two processes end with
     one process's metrics and adapter (max abs <= 1e-5); one step on one process, then --resume on
     two, ends there too."""
@@ -85,8 +84,8 @@ def test_grpo_two_processes_end_where_one_ends_and_resume_may_change_the_world_s
 
 
 def test_evaluate_two_processes_write_one_process_records_and_summary(tmp_path):
+    # 3 chunks of 1 problem: a round with an idle process
     common = ["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "3", "--samples", "4",
-              # 3 chunks of 1 problem: a round with an idle process
               "--k", "1,2,4", "--max-new-tokens", "8", "--batch-size", "4"]
     one = evaluate.main([*common, "--output", str(tmp_path / "one.json")])
     run = torchrun("evaluate.py", *common, "--output", tmp_path / "two.json")
@@ -106,22 +105,25 @@ def test_drafts_two_processes_write_one_process_pool(tmp_path):
     assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
-
 def test_processes_wait_for_each_other_up_to_the_timeout_they_are_given(tmp_path):
     """Uneven chunks: process 1's takes 8 s. With $DIST_TIMEOUT_MINUTES at 3 s, process 0 stops
     waiting and the run ends with one line naming the variable (the default, 180 minutes, outlasts
     an AIME chunk at n = 2,048, where NCCL's own 10 minutes would tear the run down); the other
     torchrun tests run under the default."""
     script = tmp_path / "slow.py"
-    script.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\nimport evaluate, generation\n"
+    script.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
+                      "import evaluate, generation\n"
                       "work = generation.generate\n"
-                      "def slow(*a, **kw):\n    time.sleep(8 * (os.environ['RANK'] == '1'))\n    return work(*a, **kw)\n"
+                      "def slow(*a, **kw):\n"
+                      "    time.sleep(8 * (os.environ['RANK'] == '1'))\n"
+                      "    return work(*a, **kw)\n"
                       "generation.generate = slow\n"
                       "generation.run_main(lambda: evaluate.main(sys.argv[1:]))\n")
     run = torchrun(str(script), "--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "2",
                    "--max-new-tokens", "4", "--batch-size", "1", "--output", tmp_path / "r.json",
                    env={generation.TIMEOUT: "0.05"})
-    assert run.returncode != 0 and f"waited longer than ${generation.TIMEOUT}" in run.stderr, run.stderr[-3000:]
+    assert run.returncode != 0, run.stderr[-3000:]
+    assert f"waited longer than ${generation.TIMEOUT}" in run.stderr, run.stderr[-3000:]
     assert "Timed out waiting 3000ms" in run.stderr
 
 
@@ -137,6 +139,7 @@ def test_run_main_tears_nccl_down_and_skips_only_gloos_teardown(monkeypatch):
         generation.run_main(lambda: None)
     assert calls == ["barrier", "destroy", "barrier", "_exit 0"]
 
+
 def test_bad_setups_stop_before_a_model_loads(tmp_path):
     """More processes than rollouts, and processes started with different flags (rank 0's are the
     run's)."""
@@ -146,7 +149,8 @@ def test_bad_setups_stop_before_a_model_loads(tmp_path):
     assert "training prompts" not in run.stdout and not (tmp_path / "few").exists()
     script = tmp_path / "differ.py"
     script.write_text(f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport grpo\n"
-                      f"grpo.main(sys.argv[1:] + (['--lr', '0.5'] if os.environ['RANK'] == '1' else []))\n")
+                      "grpo.main(sys.argv[1:] + "
+                      "(['--lr', '0.5'] if os.environ['RANK'] == '1' else []))\n")
     run = torchrun(str(script), *GRPO_ARGS, "--output-dir", tmp_path / "differ")
     assert run.returncode != 0 and "process 1: --lr" in run.stderr, run.stderr[-3000:]
     assert "training prompts" not in run.stdout and not (tmp_path / "differ").exists()

@@ -25,8 +25,9 @@ def synthetic_pool(n=40, seed=0):
 
 
 def test_template_is_byte_exact():
-    expected = ("Problem: What is 2+2?\n\nThinking: N/A\n\nThe thinking section may contain errors. Solve the math "
-                "problem step by step. Write your own correct solution. Put your final answer within \\boxed{}."
+    expected = ("Problem: What is 2+2?\n\nThinking: N/A\n\n"
+                "The thinking section may contain errors. Solve the math problem step by step. "
+                "Write your own correct solution. Put your final answer within \\boxed{}."
                 "\n\nCorrect Solution:")
     assert build_prompt("What is 2+2?", None) == expected
     assert build_prompt("What is 2+2?", "  my draft \n") == expected.replace("N/A", "my draft")
@@ -77,13 +78,13 @@ def test_variants_share_selection_and_mismatch_moves_it():
         for r in mismatched:
             assert r["draft_source"] != r["id"]  # no problem keeps its own draft
             src = by_id[r["draft_source"]]
-            assert (r["draft"], r["draft_tier"], r["draft_index"]) == (src["draft"],
-                    src["draft_tier"], src["draft_index"])
+            shown = (r["draft"], r["draft_tier"], r["draft_index"])
+            assert shown == (src["draft"], src["draft_tier"], src["draft_index"])
             assert r["problem"] == f"What is {r['id'][1:]}+1?"  # problem and answer stay
     for r in build_variant(pool, "matched-wrong", seed=3):
         assert r["draft_tier"] != 1 or not r["draft_correct_quasi"]
-    assert all(r["draft"] is None and r["draft_source"] is None for r in build_variant(pool,
-            "no-draft"))
+    no_draft = build_variant(pool, "no-draft")
+    assert all(r["draft"] is None and r["draft_source"] is None for r in no_draft)
 
 
 def test_seeds():
@@ -118,14 +119,15 @@ def test_truncation_cuts_only_the_draft():
     full = build_prompt(problem, draft)
     assert build_prompt(problem, draft, tok, max_prompt_tokens=len(full) + 1) == full
     cut = build_prompt(problem, draft, tok, max_prompt_tokens=300)
-    assert len(tok(cut)["input_ids"]) <= 300 and cut.startswith("Problem: " + problem + "\n\nThinking: DDD")
+    assert len(tok(cut)["input_ids"]) <= 300
+    assert cut.startswith("Problem: " + problem + "\n\nThinking: DDD")
     assert cut == build_prompt(problem, draft[:cut.count("D")])  # the beginning is kept
     frame = len(tok(build_prompt(problem, ""))["input_ids"])
-    assert build_prompt(problem, draft, tok, max_prompt_tokens=frame - 5) == build_prompt(problem,
-            None)
+    no_room = build_prompt(problem, draft, tok, max_prompt_tokens=frame - 5)
+    assert no_room == build_prompt(problem, None)
     long_problem = "Q" * 400
-    assert build_prompt(long_problem, draft, tok,
-                        max_prompt_tokens=300) == build_prompt(long_problem, None)
+    too_long = build_prompt(long_problem, draft, tok, max_prompt_tokens=300)
+    assert too_long == build_prompt(long_problem, None)
 
 
 def test_bad_pool_lines_name_the_line(tmp_path):
@@ -146,26 +148,26 @@ def test_generate_grades_and_resumes_without_duplicates(tmp_path):
     data = tmp_path / "problems.jsonl"
     with open(data, "w") as f:
         for i in range(5):
-            f.write(json.dumps({"id": f"q{i}", "problem": f"What is {i}?", "answer": str(i),
-                                "level": 4}) + "\n")
+            row = {"id": f"q{i}", "problem": f"What is {i}?", "answer": str(i), "level": 4}
+            f.write(json.dumps(row) + "\n")
         f.write(json.dumps({"id": "easy", "problem": "1?", "answer": "1", "level": 1}) + "\n")
     out = tmp_path / "pool.jsonl"
-    args = ["generate", "--model", "tiny", "--data", str(data), "--out", str(out), "--num-drafts",
-            "3", "--max-new-tokens", "8", "--batch-size", "6"]
+    args = ["generate", "--model", "tiny", "--data", str(data), "--out", str(out),
+            "--num-drafts", "3", "--max-new-tokens", "8", "--batch-size", "6"]
     drafts.main(args + ["--limit", "2"])
     first = out.read_text().splitlines()
     with open(out, "a") as f:
         f.write('{"id": "q2", "problem": "torn')                          # a crash mid-write
     drafts.main(args)
-    rows = [json.loads(l) for l in out.read_text().splitlines()]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
     # level 1 filtered, no duplicates
     assert [r["id"] for r in rows] == ["q0", "q1", "q2", "q3", "q4"]
     assert out.read_text().splitlines()[:2] == first                      # done problems untouched
     for r in rows:
         assert len(r["drafts"]) == 3
         for dr in r["drafts"]:
-            assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi",
-                               "length"} and 0 < dr["length"] <= 8
+            assert set(dr) == {"text", "pred", "correct_strict", "correct_quasi", "length"}
+            assert 0 < dr["length"] <= 8
     assert len(load_pool(str(out))) == 5
     whole = tmp_path / "whole.jsonl"
     drafts.main(["generate", "--model", "tiny", "--data", str(data), "--out", str(whole),
@@ -181,7 +183,8 @@ def test_import_author_schema(tmp_path):
                                             "correct_quasi": 1, "length": 5}]}]))
     drafts.main(["import", "--src", str(src), "--out", str(tmp_path / "pool.jsonl")])
     row = load_pool(str(tmp_path / "pool.jsonl"))[0]
-    assert row["id"] == "test/algebra/1.json" and row["level"] == 4 and row["drafts"][0]["correct_strict"] is True
+    assert row["id"] == "test/algebra/1.json" and row["level"] == 4
+    assert row["drafts"][0]["correct_strict"] is True
 
 
 def test_length_matched_control_equalises_lengths_and_keeps_pairing():
@@ -195,15 +198,15 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
     for i in range(len(pool)):
         lengths = {len(matched[v][i]["draft"]) for v in controls}
         assert len(lengths) == 1  # identical per row, so per variant
-        prompts = {len(build_prompt(matched[v][i]["problem"],
-                                    matched[v][i]["draft"])) for v in controls}
+        prompts = {len(build_prompt(matched[v][i]["problem"], matched[v][i]["draft"]))
+                   for v in controls}
         assert len(prompts) == 1                                           # and so are the prompts
         for v in controls:
             # a cut keeps the beginning
             assert plain[v][i]["draft"].startswith(matched[v][i]["draft"])
             assert matched[v][i]["draft_source"] == plain[v][i]["draft_source"]
-    assert any(len(matched["mismatched-wrong"][i]["draft"]) < len(plain["mismatched-wrong"][i]["draft"])
-               for i in range(len(pool)))
+    cut, whole = matched["mismatched-wrong"], plain["mismatched-wrong"]
+    assert any(len(cut[i]["draft"]) < len(whole[i]["draft"]) for i in range(len(pool)))
     assert build_variant(pool, "no-draft", length_matched=True) == build_variant(pool, "no-draft")
 
 
@@ -216,15 +219,16 @@ def test_training_universe_rule():
     assert len(drafts.training_problems(math)) == 8886  # the recipe's 8,888 minus 2 empty answers
 
 
-def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(tmp_path,
-        capsys):
+def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(
+        tmp_path, capsys):
     pool = []
     for i in range(8):  # per problem: a right draft and a wrong one, pred unset
-        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1), "level": 4,
-                     "drafts": [
-            {"text": f"so \\boxed{{{i + 1}}}", "pred": None, "correct_strict": True,
-             "correct_quasi": True},
-            {"text": f"the answer is {i + 100}", "correct_strict": False, "correct_quasi": False}]})
+        right = {"text": f"so \\boxed{{{i + 1}}}", "pred": None, "correct_strict": True,
+                 "correct_quasi": True}
+        wrong = {"text": f"the answer is {i + 100}", "correct_strict": False,
+                 "correct_quasi": False}
+        pool.append({"id": f"p{i}", "problem": f"What is {i}+1?", "answer": str(i + 1),
+                     "level": 4, "drafts": [right, wrong]})
     pool[0]["drafts"][1]["pred"] = "7"                  # a pool's own pred wins over re-extraction
     answer = lambda variant: {r["id"]: r["draft_pred"] for r in build_variant(pool, variant)}
     assert answer("matched-correct") == {f"p{i}": str(i + 1) for i in range(8)}

@@ -11,8 +11,8 @@ from grpo import completion_logprobs, dr_grpo_loss, group_advantages
 def test_group_advantages_is_reward_minus_group_mean_without_std():
     r = torch.tensor([[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0]])
     a = group_advantages(r)
-    assert torch.equal(a, torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4, [-0.5, 0.5, -0.5,
-            0.5]]))
+    expected = torch.tensor([[0.75, -0.25, -0.25, -0.25], [0.0] * 4, [-0.5, 0.5, -0.5, 0.5]])
+    assert torch.equal(a, expected)
 
 
 def test_loss_value_and_gradient_match_the_formula():
@@ -27,8 +27,8 @@ def test_loss_value_and_gradient_match_the_formula():
     loss.backward()
     # d/dlogp = -A*mask/(N*L_max)
     assert torch.allclose(logprobs.grad, -adv[:, None] * mask / (N * L))
-    # not length-normalised: each token of the 5-token completion weighs |A|/(N*L_max), not
-    # |A|/(5*N*L_max)
+    # not length-normalised: each token of the 5-token completion weighs |A|/(N*L_max),
+    # not |A|/(5*N*L_max)
     assert torch.allclose(logprobs.grad[1].abs(), torch.full((T,), 0.25 / (N * L)))
 
 
@@ -55,8 +55,8 @@ def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temper
     logits = model.lm_head(hidden).float() / temperature
     ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
     p = torch.softmax(logits, -1)  # the entropy, computed directly
-    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask,
-                          atol=1e-5) and not entropy.requires_grad
+    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask, atol=1e-5)
+    assert not entropy.requires_grad
     assert torch.allclose(lp, ref, atol=1e-5)
     lp.sum().backward()
     assert torch.equal(lp == 0, mask == 0)
@@ -123,7 +123,6 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     assert all(g.abs().sum() > 0 for g in a_grads)  # the gradient reached every adapter
 
 
-
 def test_policy_update_takes_log_probs_at_the_sampling_temperature():
     """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi =
     softmax(logits / 0.7)."""
@@ -137,19 +136,20 @@ def test_policy_update_takes_log_probs_at_the_sampling_temperature():
         if "lora_B" in name:
             p.data.normal_(0, 0.1)
     prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
-    advantages, zero_std = torch.tensor([[0.5, -0.5], [-0.5, 0.5]]), torch.zeros(2,
-            dtype=torch.bool)
+    advantages = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
+    zero_std = torch.zeros(2, dtype=torch.bool)
     args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
     fast = copy.deepcopy(model)
     grpo.policy_update(fast, prompts, completions, advantages, args)
-    at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std, 8,
-                                0.7)
+    at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std,
+                                max_new_tokens=8, temperature=0.7)
     at_1 = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8, 1.0)
     for name, p in fast.named_parameters():
         if p.requires_grad:
             assert torch.allclose(p.grad, at_07[name], rtol=1e-4, atol=1e-7), name
     # the temperature matters
     assert any(not torch.allclose(at_07[k], at_1[k], rtol=1e-3) for k in at_1)
+
 
 def run_args(tmp_path, *extra):
     return grpo.parse_args(["--model", "tiny", "--output-dir", str(tmp_path), "--exclude", "",
@@ -171,11 +171,10 @@ def learnable_task(tmp_path, flip=False, steps=30, seed=0):
     head = model.get_output_embeddings().weight.detach()                    # [V, H]
     score = head @ torch.randn(head.shape[1], generator=torch.Generator().manual_seed(0))
     good = set((score > score.quantile(0.9)).nonzero().squeeze(-1).tolist())
-    reward_fn = lambda text, gold: float(tok(text,
-                                             add_special_tokens=False)["input_ids"][:1] in [[t]
-                                                     for t in good])
-    rows = [{"id": str(i), "problem": f"Say something {i}", "answer": "x",
-             "draft": None} for i in range(8)]
+    first_token = lambda text: tok(text, add_special_tokens=False)["input_ids"][:1]
+    reward_fn = lambda text, gold: float(first_token(text) in [[t] for t in good])
+    rows = [{"id": str(i), "problem": f"Say something {i}", "answer": "x", "draft": None}
+            for i in range(8)]
     args = run_args(tmp_path, "--variant", "no-draft", "--max-steps", str(steps),
                     "--prompts-per-step", "4", "--num-generations", "8", "--max-new-tokens", "1",
                     "--lr", "0.02", "--save-every", "1000", "--seed", str(seed))
@@ -187,7 +186,7 @@ def learnable_task(tmp_path, flip=False, steps=30, seed=0):
     finally:
         if flip:
             grpo.group_advantages = orig
-    rewards = [json.loads(l)["reward"] for l in open(tmp_path / "metrics.jsonl")]
+    rewards = [json.loads(line)["reward"] for line in open(tmp_path / "metrics.jsonl")]
     return sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
 
 
@@ -195,8 +194,8 @@ def test_grpo_learns_a_learnable_task(tmp_path):
     """Two seeds, since one run may stall on a plateau (seed 0: 0.2 -> 0.37 in 30 steps, seed 1:
     0.24 -> 0.79)."""
     runs = [learnable_task(tmp_path / f"up{seed}", seed=seed) for seed in (0, 1)]
-    assert sum(last for _, last in runs) / 2 > 0.5 and all(last > first + 0.1 for first,
-                                                           last in runs), runs
+    assert sum(last for _, last in runs) / 2 > 0.5, runs
+    assert all(last > first + 0.1 for first, last in runs), runs
 
 
 def test_flipped_advantage_sign_does_not_learn(tmp_path):
@@ -227,9 +226,10 @@ def scripted_rewards(crash_after=None):
 
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
-    common = ["--model", "tiny", "--variant", "no-draft", "--data",
-              "tests/data/tiny_problems.jsonl", "--prompts-per-step", "2", "--num-generations", "3",
-              "--max-new-tokens", "6", "--lr", "0.05", "--save-every", "2", "--max-steps", "6"]
+    common = ["--model", "tiny", "--variant", "no-draft",
+              "--data", "tests/data/tiny_problems.jsonl", "--prompts-per-step", "2",
+              "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05",
+              "--save-every", "2", "--max-steps", "6"]
     monkeypatch.setattr(grpo, "reward", scripted_rewards())
     grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
     per_step = 2 * 3
@@ -252,21 +252,23 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
     assert not os.path.exists(tmp_path / "part" / "step-2" / "optimizer.safetensors")
     from safetensors.torch import load_file
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
-        a, b = load_file(tmp_path / "whole" / "step-6" / name), load_file(tmp_path / "part" / "step-6" / name)
+        a = load_file(tmp_path / "whole" / "step-6" / name)
+        b = load_file(tmp_path / "part" / "step-6" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    lines = lambda p: [{k: json.loads(l)[k] for k in STABLE} for l in open(p / "metrics.jsonl")]
+    lines = lambda p: [{k: json.loads(line)[k] for k in STABLE}
+                       for line in open(p / "metrics.jsonl")]
     assert lines(tmp_path / "whole") == lines(tmp_path / "part")
-    assert [l["step"] for l in lines(tmp_path / "part")] == [1, 2, 3, 4, 5, 6]
-    assert all(l["grad_norm"] > 0 for l in lines(tmp_path / "whole"))
+    assert [r["step"] for r in lines(tmp_path / "part")] == [1, 2, 3, 4, 5, 6]
+    assert all(r["grad_norm"] > 0 for r in lines(tmp_path / "whole"))
 
 
 def test_variant_without_pool_and_pool_without_problems_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a draft pool"):
         grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong"))
     pool = tmp_path / "pool.jsonl"
-    pool.write_text(json.dumps({"id": "t0", "problem": "p", "answer": "1", "level": 3,
-                                "drafts": [{"text": "x", "correct_strict": False,
-                                            "correct_quasi": False}]}) + "\n")
+    draft = {"text": "x", "correct_strict": False, "correct_quasi": False}
+    row = {"id": "t0", "problem": "p", "answer": "1", "level": 3, "drafts": [draft]}
+    pool.write_text(json.dumps(row) + "\n")
     with pytest.raises(ValueError, match="lacks 4 problem"):
         grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
                                 "--data", "tests/data/tiny_problems.jsonl"))
@@ -278,10 +280,10 @@ def test_training_seed_does_not_change_the_draft_pairing(tmp_path):
     pool = tmp_path / "pool.jsonl"
     with open(pool, "w") as f:
         for i in range(12):
-            f.write(json.dumps({"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4,
-                                "drafts": [
-                {"text": f"d{i}-{k}", "correct_strict": False,
-                 "correct_quasi": False} for k in range(4)]}) + "\n")
+            drafts = [{"text": f"d{i}-{k}", "correct_strict": False, "correct_quasi": False}
+                      for k in range(4)]
+            row = {"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4, "drafts": drafts}
+            f.write(json.dumps(row) + "\n")
     rows = lambda *extra: grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong",
                                                   "--drafts", str(pool), *extra))
     assert rows("--seed", "0") == rows("--seed", "7")  # same pairing for every training seed
@@ -364,7 +366,7 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
     assert same(state(3), state(4)) and not same(state(4), state(5))
     # no NaN in a checkpoint
     assert same(load_file(tmp_path / "step-8" / "adapter_model.safetensors"), seen[5][0])
-    metrics = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [m["skipped"] for m in metrics] == [False, False, True, False] + [True] * 5
     assert [m["skipped_steps"] for m in metrics] == [0, 0, 1, 1, 2, 3, 4, 5, 6]
     # no drafts
@@ -373,7 +375,8 @@ def test_non_finite_steps_are_skipped_and_five_in_a_row_stop_the_run(tmp_path, m
     model, tok, args = tiny_trainer(tmp_path, "--variant", "no-draft", "--max-steps", "9",
                                     "--resume")
     grpo.train(args, rows, model, tok, reward_fn=scripted_rewards())
-    assert [json.loads(l)["skipped_steps"] for l in open(tmp_path / "metrics.jsonl")][-2:] == [5, 5]
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [m["skipped_steps"] for m in metrics][-2:] == [5, 5]
 
 
 def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_path, monkeypatch):
@@ -381,12 +384,12 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
                                     "--num-generations", "4")
     rows = [{"id": "a", "problem": "p", "answer": "3", "draft": "so 7", "draft_pred": "7"},
             {"id": "b", "problem": "q", "answer": "5", "draft": "no answer", "draft_pred": None}]
-    texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"], ["\\boxed{5}", "\\boxed{5}",
-            "\\boxed{6}", "5?"]]
+    texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"],
+             ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
     monkeypatch.setattr(grpo, "step_rows", lambda rows, *a: rows)
-    monkeypatch.setattr(grpo, "generate", lambda *a, **kw: [[tok(t,
-            add_special_tokens=False)["input_ids"]
-                                                              for t in group] for group in texts])
+    token_ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(grpo, "generate",
+                        lambda *a, **kw: [[token_ids(t) for t in group] for group in texts])
     grpo.train(args, rows, model, tok)
     m = json.loads(open(tmp_path / "metrics.jsonl").read())
     assert (m["draft_answer_rate"], m["gold_answer_rate"], m["reward"]) == (2 / 8, 3 / 8, 3 / 8)
@@ -407,10 +410,10 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
         return model, tok
     monkeypatch.setattr(grpo, "load_model", load_bf16)
     monkeypatch.setattr(generation, "load_model", load_bf16)
-    common = ["--model", "tiny", "--variant", "no-draft", "--data",
-              "tests/data/tiny_problems.jsonl", "--exclude", "", "--prompts-per-step", "2",
-              "--num-generations", "3", "--max-new-tokens", "6", "--lr", "0.05", "--save-every",
-              "2", "--max-steps", "4"]
+    common = ["--model", "tiny", "--variant", "no-draft",
+              "--data", "tests/data/tiny_problems.jsonl", "--exclude", "",
+              "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6",
+              "--lr", "0.05", "--save-every", "2", "--max-steps", "4"]
     monkeypatch.setattr(grpo, "reward", scripted_rewards())
     grpo.main(["--output-dir", str(tmp_path / "whole"), *common])
     # dies inside step 3
@@ -423,23 +426,28 @@ def test_bf16_base_trains_resumes_bit_exactly_and_evaluates(tmp_path, monkeypatc
     monkeypatch.setattr(grpo, "reward", rest)
     grpo.main(["--output-dir", str(tmp_path / "part"), "--resume", *common])
     for name in ("adapter_model.safetensors", "optimizer.safetensors"):
-        a, b = load_file(tmp_path / "whole" / "step-4" / name), load_file(tmp_path / "part" / "step-4" / name)
+        a = load_file(tmp_path / "whole" / "step-4" / name)
+        b = load_file(tmp_path / "part" / "step-4" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
-    metrics = [json.loads(l) for l in open(tmp_path / "whole" / "metrics.jsonl")]
+    metrics = [json.loads(line) for line in open(tmp_path / "whole" / "metrics.jsonl")]
     assert all(m["grad_norm"] > 0 and not m["skipped"] for m in metrics)  # bf16 steps really update
-    base = {k: v.clone() for k, v in loaded[0].state_dict().items() if "lora_" not in k}
+    # four merges and unmerges later, the bf16 base weights are exactly those loaded
+    fresh = load("tiny", device="cpu", dtype=torch.bfloat16)[0].state_dict()
+    trained = {k: v for k, v in loaded[0].state_dict().items() if "lora_" not in k}
+    assert all(torch.equal(v, fresh[k.replace(".base_layer.", ".")]) for k, v in trained.items())
     summary = evaluate.main(["--model", "tiny", "--adapter", str(tmp_path / "whole" / "step-4"),
-                             "--data", "data/math500.jsonl", "--limit", "3", "--max-new-tokens",
-                             "8", "--output", str(tmp_path / "r.json")])
-    assert loaded[-1].model.embed_tokens.weight.dtype == torch.bfloat16 and summary["num_problems"] == 3
-    records = [json.loads(l) for l in open(tmp_path / "r.json.records.jsonl")]
+                             "--data", "data/math500.jsonl", "--limit", "3",
+                             "--max-new-tokens", "8", "--output", str(tmp_path / "r.json")])
+    assert loaded[-1].model.embed_tokens.weight.dtype == torch.bfloat16
+    assert summary["num_problems"] == 3
+    records = [json.loads(line) for line in open(tmp_path / "r.json.records.jsonl")]
     assert len(records) == 3 and all(r["tokens"] > 0 for r in records)
 
 
 def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    path.write_text("".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2,
-            3)) + '{"step": 4, "rew')
+    lines = "".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3))
+    path.write_text(lines + '{"step": 4, "rew')
     # one skipped step among those kept
     assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1
-    assert [json.loads(l)["step"] for l in open(path)] == [1, 2]
+    assert [json.loads(line)["step"] for line in open(path)] == [1, 2]

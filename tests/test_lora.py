@@ -21,9 +21,9 @@ from lora import (
 def qwen2_tiny():
     from transformers import Qwen2Config, Qwen2ForCausalLM
     torch.manual_seed(0)
-    return Qwen2ForCausalLM(Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128,
-                                        num_hidden_layers=2, num_attention_heads=4,
-                                        num_key_value_heads=2))
+    config = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    return Qwen2ForCausalLM(config)
 
 
 def models():
@@ -48,10 +48,10 @@ def test_wraps_seven_projections_and_equals_base_at_init():
         assert len(lora_modules(model)) == 7 * 2
         assert torch.equal(model(x).logits, before)
         m = lora_modules(model)[0][1]
-        assert m.lora_A.weight.shape == (4,
-                                         m.base_layer.in_features) and m.lora_A.weight.abs().sum() > 0
-        assert m.lora_B.weight.shape == (m.base_layer.out_features,
-                                         4) and m.lora_B.weight.abs().sum() == 0
+        assert m.lora_A.weight.shape == (4, m.base_layer.in_features)
+        assert m.lora_A.weight.abs().sum() > 0
+        assert m.lora_B.weight.shape == (m.base_layer.out_features, 4)
+        assert m.lora_B.weight.abs().sum() == 0
         assert m.scaling == 2.0
 
 
@@ -72,19 +72,20 @@ def test_save_load_round_trip_is_bit_exact_with_peft_names(tmp_path):
         randomize_b(model)
         save_lora(model, tmp_path / "a", base_model_name_or_path="some/base")
         cfg = json.load(open(tmp_path / "a" / "adapter_config.json"))
-        assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8 and cfg["bias"] == "none"
-        assert cfg["task_type"] == "CAUSAL_LM" and not cfg["use_dora"] and cfg["modules_to_save"] is None
+        assert cfg["peft_type"] == "LORA" and cfg["r"] == 4 and cfg["lora_alpha"] == 8
+        assert cfg["bias"] == "none"
+        assert cfg["task_type"] == "CAUSAL_LM" and not cfg["use_dora"]
+        assert cfg["modules_to_save"] is None
         keys = load_file(tmp_path / "a" / "adapter_model.safetensors").keys()
         assert "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight" in keys
-        assert all(k.startswith("base_model.model.model.layers.") and k.endswith((".lora_A.weight",
-                ".lora_B.weight"))
-                   for k in keys)
+        assert all(k.startswith("base_model.model.model.layers.")
+                   and k.endswith((".lora_A.weight", ".lora_B.weight")) for k in keys)
         fresh = models()[0] if model.config.model_type == "mistral" else qwen2_tiny()
         load_lora(fresh, tmp_path / "a")
         for (n1, m1), (n2, m2) in zip(lora_modules(model), lora_modules(fresh)):
             assert n1 == n2
-            assert torch.equal(m1.lora_A.weight, m2.lora_A.weight) and torch.equal(m1.lora_B.weight,
-                    m2.lora_B.weight)
+            assert torch.equal(m1.lora_A.weight, m2.lora_A.weight)
+            assert torch.equal(m1.lora_B.weight, m2.lora_B.weight)
         x = torch.randint(0, 300, (2, 9))
         assert torch.equal(model(x).logits, fresh(x).logits)
 
@@ -95,10 +96,10 @@ def test_load_rejects_missing_unexpected_and_misshaped(tmp_path):
     path = tmp_path / "a" / "adapter_model.safetensors"
     tensors = load_file(path)
     key = next(iter(tensors))
-    for broken, match in [({k: v for k, v in tensors.items() if k != key}, "missing"),
-                          ({**tensors, "base_model.model.extra.lora_A.weight": torch.zeros(1)},
-                           "unexpected"),
-                          ({**tensors, key: torch.zeros(3, 3)}, "shape")]:
+    missing = {k: v for k, v in tensors.items() if k != key}
+    unexpected = {**tensors, "base_model.model.extra.lora_A.weight": torch.zeros(1)}
+    misshaped = {**tensors, key: torch.zeros(3, 3)}
+    for broken, match in [(missing, "missing"), (unexpected, "unexpected"), (misshaped, "shape")]:
         save_file(broken, path)
         with pytest.raises((KeyError, ValueError), match=match):
             load_lora(apply_lora(tiny_model(300), r=4, alpha=8), tmp_path / "a")
@@ -123,7 +124,6 @@ def test_merge_matches_unmerged_and_unmerge_restores_bit_exactly():
     assert torch.equal(model(x).logits.float(), unmerged)
 
 
-
 def test_the_base_copy_is_made_once_not_every_merge():
     """The base weights are frozen, so the copy that restores them is made at the first merge and
     reused: no per-step round trip (at 7B: 13.96 GB out to host memory and back, every step).
@@ -143,13 +143,15 @@ def test_the_base_copy_is_made_once_not_every_merge():
             assert copies is None or all(a is b for a, b in zip(kept, copies))
             copies = kept
             with torch.no_grad():
-                assert (model(x).logits.float() - unmerged).abs().max() < 0.05 * unmerged.abs().max()
+                gap = (model(x).logits.float() - unmerged).abs().max()
+                assert gap < 0.05 * unmerged.abs().max()
         assert all(torch.equal(m.base_layer.weight, base[n]) for n, m in lora_modules(model))
     evaluation = apply_lora(tiny_model(300), r=4, alpha=8)
     merge_lora(evaluation, spare=None)  # merged for good: no copy is kept
     assert all(m.merged and m.base_copy is None for _, m in lora_modules(evaluation))
     with pytest.raises(ValueError, match="no copy"):
         unmerge_lora(evaluation)
+
 
 def test_merge_fp32_is_close():
     model = apply_lora(tiny_model(300), r=4, alpha=8)

@@ -32,14 +32,14 @@ def test_prompt_starts_with_bos_once(tok):
 
 
 def test_only_the_draft_is_cut_to_the_3072_token_budget(tok):
-    rows = [json.loads(l) for l in open("data/math_train.jsonl", encoding="utf-8")][:40]
+    rows = [json.loads(line) for line in open("data/math_train.jsonl", encoding="utf-8")][:40]
     problem = rows[0]["problem"]
     draft = "\n\n".join(r["solution"] for r in rows)  # ~10k tokens of real math text
     prompt = build_prompt(problem, draft, tok, max_prompt_tokens=3072)
     n = len(encode_prompt(tok, prompt))
     assert 3072 - 8 <= n <= 3072  # filled to the budget, not over
-    shown = prompt.split("\n\nThinking: ",
-                         1)[1].split("\n\nThe thinking section may contain errors.")[0]
+    thinking = prompt.split("\n\nThinking: ", 1)[1]
+    shown = thinking.split("\n\nThe thinking section may contain errors.")[0]
     assert prompt.startswith("Problem: " + problem + "\n\nThinking: ") and draft.startswith(shown)
     assert prompt.endswith("Put your final answer within \\boxed{}.\n\nCorrect Solution:")
     long_problem = " ".join(["x"] * 4000)

@@ -16,26 +16,27 @@ def run(*args):
 
 def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
     pool, runs = str(tmp_path / "pool.jsonl"), str(tmp_path / "run")
-    run("drafts.py", "generate", "--model", "tiny", "--data", "data/math_train.jsonl", "--out",
-        pool, "--num-drafts", "4", "--max-new-tokens", "16", "--limit", "6")
-    rows = [json.loads(l) for l in open(pool)]
+    run("drafts.py", "generate", "--model", "tiny", "--data", "data/math_train.jsonl",
+        "--out", pool, "--num-drafts", "4", "--max-new-tokens", "16", "--limit", "6")
+    rows = [json.loads(line) for line in open(pool)]
     assert len(rows) == 6 and all(r["level"] in (3, 4, 5) and len(r["drafts"]) == 4 for r in rows)
     run("grpo.py", "--model", "tiny", "--variant", "mismatched-wrong", "--drafts", pool,
-        "--output-dir", runs, "--max-steps", "4", "--prompts-per-step", "2", "--num-generations",
-        "4", "--max-new-tokens", "16", "--lr", "5e-6", "--save-every", "2", "--seed", "0")
-    metrics = [json.loads(l) for l in open(os.path.join(runs, "metrics.jsonl"))]
+        "--output-dir", runs, "--max-steps", "4", "--prompts-per-step", "2",
+        "--num-generations", "4", "--max-new-tokens", "16", "--lr", "5e-6", "--save-every", "2",
+        "--seed", "0")
+    metrics = [json.loads(line) for line in open(os.path.join(runs, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert {"reward", "completion_length", "step_time", "frac_reward_zero_std",
-            "skipped_steps"} <= set(metrics[0])
+    logged = {"reward", "completion_length", "step_time", "frac_reward_zero_std", "skipped_steps"}
+    assert logged <= set(metrics[0])
     assert all(0 <= m["draft_answer_rate"] <= 1 and 0 <= m["gold_answer_rate"] <= 1
                for m in metrics)  # drafts shown
     for step in (2, 4):
         files = set(os.listdir(os.path.join(runs, f"step-{step}")))
         assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= files
     assert len(load_file(os.path.join(runs, "step-4", "adapter_model.safetensors"))) == 2 * 7 * 2
-    out = run("evaluate.py", "--model", "tiny", "--adapter", os.path.join(runs, "step-4"), "--data",
-              "data/math500.jsonl", "--limit", "4", "--max-new-tokens", "16", "--output",
-              str(tmp_path / "r.json"))
+    out = run("evaluate.py", "--model", "tiny", "--adapter", os.path.join(runs, "step-4"),
+              "--data", "data/math500.jsonl", "--limit", "4", "--max-new-tokens", "16",
+              "--output", str(tmp_path / "r.json"))
     summary = json.load(open(tmp_path / "r.json"))
     assert summary["num_problems"] == 4 and "pass@1" in summary["strict"] and '"pass@1"' in out
     # what 0 means
@@ -45,13 +46,13 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
 def test_cli_errors_name_the_problem(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "a", "problem": "p", "answer": "1", "level": 3}\n{oops\n')
-    for args, needle in [(["grpo.py", "--model", "tiny", "--variant", "no-draft", "--data",
-                           str(bad)], "bad.jsonl:2"),
-                         (["grpo.py", "--model", "tiny", "--variant", "matched-wrong"],
-                          "needs a draft pool"),
-                         (["grpo.py", "--variant", "mismatched-wrogn"], "invalid choice"),
-                         (["evaluate.py", "--model", "tiny", "--data",
-                           str(tmp_path / "none.jsonl")], "none.jsonl")]:
+    cases = [(["grpo.py", "--model", "tiny", "--variant", "no-draft", "--data", str(bad)],
+              "bad.jsonl:2"),
+             (["grpo.py", "--model", "tiny", "--variant", "matched-wrong"], "needs a draft pool"),
+             (["grpo.py", "--variant", "mismatched-wrogn"], "invalid choice"),
+             (["evaluate.py", "--model", "tiny", "--data", str(tmp_path / "none.jsonl")],
+              "none.jsonl")]
+    for args, needle in cases:
         out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
         assert out.returncode != 0 and needle in out.stderr, (args, out.stderr[-500:])
         assert "Traceback" not in out.stderr
@@ -59,14 +60,16 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     """`bench.py gpu --quick` is what the first lent GPU runs, in minutes it cannot spend on a
-    crash: its dry run on the tiny shape goes through every section and writes the JSON after each."""
+    crash: its dry run on the tiny shape goes through every section and writes the JSON after
+    each."""
     import argparse
     import json
 
     import bench
     result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True))
-    assert {"left_padding", "copy_bandwidth_GBps", "decode", "update_micro_batch",
-            "nccl"} <= set(result)
-    assert result["left_padding"]["rows_identical"] == 12 and result["decode"]["eager"]["ms_per_step"] > 0
+    sections = {"left_padding", "copy_bandwidth_GBps", "decode", "update_micro_batch", "nccl"}
+    assert sections <= set(result)
+    assert result["left_padding"]["rows_identical"] == 12
+    assert result["decode"]["eager"]["ms_per_step"] > 0
     saved = json.load(open(f"/tmp/bench-gpu-tiny/gpu-{result['device']}.json"))
     assert saved["nccl"] == result["nccl"] and saved["update_micro_batch"]["seconds"] > 0

@@ -5,13 +5,13 @@ import pytest
 
 from reward import extract_boxed, is_equiv, lenient_answer, normalize, reward
 
-CASES = [json.loads(l) for l in open("tests/data/grader_cases.jsonl", encoding="utf-8")]
+CASES = [json.loads(line) for line in open("tests/data/grader_cases.jsonl", encoding="utf-8")]
 
 
 def test_corpus_is_large_enough():
     answers = [c for c in CASES if c["kind"] == "answer"]
-    # look-alikes that must fail
-    assert len(CASES) >= 300 and sum(not c["equal"] for c in answers) >= 100
+    assert len(CASES) >= 300
+    assert sum(not c["equal"] for c in answers) >= 100  # look-alikes that must fail
 
 
 @pytest.mark.parametrize("case", [c for c in CASES if c["kind"] == "answer"],
@@ -21,10 +21,10 @@ def test_answer_pairs(case):
 
 
 def test_completions_strict_and_lenient():
-    wrong = [(c["completion"][-60:], c["gold"]) for c in CASES if c["kind"] == "completion" and
-             (reward(c["completion"], c["gold"], strict=True), reward(c["completion"],
-                     c["gold"])) !=
-             (c["strict"], c["lenient"])]
+    def rewards(c):  # (strict, lenient)
+        return reward(c["completion"], c["gold"], strict=True), reward(c["completion"], c["gold"])
+    wrong = [(c["completion"][-60:], c["gold"]) for c in CASES
+             if c["kind"] == "completion" and rewards(c) != (c["strict"], c["lenient"])]
     assert not wrong, wrong[:5]
 
 
@@ -70,8 +70,9 @@ def test_adversarial_inputs_return_a_reward(text):
 
 def test_random_inputs_never_raise():
     rng = random.Random(0)
-    alphabet = list("0123456789+-*/^_{}()[]$=,.!\\ abcxyz|&") + ["\\frac", "\\sqrt", "\\boxed",
-            "\\pi", "\\pm", "\\infty", "\\cup", "\\text{", "\\left", "^\\circ"]
+    commands = ["\\frac", "\\sqrt", "\\boxed", "\\pi", "\\pm", "\\infty", "\\cup", "\\text{",
+                "\\left", "^\\circ"]
+    alphabet = list("0123456789+-*/^_{}()[]$=,.!\\ abcxyz|&") + commands
     for _ in range(3000):
         a = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
         b = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))

@@ -11,8 +11,8 @@ import grpo
 from extras import trackers
 
 TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
-        "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens",
-        "6", "--lr", "0.05", "--save-every", "2"]
+        "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3",
+        "--max-new-tokens", "6", "--lr", "0.05", "--save-every", "2"]
 TRACKED = ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
            "completions/clipped_ratio", "loss", "grad_norm", "entropy", "learning_rate", "epoch",
            "skipped_steps"]      # TRL's names
@@ -34,11 +34,12 @@ def rewards(crash_at=None):
     return reward
 
 
-def test_tensorboard_holds_every_scalar_for_every_step_and_a_resume_continues_it(tmp_path,
-        monkeypatch):
+def test_tensorboard_holds_every_scalar_for_every_step_and_a_resume_continues_it(
+        tmp_path, monkeypatch):
     """Steps 1-3 logged, a crash in step 4, --resume from step 2: the events after step 2 are
     dropped (purge) and logged again, so every scalar has steps 1-5 once each."""
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
     run = ["--report-to", "tensorboard", "--max-steps", "5", "--output-dir", str(tmp_path)]
     monkeypatch.setattr(grpo, "reward", rewards(crash_at=3 * 6 + 1))
     with pytest.raises(Crash):
@@ -51,13 +52,13 @@ def test_tensorboard_holds_every_scalar_for_every_step_and_a_resume_continues_it
     for tag in TRACKED:
         assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4, 5], tag
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [e.value for e in events.Scalars("reward")] == pytest.approx([m["reward"]
-            for m in metrics])
+    logged = [e.value for e in events.Scalars("reward")]
+    assert logged == pytest.approx([m["reward"] for m in metrics])
     assert all(m["entropy"] > 0 for m in metrics if m["frac_reward_zero_std"] < 1)
 
 
-def test_wandb_offline_writes_the_keys_and_the_completions_table_and_resumes_by_id(tmp_path,
-        monkeypatch):
+def test_wandb_offline_writes_the_keys_and_the_completions_table_and_resumes_by_id(
+        tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -85,28 +86,29 @@ def test_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, monkeypatc
     def missing(name):
         raise ImportError(name)
     monkeypatch.setattr(trackers.importlib, "import_module", missing)
-    with pytest.raises(ImportError,
-                       match="--report-to wandb needs the wandb package: pip install wandb"):
+    says = "--report-to wandb needs the wandb package: pip install wandb"
+    with pytest.raises(ImportError, match=says):
         trackers.tracker("wandb", str(tmp_path), "run", {})
     assert trackers.tracker("none", str(tmp_path), "run", {}) is None
 
 
-def test_completions_show_the_drafts_answer_beside_each_rollout_and_resume_trims_them(tmp_path,
-        monkeypatch):
+def test_completions_show_the_drafts_answer_beside_each_rollout_and_resume_trims_them(
+        tmp_path, monkeypatch):
     """A mismatched-wrong run: every rollout of every 2nd step, with its problem, the shown draft's
     answer (another problem's, wrong), its text, reward and extracted answer; a resume drops the
     lines after its checkpoint."""
     from test_drafts import synthetic_pool
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps(p) + "\n" for p in synthetic_pool(6)))
-    run = ["--model", "tiny", "--variant", "mismatched-wrong", "--drafts", str(pool), "--exclude",
-           "", "--prompts-per-step", "2", "--num-generations", "3", "--max-new-tokens", "6",
-           "--save-every", "2", "--log-completions", "2", "--output-dir", str(tmp_path / "run")]
+    run = ["--model", "tiny", "--variant", "mismatched-wrong", "--drafts", str(pool),
+           "--exclude", "", "--prompts-per-step", "2", "--num-generations", "3",
+           "--max-new-tokens", "6", "--save-every", "2", "--log-completions", "2",
+           "--output-dir", str(tmp_path / "run")]
     monkeypatch.setattr(grpo, "reward", rewards(crash_at=3 * 6 + 1))
     with pytest.raises(Crash):
         grpo.main([*run, "--max-steps", "4"])
-    assert {json.loads(line)["step"]
-            for line in open(tmp_path / "run" / "completions.jsonl")} == {2}
+    steps = {json.loads(line)["step"] for line in open(tmp_path / "run" / "completions.jsonl")}
+    assert steps == {2}
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*run, "--max-steps", "4", "--resume"])
     lines = [json.loads(line) for line in open(tmp_path / "run" / "completions.jsonl")]
@@ -115,21 +117,23 @@ def test_completions_show_the_drafts_answer_beside_each_rollout_and_resume_trims
     for line in lines:
         assert set(line) == {"step", "id", "variant", "draft_answer", "completion", "reward",
                              "answer"}
-        assert line["variant"] == "mismatched-wrong" and line["draft_answer"] == rows[line["id"]]["draft_pred"]
+        assert line["variant"] == "mismatched-wrong"
+        assert line["draft_answer"] == rows[line["id"]]["draft_pred"]
         assert line["draft_answer"] != rows[line["id"]]["answer"]  # a wrong draft's answer
     monkeypatch.setattr(grpo, "reward", rewards())
-    grpo.main([*run, "--max-steps", "2", "--log-completions", "0", "--output-dir",
-               str(tmp_path / "off")])
+    grpo.main([*run, "--max-steps", "2", "--log-completions", "0",
+               "--output-dir", str(tmp_path / "off")])
     assert not (tmp_path / "off" / "completions.jsonl").exists()
 
 
 def test_evaluate_sends_its_summary_to_the_tracker(tmp_path):
-    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
     summary = evaluate.main(["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "2",
-                             "--samples", "2", "--k", "1,2", "--max-new-tokens", "4", "--output",
-                             str(tmp_path / "r.json"), "--report-to", "tensorboard"])
+                             "--samples", "2", "--k", "1,2", "--max-new-tokens", "4",
+                             "--output", str(tmp_path / "r.json"), "--report-to", "tensorboard"])
     events = event_accumulator.EventAccumulator(str(tmp_path / "r.json.tracker" / "tensorboard"))
     events.Reload()
-    assert {"strict/pass@1", "strict/pass@2", "maj/maj@2", "avg@n",
-            "num_problems"} <= set(events.Tags()["scalars"])
+    logged = {"strict/pass@1", "strict/pass@2", "maj/maj@2", "avg@n", "num_problems"}
+    assert logged <= set(events.Tags()["scalars"])
     assert events.Scalars("strict/pass@2")[0].value == pytest.approx(summary["strict"]["pass@2"])
