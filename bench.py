@@ -10,6 +10,7 @@ check that both compute the same thing.
                                        #   our generate vs HF
   python bench.py update               # CPU: the prompt-once update vs whole rows
                                        #   (full_sequence_update), with a gradient check
+  python bench.py ops                  # CPU: aten ops per decode step, per layer, at 32 layers
   python bench.py rollout --steps 3    # CPU: the decode engine vs the previous one
                                        #   (dynamic_generate); each prompt held once vs copied
   python bench.py sampler              # keyed exponential race vs torch.multinomial
@@ -601,6 +602,33 @@ def ops_per_step(fn, steps=16):
     return (counts[1] - counts[0]) / steps
 
 
+def bench_ops(args):
+    """Host work per decode step at Mathstral's depth, by extrapolation: aten ops per step (nested
+    calls counted, ops_per_step) of generate() and of the previous engine (dynamic_generate) at
+    half and all of --layers, the ops each layer adds, and the count at 32 layers. On a GPU each
+    top-level op is a kernel launch of a few microseconds when run eagerly; a CUDA graph replays
+    the whole step at once."""
+    import torch
+
+    from extras.tiny import tokenizer as tiny_tokenizer
+    from generation import generate
+    torch.manual_seed(0)
+    prompts = [torch.randint(4, 2000, (512,)).tolist() for _ in range(4)]
+    kw = dict(n=16, eos_token_id=-1, pad_token_id=3, seed=1)
+    depths = (args.layers // 2, args.layers)
+    models = [small_model(tiny_tokenizer(), args.hidden, n).eval() for n in depths]
+    result = {"device": "cpu-" + platform.machine(), "hidden": args.hidden, "layers": depths}
+    for label, gen in (("ours", generate), ("before", dynamic_generate)):
+        ops = [ops_per_step(lambda n: gen(m, prompts, max_new_tokens=n, **kw)) for m in models]
+        per_layer = (ops[1] - ops[0]) / (depths[1] - depths[0])
+        result[label] = {"ops_per_step": ops, "ops_per_layer": per_layer,
+                         "ops_at_32_layers": ops[1] + per_layer * (32 - depths[1])}
+        print(f"{label}: aten ops per decode step {ops[0]:.0f} at {depths[0]} layers, "
+              f"{ops[1]:.0f} at {depths[1]}: {per_layer:.0f} per layer, "
+              f"{result[label]['ops_at_32_layers']:.0f} at 32 layers")
+    save("ops", result)
+
+
 def bench_rollout(args):
     """generate() (fixed shapes, preallocated K/V, a look from the host every CHECK_EVERY steps)
     against the engines before it, on the CPU. 1. The decode engine vs dynamic_generate (the
@@ -1143,7 +1171,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
-                    choices=["grader", "cpu", "update", "rollout", "sampler", "merge", "gpu"])
+                    choices=["grader", "cpu", "update", "ops", "rollout", "sampler", "merge",
+                             "gpu"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
@@ -1161,8 +1190,8 @@ def main():
                     help="gpu: the first-GPU sections only (<= 5 minutes)")
     args = ap.parse_args()
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
-                "rollout": bench_rollout, "sampler": bench_sampler, "merge": bench_merge,
-                "gpu": bench_gpu}
+                "ops": bench_ops, "rollout": bench_rollout, "sampler": bench_sampler,
+                "merge": bench_merge, "gpu": bench_gpu}
     sections[args.section](args)
 
 
