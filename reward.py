@@ -94,9 +94,10 @@ def lenient_answer(text):
 
 
 # ----------------------------------------------------------------------------- normalisation
-_UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty", "°": "^\\circ",
-            "×": "\\times", "·": "\\cdot", "÷": "\\div", "±": "\\pm", "≤": "\\le", "≥": "\\ge",
-            "∪": "\\cup", "\u00a0": " ", "{,}": "", "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
+_UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty",
+            "°": "^\\circ", "×": "\\times", "·": "\\cdot", "÷": "\\div", "±": "\\pm",
+            "≤": "\\le", "≥": "\\ge", "∪": "\\cup", "\u00a0": " ", "{,}": "",
+            "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
 _UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|"
           r"meters?|centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|"
           r"days?|weeks?|years?|miles?|mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|"
