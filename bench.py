@@ -10,6 +10,7 @@ check that both compute the same thing.
                                        #   our generate vs HF
   python bench.py update               # CPU: the prompt-once update vs whole rows
                                        #   (full_sequence_update), with a gradient check
+  python bench.py memory               # CPU: peak RSS of the update's worst micro-batch
   python bench.py ops                  # CPU: aten ops per decode step, per layer, at 32 layers
   python bench.py rollout --steps 3    # CPU: the decode engine vs the previous one
                                        #   (dynamic_generate); each prompt held once vs copied
@@ -237,8 +238,8 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
         logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])[0]
         adv = torch.stack([advantages[rows[i]] for i in mb])
         loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(),
-                                 args.max_new_tokens)
-        (loss * len(mb) / (B * G)).backward()
+                                 B * G * args.max_new_tokens)
+        loss.backward()
 
 
 def bench_update(args):
@@ -292,6 +293,51 @@ def bench_update(args):
           f"{result['full_sequence_s']:.3f} s -> {result['speedup']:.2f}x; "
           f"gradients agree to {diff:.1e}")
     save("update", result)
+
+
+def bench_memory(args):
+    """Peak memory of the update's worst micro-batch (a 3,072-token prompt, 2 completions of 4,096
+    tokens; --micro-batch-tokens 16,384), hidden 256 x 4 layers, LoRA and activation checkpointing:
+    the growth of the process's peak RSS, each way in a fresh process (peak RSS only grows):
+    prompt once (its completions attend to its K/V through SDPA) and whole rows (grpo.PROMPT_ONCE
+    False); both give the same gradient (tests/test_grpo.py)."""
+    import subprocess
+    result = {"device": "cpu-" + platform.machine(), "hidden": args.hidden, "layers": args.layers,
+              "prompt_tokens": 3072, "completion_tokens": [4096, 4096]}
+    for label in ("prompt_once", "whole_rows"):
+        out = subprocess.run([sys.executable, __file__, "memory-child", "--hidden",
+                              str(args.hidden), "--layers", str(args.layers), "--mode", label],
+                             capture_output=True, text=True, check=True)
+        result[label] = json.loads(out.stdout.strip().splitlines()[-1])
+        print(f"update micro-batch, {label}: peak RSS +{result[label]['rss_growth_MB']:.0f} MB, "
+              f"{result[label]['seconds']:.1f} s", flush=True)
+    save("memory", result)
+
+
+def memory_child(args):
+    """One worst-case update micro-batch (bench_memory), in this process: JSON on stdout."""
+    import resource
+
+    import torch
+
+    import grpo
+    from extras.tiny import tokenizer as tiny_tokenizer
+    from lora import apply_lora
+    torch.manual_seed(0)
+    model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers))
+    grpo.enable_checkpointing(model)
+    model.train()
+    grpo.PROMPT_ONCE = args.mode == "prompt_once"
+    targs = grpo.parse_args(["--max-new-tokens", "4096"])
+    rand = lambda n: torch.randint(4, 2000, (n,)).tolist()
+    advantages = torch.tensor([[1.0, -1.0]])
+    grpo.policy_update(model, [rand(64)], [[rand(64), rand(64)]], advantages, targs)  # warm-up
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t = time.perf_counter()
+    grpo.policy_update(model, [rand(3072)], [[rand(4096), rand(4096)]], advantages, targs)
+    seconds = time.perf_counter() - t
+    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024   # KiB -> MiB
+    print(json.dumps({"rss_growth_MB": growth, "seconds": seconds}))
 
 
 def trl_step(rows, tok, B, G, L, steps, reward_fn=None, hidden=256, layers=4):
@@ -367,7 +413,7 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
     stop strings."""
     import torch
 
-    from generation import mix, sample_keys, sample_next
+    from generation import mix, noise_roots, sample
     device = next(model.parameters()).device
     jobs = [(p, s) for p in range(len(prompt_ids)) for s in range(n)]
     results = [[] for _ in prompt_ids]
@@ -386,10 +432,10 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
         logits = out.logits[prompt, -1]
         position = mask.sum(-1, keepdim=True)[prompt]
         mask = mask[prompt]
-        key, tokens = sample_keys(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
+        key, tokens = noise_roots(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
         live = torch.arange(len(owner), device=device)
         for t in range(max_new_tokens):
-            nxt = sample_next(logits, temperature, top_p, mix(key ^ t))
+            nxt = sample(logits, mix(key ^ t), temperature, top_p)
             for row, tok in zip(live.tolist(), nxt.tolist()):
                 tokens[row].append(tok)
             keep = nxt != (-1 if eos_token_id is None else eos_token_id)
@@ -486,7 +532,7 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
     import torch
     from transformers import DynamicCache
 
-    from generation import mix, sample_keys, sample_next
+    from generation import mix, noise_roots, sample
     with torch.no_grad():
         samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
         keys = range(len(prompt_ids)) if keys is None else keys
@@ -516,12 +562,12 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
             logits = torch.cat([o.logits[:, -1] for o in outs])[prompt]  # [R, V]
             position = mask.sum(-1, keepdim=True)[prompt]  # [R, 1]
             batch_keys = [(keys[p], s) for p, s in jobs[start:start + batch_size]]
-            key = sample_keys(seed, batch_keys, device)  # [R]
+            key = noise_roots(seed, batch_keys, device)  # [R]
             tokens, cache = [[] for _ in owner], DynamicCache()
             live = torch.arange(len(owner), device=device)
             with dynamic_attention(model):  # the rows' cache holds their own tokens
                 for t in range(max_new_tokens):
-                    nxt = sample_next(logits, temperature, top_p, mix(key ^ t))  # [R]
+                    nxt = sample(logits, mix(key ^ t), temperature, top_p)  # [R]
                     keep = []
                     for row, tok in zip(live.tolist(), nxt.tolist()):
                         tokens[row].append(tok)
@@ -548,34 +594,30 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
 @contextlib.contextmanager
 def kv_bytes_held(model):
     """Within the block, record the most KV-cache bytes held entering any decode step of `model`: a
-    DynamicCache's tensors (the baselines), or generate()'s buffers (each prompt's K/V and the rows'
-    own caches), each tensor counted once. Yields the one-element list the peak is kept in."""
+    DynamicCache's tensors (the baselines), or generate()'s RolloutCache (each prompt's K/V once and
+    the rows' own), each tensor counted once. Yields the one-element list the peak is kept in."""
     import torch
 
     import generation
-    peak, forward, decode_forward = [0], model.forward, generation.decode_forward
+    peak, forward, step = [0], model.forward, generation.decode_one_token
 
-    def count(past_key_values=None, shared=None):
-        held = [t for layer in getattr(past_key_values, "layers", [])
-                for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor)]
-        if shared is not None:
-            own = [t for layer in shared.cache or [] for t in layer]
-            held += list(shared.keys) + list(shared.values) + own
+    def count(held):
         peak[0] = max(peak[0], sum({t.data_ptr(): t.nbytes for t in held}.values()))
 
     def counting(*args, past_key_values=None, **kwargs):
-        count(past_key_values)
+        count([t for layer in getattr(past_key_values, "layers", [])
+               for t in (layer.keys, layer.values) if isinstance(t, torch.Tensor)])
         given = {"past_key_values": past_key_values} if past_key_values is not None else {}
         return forward(*args, **given, **kwargs)
 
-    def counting_decode(m, plan, ids, position, shared):
-        count(shared=shared) if m is model else None
-        return decode_forward(m, plan, ids, position, shared)
-    model.forward, generation.decode_forward = counting, counting_decode
+    def counting_step(m, cache, *args, **kwargs):
+        count([cache.prompt, cache.own] if m is model else [])
+        return step(m, cache, *args, **kwargs)
+    model.forward, generation.decode_one_token = counting, counting_step
     try:
         yield peak
     finally:
-        model.forward, generation.decode_forward = forward, decode_forward
+        model.forward, generation.decode_one_token = forward, step
 
 
 def median_time(fn, runs):
@@ -752,23 +794,23 @@ def multinomial_next(logits, temperature, top_p, generator):
 
 
 def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
-    """What keying every sample costs: generation.sample_next (hashed noise per row and step) vs
+    """What keying every sample costs: generation.sample (hashed noise per row and step) vs
     multinomial_next, per decode step of 64 rows at Mathstral's vocabulary (top_p 1, as in
     training), and that both draw the same distribution: every row shares one set of logits, and the
     rows x steps draws' frequencies of the 20 likeliest tokens are compared with their
     probabilities."""
     import torch
 
-    from generation import mix, sample_keys, sample_next
+    from generation import mix, noise_roots, sample
     torch.manual_seed(0)
     logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)  # [R, V], rows alike
-    keys = sample_keys(0, [(0, r) for r in range(rows)], device)
+    keys = noise_roots(0, [(0, r) for r in range(rows)], device)
     gen = torch.Generator(device=device).manual_seed(0)
     probs = torch.softmax(logits[0].float(), -1)
     top = probs.topk(20).indices
     out = {"rows": rows, "vocab": vocab, "steps": steps, "top_p": 1.0, "device": device,
            "top_token_prob": probs.max().item()}
-    for label, fn in (("keyed", lambda t: sample_next(logits, 1.0, 1.0, mix(keys ^ t))),
+    for label, fn in (("keyed", lambda t: sample(logits, mix(keys ^ t), 1.0, 1.0)),
                       ("multinomial", lambda t: multinomial_next(logits, 1.0, 1.0, gen))):
         fn(0)
         seconds, draws = timed(lambda: [fn(t) for t in range(steps)], device)
@@ -864,10 +906,10 @@ def memory(device):
     return peak
 
 
-def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, first=32):
+def decode_only(model, prompts, rows, new_tokens, steps, graphs, device, first=32):
     """generate() with full-size buffers for `new_tokens`, stopped after `steps` decode steps:
-    seconds per step over steps first..steps (the first ones warm up, and CUDA graphs capture
-    there)."""
+    seconds per step over steps first..steps (the first ones warm up; with graphs, the widths up to
+    there are captured). graphs: a generation.Graphs already checked, or None (eager)."""
     import generation
     count, marks = [0], {}
 
@@ -881,39 +923,129 @@ def decode_only(model, prompts, rows, new_tokens, steps, cuda_graphs, device, fi
             marks[count[0]] = time.perf_counter()
         if count[0] == steps:
             raise Enough
-    step, captured = generation.decode_step, generation.captured
-    generation.decode_step = lambda *a: (step(*a), None if cuda_graphs else tick())[0]
-    generation.captured = lambda graphs, key, fn: (captured(graphs, key, fn), tick())[0]
+    step, replay = generation.decode_one_token, generation.Graphs.replay
+    if graphs:
+        generation.Graphs.replay = lambda self, *a: (replay(self, *a), tick())[0]
+    else:
+        generation.decode_one_token = lambda *a, **k: (step(*a, **k), tick())[0]
     try:
         generation.generate(model, prompts, n=rows // len(prompts), max_new_tokens=new_tokens,
                             temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=rows,
-                            cuda_graphs=cuda_graphs)
+                            graphs=graphs)
     except Enough:
         pass
     finally:
-        generation.decode_step, generation.captured = step, captured
+        generation.decode_one_token, generation.Graphs.replay = step, replay
     return (marks[steps] - marks[first]) / (steps - first)
+
+
+def graphs_for(device):
+    """A checked generation.Graphs on CUDA; on the CPU (the dry run) None."""
+    import generation
+    return generation.Graphs() if device == "cuda" else None
+
+
+def compactions(fn):
+    """fn()'s result and how many times rows left the batch during it."""
+    import generation
+    calls, compact = [], generation.compact
+    generation.compact = lambda *a: calls.append(compact(*a)) or calls[-1]
+    try:
+        return fn(), sum(c is not None for c in calls)
+    finally:
+        generation.compact = compact
+
+
+def gpu_graphs_vs_eager(model, rand, device, rows=16, steps=320, prompt_tokens=(200, 900)):
+    """Greedy decoding from CUDA graphs against eager: 2 prompts x 8 rows for `steps` tokens
+    (widths 128, 256, 384: two width changes), with an EOS some rows sample mid-way (rows leave
+    the batch: compaction); identical tokens, and the largest difference of the last logits."""
+
+    import generation
+    prompts = [rand(n) for n in prompt_tokens]
+    kw = dict(n=rows // 2, max_new_tokens=steps, temperature=0.0, pad_token_id=0)
+    free = generation.generate(model, prompts, eos_token_id=-1, **kw)
+    flat = [row for group in free for row in group]
+    skip = steps // 8
+    spread = lambda t: len({row.index(t) // 16 for row in flat if t in row[skip:]})
+    eos = max({t for row in flat for t in row[skip:]}, key=spread)  # ends rows at many looks
+    logits, out = {}, {}
+    step = generation.decode_one_token
+
+    def keep_logits(label):
+        def wrapped(model_, cache, rows_, *a, **k):
+            step(model_, cache, rows_, *a, **k)
+            logits[label] = rows_.logits
+        return wrapped
+    for label, graphs in (("eager", None), ("graphs", graphs_for(device))):
+        generation.decode_one_token = keep_logits(label)
+        try:
+            out[label], compacted = compactions(lambda: generation.generate(
+                model, prompts, eos_token_id=eos, graphs=graphs, **kw))
+        finally:
+            generation.decode_one_token = step
+    if "graphs" not in logits:
+        logits["graphs"] = logits["eager"]
+    same = sum(a == b for a, b in zip(sum(out["eager"], []), sum(out["graphs"], [])))
+    lengths = [len(row) for group in out["eager"] for row in group]
+    return {"rows": rows, "steps": steps, "eos": eos, "compactions": compacted,
+            "lengths": [min(lengths), max(lengths)], "rows_identical": same,
+            "max_logit_difference": (logits["eager"].float() - logits["graphs"].float())
+            .abs().max().item() if logits["eager"].shape == logits["graphs"].shape else None,
+            "captured_on_cuda": device == "cuda"}
+
+
+def gpu_lora_change(model, rand, device):
+    """A LoRA change between two rollouts reaches replayed graphs: merge, decode (graphs captured),
+    unmerge, change B, merge, decode again (replayed): the second decode equals eager decoding of
+    the changed adapter and differs from the first."""
+    import torch
+
+    import generation
+    from lora import lora_modules, merged
+    prompts, graphs = [rand(300)], graphs_for(device)
+    kw = dict(n=8, max_new_tokens=64, temperature=0.0, eos_token_id=-1, pad_token_id=0)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.normal_(0, 0.02)
+    with merged(model):
+        first = generation.generate(model, prompts, graphs=graphs, **kw)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.mul_(-1)
+    with merged(model):
+        second = generation.generate(model, prompts, graphs=graphs, **kw)
+        eager = generation.generate(model, prompts, **kw)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.zero_()
+    return {"second_equals_eager": second == eager, "changed": first != second,
+            "graphs": len(graphs.captured) if graphs else 0}
 
 
 def bench_gpu(args):
     """Mathstral-7B's exact shape with random weights (no download), section by section;
-    bench/results/gpu-<device>.json is rewritten after each, so a run cut short keeps what it
-    measured. --quick (<= 5 minutes on an H100/H200):
+    bench/results/gpu-<device>.json (or --out) is rewritten after each, so a run cut short keeps
+    what it measured, and a section that fails records its error while the next ones run.
+    --quick (<= 5 minutes on an H100/H200):
       1. left padding: prompts of 5, 37 and 90 tokens sampled together equal each sampled alone on
          this device's kernels, and how many positions of a left-padded batch the fused kernels
          return as NaN (what generate avoids);
       2. copy bandwidth (the HBM roofline's ceiling);
       3. 256 decode steps of 64 rows after 4 x 3,072-token prompts (the paper's worst case,
-         full-size buffers for 4,096 new tokens), eager and CUDA graphs: ms per step, tokens/s
-         against the roofline at that context, peak memory allocated and reserved, and a whole
-         rollout extrapolated; HF generate on the same batch for 32 steps;
-      4. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion
-         tokens) and the 2,000-step wall-clock these give (an upper bound: every completion at the
-         cap);
-      5. NCCL with the process group's timeout.
+         full-size buffers for 4,096 new tokens), eager and from CUDA graphs: ms per step, tokens/s
+         against the roofline at that context, peak memory, a whole rollout extrapolated; HF
+         generate on the same batch for 32 steps;
+      4. CUDA graphs against eager decoding: identical greedy tokens over 320 steps of 16 rows
+         (two width changes, an EOS that makes rows leave the batch), the largest logit difference;
+      5. a LoRA change between two rollouts seen by replayed graphs;
+      6. one update micro-batch at the worst case (a 3,072-token prompt, 2 x 4,096 completion
+         tokens): seconds, peak memory, and the 2,000-step wall-clock (an upper bound: every
+         completion at the cap);
+      7. NCCL with the process group's timeout.
     Without --quick, then: decode at batch 16/64/128 against the copying path and HF generate, the
-    sampler, and two whole training steps. --shape tiny runs all of it on a CPU in seconds (a dry
-    run; its JSON goes to /tmp)."""
+    sampler, and two whole training steps. --shape tiny runs it all on a CPU in seconds (a dry run:
+    CUDA graphs, NCCL and peak memory need a GPU)."""
     # before CUDA starts
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     import torch
@@ -922,8 +1054,9 @@ def bench_gpu(args):
 
     import generation
     import grpo
+    import processes
     from generation import generate
-    from lora import apply_lora, merged
+    from lora import apply_lora
     device = "cuda" if torch.cuda.is_available() else "cpu"
     big = args.shape == "mathstral"
     config = MistralConfig(**(MATHSTRAL_SHAPE if big else TINY_SHAPE), sliding_window=None,
@@ -941,40 +1074,49 @@ def bench_gpu(args):
     result = {"device": name, "shape": args.shape, "quick": args.quick, "torch": torch.__version__,
               "params": sum(p.numel() for p in model.parameters()), "kv_bytes_per_token": kv_token,
               "alloc_conf": os.environ["PYTORCH_CUDA_ALLOC_CONF"]}
-    folder = None if big else "/tmp/bench-gpu-tiny"
+    folder = args.out or (None if big else "/tmp/bench-gpu-tiny")
 
-    def section(key, value, line):
+    def section(key, run, line):
+        """result[key] = run(), then print line(value) and save; a failure is recorded instead."""
+        try:
+            value = run()
+            text = line(value)
+        except Exception as e:  # recorded in the JSON; the next section still runs
+            value = {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)}
+            text = f"{key} failed: {value['error'][:300]}"
         result[key] = value
-        print(line, flush=True)
+        print(text, flush=True)
         save("gpu", result, folder)
+        return value
     rng = torch.Generator().manual_seed(0)
     rand = lambda n: torch.randint(0, config.vocab_size, (n,), generator=rng).tolist()
     memory(device)
 
     # 1. left padding on this device's kernels
-    ids = [rand(n) for n in (5, 37, 90)]
-    kw = dict(n=4, max_new_tokens=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, seed=1)
-    alone = [generate(model, [x], keys=[i], **kw)[0] for i, x in enumerate(ids)]
-    together = generate(model, ids, **kw)
-    padded, mask, positions = left_pad(ids, 0, device)
-    with torch.no_grad():
-        hidden = model.model(input_ids=padded, attention_mask=mask,
-                             position_ids=positions).last_hidden_state
-    nan = torch.isnan(hidden).any(-1)
-    identical = sum(a == b for a, b in zip(sum(alone, []), sum(together, [])))
-    nan_real = int((nan & mask.bool()).sum())
-    section("left_padding", {"rows_identical": identical, "rows": 12,
-                             "padded_batch_nan_positions": int(nan.sum()),
-                             "padded_batch_nan_in_real_tokens": nan_real},
-            f"1. left padding: {identical} of 12 rows sampled "
-            f"together equal each prompt alone; "
-            f"a left-padded batch through this device's fused kernels: "
-            f"{int(nan.sum())} positions NaN ({nan_real} of them real tokens)")
+    def left_padding():
+        ids = [rand(n) for n in (5, 37, 90)]
+        kw = dict(n=4, max_new_tokens=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, seed=1)
+        alone = [generate(model, [x], prompt_numbers=[i], **kw)[0] for i, x in enumerate(ids)]
+        together = generate(model, ids, **kw)
+        padded, mask, positions = left_pad(ids, 0, device)
+        with torch.no_grad():
+            hidden = model.model(input_ids=padded, attention_mask=mask,
+                                 position_ids=positions).last_hidden_state
+        nan = torch.isnan(hidden).any(-1)
+        return {"rows_identical": sum(a == b for a, b in zip(sum(alone, []), sum(together, []))),
+                "rows": 12, "padded_batch_nan_positions": int(nan.sum()),
+                "padded_batch_nan_in_real_tokens": int((nan & mask.bool()).sum())}
+    section("left_padding", left_padding, lambda v: (
+        f"1. left padding: {v['rows_identical']} of 12 rows sampled together equal each prompt "
+        f"alone; a left-padded batch through this device's fused kernels: "
+        f"{v['padded_batch_nan_positions']} positions NaN "
+        f"({v['padded_batch_nan_in_real_tokens']} of them real tokens)"))
 
     # 2. copy bandwidth
-    bandwidth = copy_bandwidth(2 ** 30 if big else 2 ** 22, device)
-    section("copy_bandwidth_GBps", bandwidth,
-            f"2. copy bandwidth {bandwidth:.0f} GB/s (read + write)")
+    bandwidth = section("copy_bandwidth_GBps",
+                        lambda: copy_bandwidth(2 ** 30 if big else 2 ** 22, device),
+                        lambda v: f"2. copy bandwidth {v:.0f} GB/s (read + write)")
+    bandwidth = bandwidth if isinstance(bandwidth, float) else float("nan")
 
     # 3. decode at the paper's worst case: 64 rows after 4 x 3,072-token prompts, buffers for
     # 4,096 new tokens
@@ -982,108 +1124,147 @@ def bench_gpu(args):
     prompts = [rand(P) for _ in range(B)]
     # HBM bytes a step reads at context t
     read = lambda t: weight_bytes + (B * P + B * G * t) * kv_token
-    decode = {"prompts": B, "rows": B * G, "prompt_tokens": P, "new_tokens": L,
-              "steps_timed": f"32..{steps}"}
-    for mode in ("eager", "cuda_graphs") if device == "cuda" else ("eager",):
-        try:  # a failure is recorded; the sections after it still run
-            s = decode_only(model, prompts, B * G, L, steps, mode == "cuda_graphs", device)
+
+    def decode():
+        out = {"prompts": B, "rows": B * G, "prompt_tokens": P, "new_tokens": L,
+               "steps_timed": f"32..{steps}"}
+        for mode in ("eager", "cuda_graphs") if device == "cuda" else ("eager",):
+            try:  # a failure is recorded; the other mode still runs
+                graphs = generation.Graphs() if mode == "cuda_graphs" else None
+                if graphs:  # its check first, on the first prompt
+                    generate(model, prompts[:1], n=4, max_new_tokens=8, eos_token_id=-1,
+                             graphs=graphs)
+                s = decode_only(model, prompts, B * G, L, steps, graphs, device)
+            except Exception as e:
+                out[mode] = {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)}
+                continue
+            at = read((32 + steps) / 2) / (bandwidth * 1e9)  # the roofline's step at that context
+            whole = s * sum(read(t) for t in range(L)) / read((32 + steps) / 2)
+            out[mode] = {"ms_per_step": 1e3 * s, "tok_s": B * G / s, "roofline_tok_s": B * G / at,
+                         "of_roofline": at / s, "rollout_s_extrapolated": whole,
+                         "graphs": len(graphs.captured) if graphs else 0, **memory(device)}
+        hf = torch.tensor([p for p in prompts for _ in range(G)], device=device)
+        hf_steps = lambda n: model.generate(hf, max_new_tokens=n, min_new_tokens=n,
+                                            do_sample=True, top_k=0, pad_token_id=0)
+        try:
+            with torch.no_grad():
+                hf_steps(2)
+                t1, _ = timed(lambda: hf_steps(1), device)
+                tn, _ = timed(lambda: hf_steps(33), device)
+            out["hf_generate"] = {"ms_per_step": 1e3 * (tn - t1) / 32, **memory(device)}
         except Exception as e:
-            decode[mode] = {"error": f"{type(e).__name__}: {e}"[:2000], **memory(device)}
-            continue
-        at = read((32 + steps) / 2) / (bandwidth * 1e9)  # the roofline's step at that context
-        # as memory-bound as measured
-        whole = s * sum(read(t) for t in range(L)) / read((32 + steps) / 2)
-        decode[mode] = {"ms_per_step": 1e3 * s, "tok_s": B * G / s, "roofline_tok_s": B * G / at,
-                        "of_roofline": at / s, "rollout_s_extrapolated": whole, **memory(device)}
-    hf = torch.tensor([p for p in prompts for _ in range(G)], device=device)
-    hf_steps = lambda n: model.generate(hf, max_new_tokens=n, min_new_tokens=n, do_sample=True,
-                                        top_k=0, pad_token_id=0)
-    try:
-        with torch.no_grad():
-            hf_steps(2)
-            t1, _ = timed(lambda: hf_steps(1), device)
-            tn, _ = timed(lambda: hf_steps(33), device)
-        decode["hf_generate"] = {"ms_per_step": 1e3 * (tn - t1) / 32, **memory(device)}
-    except Exception as e:
-        decode["hf_generate"] = {"error": f"{type(e).__name__}: {e}"[:2000],
-                                 "ms_per_step": float("nan")}
-    best = min((m for m in ("eager", "cuda_graphs") if "ms_per_step" in decode.get(m, {})),
-               key=lambda m: decode[m]["ms_per_step"], default="eager")
-    ours = decode[best].get("ms_per_step", float("nan"))
-    decode["best"], decode["vs_hf"] = best, decode["hf_generate"]["ms_per_step"] / ours
-    decode["arithmetic"] = (
-        "rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / "
-        "read(t_measured), read(t) = weights + (prompts x prompt_tokens + rows x t) x "
-        "kv_bytes_per_token, t_measured the mean context of the timed steps: the steps stay as "
-        "memory-bound as measured")
+            out["hf_generate"] = {"error": f"{type(e).__name__}: {e}"[:2000],
+                                  "ms_per_step": float("nan")}
+        best = min((m for m in ("eager", "cuda_graphs") if "ms_per_step" in out.get(m, {})),
+                   key=lambda m: out[m]["ms_per_step"], default="eager")
+        out["best"] = best
+        ours = out[best].get("ms_per_step", float("nan"))
+        out["vs_hf"] = out["hf_generate"]["ms_per_step"] / ours
+        out["arithmetic"] = (
+            "rollout_s_extrapolated = ms_per_step x sum over t < new_tokens of read(t) / "
+            "read(t_measured), read(t) = weights + (prompts x prompt_tokens + rows x t) x "
+            "kv_bytes_per_token, t_measured the mean context of the timed steps: the steps stay "
+            "as memory-bound as measured")
+        return out
 
-    def decode_line(m):
-        d = decode[m]
-        if "error" in d:
-            return f"{m} failed: {d['error'][:300]}"
-        return (f"{m} {d['ms_per_step']:.1f} ms per step, "
-                f"{100 * d['of_roofline']:.0f} % of the roofline, "
-                f"a whole rollout ~{d['rollout_s_extrapolated']:.0f} s, peak "
-                f"{d.get('peak_allocated_GB', 0):.1f} GB allocated / "
-                f"{d.get('peak_reserved_GB', 0):.1f} GB reserved")
-    modes = "; ".join(decode_line(m) for m in ("eager", "cuda_graphs") if m in decode)
-    section("decode", decode,
-            f"3. decode, {B * G} rows after {B} x {P}-token prompts: {modes}; "
-            f"HF generate {decode['hf_generate']['ms_per_step']:.1f} ms "
-            f"per step ({decode['vs_hf']:.1f}x slower than {best})")
+    def decode_line(d):
+        modes = []
+        for m in ("eager", "cuda_graphs"):
+            if m not in d:
+                continue
+            x = d[m]
+            modes.append(f"{m} failed: {x['error'][:300]}" if "error" in x else (
+                f"{m} {x['ms_per_step']:.1f} ms per step, {100 * x['of_roofline']:.0f} % of the "
+                f"roofline, a whole rollout ~{x['rollout_s_extrapolated']:.0f} s, peak "
+                f"{x.get('peak_allocated_GB', 0):.1f} GB allocated / "
+                f"{x.get('peak_reserved_GB', 0):.1f} GB reserved"))
+        return (f"3. decode, {B * G} rows after {B} x {P}-token prompts: {'; '.join(modes)}; "
+                f"HF generate {d['hf_generate']['ms_per_step']:.1f} ms per step "
+                f"({d['vs_hf']:.1f}x slower than {d['best']})")
+    decoded = section("decode", decode, decode_line)
 
-    # 4. one update micro-batch at the worst case, and the 2,000-step projection
+    # 4. CUDA graphs against eager decoding
+    shape = {} if big else dict(rows=8, steps=40, prompt_tokens=(20, 90))   # the dry run: less
+    section("graphs_vs_eager", lambda: gpu_graphs_vs_eager(model, rand, device, **shape),
+            lambda v: (f"4. CUDA graphs vs eager, greedy, {v['rows']} rows x {v['steps']} steps "
+                       f"(lengths {v['lengths'][0]}-{v['lengths'][1]}, {v['compactions']} "
+                       f"compactions): {v['rows_identical']} of {v['rows']} rows identical, "
+                       f"largest logit difference {v['max_logit_difference']}"
+                       + ("" if v["captured_on_cuda"] else " (no CUDA: eager against eager)")))
+
+    # 5. a LoRA change between two rollouts, seen by replayed graphs
     torch.manual_seed(0)
     apply_lora(model)
+    section("lora_change", lambda: gpu_lora_change(model, rand, device),
+            lambda v: (f"5. LoRA changed between two rollouts: the replayed graphs' tokens equal "
+                       f"eager decoding's: {v['second_equals_eager']}; they changed: "
+                       f"{v['changed']}"))
+
+    # 6. one update micro-batch at the worst case, and the 2,000-step projection
     grpo.enable_checkpointing(model)
-    model.train()
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
     completions = [[rand(L), rand(L)]]  # 2 rows = --micro-batch-tokens 16,384
     advantages = torch.tensor([[1.0, -1.0]])
-    run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs)
-    failure = {}
-    try:
+
+    def update():
+        model.train()
+        run = lambda: grpo.policy_update(model, [rand(P)], completions, advantages, targs)
         run()
         memory(device)
         s, _ = timed(run, device)
-    except Exception as e:  # recorded in the section's JSON; section 5 still runs
-        failure = {"error": f"{type(e).__name__}: {e}"[:2000]}
-        print(f"4. update micro-batch failed: {e}")
-        s = float("nan")
-    rollout = decode[best].get("rollout_s_extrapolated", float("nan"))
-    update = {**failure, "seconds": s, "prompt_tokens": P, "completion_tokens": [L, L],
-              **memory(device),
-              "training_step_s": rollout + B * G / 2 * s,
-              "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
-              "arithmetic": "training_step_s = the whole rollout extrapolated "
-                            "+ (B x G / 2) micro-batches x seconds"}
-    section("update_micro_batch", update,
-            f"4. update micro-batch ({P} + 2 x {L} tokens): {s:.2f} s, peak "
-            f"{update.get('peak_allocated_GB', 0):.1f} GB allocated / "
-            f"{update.get('peak_reserved_GB', 0):.1f} GB reserved; "
-            f"a training step at the cap ~{update['training_step_s']:.0f} s, 2,000 steps ~"
-            f"{update['projected_2000_steps_h']:.1f} h (an upper bound)")
+        best = decoded.get(decoded.get("best", "eager"), {}) if isinstance(decoded, dict) else {}
+        rollout = best.get("rollout_s_extrapolated", float("nan"))
+        return {"seconds": s, "prompt_tokens": P, "completion_tokens": [L, L], **memory(device),
+                "training_step_s": rollout + B * G / 2 * s,
+                "projected_2000_steps_h": 2000 * (rollout + B * G / 2 * s) / 3600,
+                "arithmetic": "training_step_s = the whole rollout extrapolated "
+                              "+ (B x G / 2) micro-batches x seconds"}
+    section("update_micro_batch", update, lambda v: (
+        f"6. update micro-batch ({P} + 2 x {L} tokens): {v['seconds']:.2f} s, peak "
+        f"{v.get('peak_allocated_GB', 0):.1f} GB allocated / "
+        f"{v.get('peak_reserved_GB', 0):.1f} GB reserved; "
+        f"a training step at the cap ~{v['training_step_s']:.0f} s, 2,000 steps ~"
+        f"{v['projected_2000_steps_h']:.1f} h (an upper bound)"))
 
-    # 5. NCCL with the process group's timeout
-    minutes = float(os.environ.get(generation.TIMEOUT, 180))
-    nccl = {"timeout_minutes": minutes, "variable": generation.TIMEOUT}
-    if device == "cuda":
-        import datetime
-        dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29533", rank=0, world_size=1,
-                                timeout=datetime.timedelta(minutes=minutes))
-        x = torch.ones(1, device=device)
-        dist.all_reduce(x)
-        nccl.update(version=".".join(map(str, torch.cuda.nccl.version())),
-                    all_reduce_ok=x.item() == 1.0)
-        dist.destroy_process_group()
-    reduced = "ok" if nccl.get("all_reduce_ok") else "not run"
-    section("nccl", nccl,
-            f"5. NCCL {nccl.get('version', '(no GPU)')}: "
-            f"a process group with a {minutes:.0f}-minute timeout (${generation.TIMEOUT}), "
-            f"all_reduce {reduced}")
+    # 7. NCCL with the process group's timeout
+    def nccl():
+        minutes = float(os.environ.get(processes.TIMEOUT, 180))
+        out = {"timeout_minutes": minutes, "variable": processes.TIMEOUT}
+        if device == "cuda":
+            import datetime
+            dist.init_process_group("nccl", init_method="tcp://127.0.0.1:29533", rank=0,
+                                    world_size=1, timeout=datetime.timedelta(minutes=minutes))
+            x = torch.ones(1, device=device)
+            dist.all_reduce(x)
+            out.update(version=".".join(map(str, torch.cuda.nccl.version())),
+                       all_reduce_ok=x.item() == 1.0)
+            dist.destroy_process_group()
+        return out
+    section("nccl", nccl, lambda v: (
+        f"7. NCCL {v.get('version', '(no GPU)')}: a process group with a "
+        f"{v['timeout_minutes']:.0f}-minute timeout (${v['variable']}), all_reduce "
+        f"{'ok' if v.get('all_reduce_ok') else 'not run'}"))
     if args.quick:
         return result
+    model.eval()
+    bench_gpu_long(args, model, rand, device, result, folder, bandwidth, weight_bytes, kv_token,
+                   targs, (B, G, P, L))
+    return result
 
+
+def bench_gpu_long(args, model, rand, device, result, folder, bandwidth, weight_bytes, kv_token,
+                   targs, shape):
+    """bench.py gpu without --quick, after the quick sections: decode at batch 16/64/128 after
+    draft-variant prompts, the sampler, two whole training steps."""
+    import torch
+
+    import generation
+    import grpo
+    from generation import generate
+    from lora import merged
+    B, G, P, L = shape
+    config = model.config
+    big = args.shape == "mathstral"
     # without --quick: decode at batch 16/64/128 after draft-variant prompts, the sampler, two
     # whole training steps
     prompt_len, new = (1536, 128) if big else (32, 16)  # a draft-variant prompt: 1,000-2,000 tokens
@@ -1094,7 +1275,7 @@ def bench_gpu(args):
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
         with merged(model):
-            with_graphs = lambda *a, **k: generate(*a, cuda_graphs=True, **k)
+            with_graphs = lambda *a, **k: generate(*a, graphs=generation.Graphs(), **k)
             for label, gen in (("ours", generate), ("graphs", with_graphs),
                                ("copied", copied_generate)):
                 if label == "graphs" and device != "cuda":
@@ -1139,7 +1320,8 @@ def bench_gpu(args):
         optimizer.step()
         optimizer.zero_grad()
         return loss
-    draft_lengths = torch.randint(P // 3, 2 * P // 3, (B,), generator=rng)  # 1-2k
+    gen = torch.Generator().manual_seed(1)
+    draft_lengths = torch.randint(P // 3, 2 * P // 3, (B,), generator=gen)  # 1-2k
     lengths = {"paper_step": [P] * B,  # the worst case
                "draft_step": [int(x) for x in draft_lengths]}
     for step_name, lens in lengths.items():
@@ -1149,7 +1331,7 @@ def bench_gpu(args):
         with merged(model, generation.cache_bytes(model, sum(lens), B * G, L)):
             rollouts = lambda: generate(model, prompts, n=G, max_new_tokens=L, temperature=1.0,
                                         eos_token_id=-1, pad_token_id=0, seed=1,
-                                        cuda_graphs=device == "cuda")
+                                        graphs=graphs_for(device))
             t_roll, completions = timed(rollouts, device)
         model.train()
         t_upd, _ = timed(lambda: update(prompts, completions), device)
@@ -1171,8 +1353,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
-                    choices=["grader", "cpu", "update", "ops", "rollout", "sampler", "merge",
-                             "gpu"])
+                    choices=["grader", "cpu", "update", "memory", "ops", "rollout", "sampler",
+                             "merge", "gpu", "memory-child"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
@@ -1188,8 +1370,12 @@ def main():
                     help="gpu: model shape")
     ap.add_argument("--quick", action="store_true",
                     help="gpu: the first-GPU sections only (<= 5 minutes)")
+    ap.add_argument("--out", default=None,
+                    help="gpu: its JSON's folder (bench/results; for --shape tiny, /tmp)")
+    ap.add_argument("--mode", default="prompt_once", help="memory-child: prompt_once|whole_rows")
     args = ap.parse_args()
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
+                "memory": bench_memory, "memory-child": memory_child,
                 "ops": bench_ops, "rollout": bench_rollout, "sampler": bench_sampler,
                 "merge": bench_merge, "gpu": bench_gpu}
     sections[args.section](args)

@@ -238,7 +238,8 @@ def grade_draft(text, gold, length):
 def cmd_generate(args):
     """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's
     processes, the same pool."""
-    from generation import distributed, gather, generate, load_model, rounds
+    from generation import cuda_graphs, generate, load_model
+    from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
     output_path(args.out, "--out")
     problems = training_problems(load_jsonl(args.data), args.levels)[:args.limit]
@@ -253,6 +254,7 @@ def cmd_generate(args):
     size = max(1, args.batch_size // args.num_drafts)
     chunks = [todo[i:i + size] for i in range(0, len(todo), size)]
     model, tokenizer = load_model(args.model) if rank < len(chunks) else (None, None)
+    graphs = cuda_graphs(not args.no_cuda_graphs)
 
     def draft(chunk):
         prompts = [DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]) for _, r in chunk]
@@ -260,8 +262,8 @@ def cmd_generate(args):
         samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p,
                            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                           seed=args.seed, keys=[i for i, _ in chunk], batch_size=args.batch_size,
-                           cuda_graphs=args.cuda_graphs)
+                           seed=args.seed, prompt_numbers=[i for i, _ in chunk],
+                           batch_size=args.batch_size, graphs=graphs)
         grade = lambda r, o: grade_draft(tokenizer.decode(o, skip_special_tokens=True),
                                          r["answer"], len(o))
         return [{**{k: v for k, v in r.items() if k != "_line"},
@@ -284,7 +286,7 @@ def main(argv=None):
         ("--levels", [3, 4, 5], "MATH levels kept (recipe: 3 4 5)", [int]),
         ("--limit", None, "only the first N problems (smoke tests)", COUNT),
         ("--batch-size", 64, "sequences decoded together", COUNT),
-        ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
+        ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--seed", 0, "sampling seed", SEED))
     import extras.pool  # the pool's import and statistics: tools beside the method
     commands = {"generate": cmd_generate, **extras.pool.add_commands(sub)}
@@ -293,5 +295,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from generation import run_main  # torch is imported only now
+    from processes import run_main  # torch is imported only now
     run_main(main)

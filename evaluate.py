@@ -13,6 +13,7 @@ the command, with any number of processes, draws only the missing ones. Grading 
 \\boxed{} only); lenient beside.
 """
 import argparse
+import functools
 import importlib
 import json
 import os
@@ -42,6 +43,19 @@ PROMPTS = {
     "draftgen": lambda problem: DRAFT_MODEL_TEMPLATE.format(problem=problem),
 }
 STOP_STRINGS = ("\n\nProblem:", "\nProblem:")
+
+
+@functools.lru_cache(maxsize=8)
+def stop_finder(tokenizer, stop_strings):
+    """generate's stop(line, tail, first) -> where a row ends in its tail: just after the first
+    token at or after `first` whose text, with the 11 tokens before it, holds a stop string; None if
+    none. Only a token whose text holds a stop string's last character can complete one: no other
+    is decoded."""
+    texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+    enders = {i for i, text in enumerate(texts) if any(s[-1] in text for s in stop_strings)}
+    holds = lambda tokens: any(s in tokenizer.decode(tokens) for s in stop_strings)
+    return lambda line, tail, first: next((u + 1 for u in range(first, len(tail)) if tail[u] in
+                                           enders and holds(tail[max(0, u - 11):u + 1])), None)
 
 
 # ----------------------------------------------------------------------------- estimators
@@ -131,8 +145,9 @@ def summarize(rows, records, ks):
 # ----------------------------------------------------------------------------- commands
 def run(args):
     from extras.trackers import tracker
-    from generation import distributed, gather, generate, load_model, rounds  # torch: only here
+    from generation import cuda_graphs, generate, load_model  # torch: only here
     from lora import load_lora, merge_lora
+    from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
     n, ks = args.samples, args.k or [1]
     if ks[-1] > n:
@@ -171,6 +186,7 @@ def run(args):
             load_lora(model, args.adapter)
         # sampling at base-model speed; no way back needed, no copy kept
         merge_lora(model, spare=None)
+        graphs = cuda_graphs(not args.no_cuda_graphs)
 
     def sample(chunk):
         ids = [encode_prompt(tokenizer, PROMPTS[args.prompt](r["problem"])) for _, r in chunk]
@@ -178,9 +194,9 @@ def run(args):
                         max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         top_p=args.top_p if args.temperature else 1.0,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-                        seed=args.seed, keys=[i for i, _ in chunk],
-                        stop_strings=() if args.no_stop else STOP_STRINGS, tokenizer=tokenizer,
-                        batch_size=args.batch_size, cuda_graphs=args.cuda_graphs)
+                        seed=args.seed, prompt_numbers=[i for i, _ in chunk],
+                        stop=None if args.no_stop else stop_finder(tokenizer, STOP_STRINGS),
+                        batch_size=args.batch_size, graphs=graphs)
         recs = []
         for (_, r), samples in zip(chunk, outs):
             for s, toks in zip(missing[r["id"]], samples):
@@ -235,7 +251,7 @@ def main(argv=None):
         ("--max-new-tokens", 4096, "generation cap (paper: 4096)", COUNT),
         ("--seed", 0, "sampling seed", SEED),
         ("--batch-size", 64, "sequences decoded together (samples do not depend on it)", COUNT),
-        ("--cuda-graphs", False, "replay each decode step as a CUDA graph"),
+        ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--no-stop", False, "do not stop at '\\n\\nProblem:' / '\\nProblem:'"),
         ("--trust-remote-code", False, "allow model repos with custom code (off by default)"),
         ("--report-to", "none", "the summary to an experiment tracker too",
@@ -248,5 +264,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from generation import run_main  # torch is imported only now
+    from processes import run_main  # torch is imported only now
     run_main(main)

@@ -1,31 +1,30 @@
-"""Model loading and batched sampling, shared by drafts.py, grpo.py and evaluate.py.
+"""Model loading and the rollout engine shared by drafts.py, grpo.py and evaluate.py.
 
-generate() prefills each prompt once and keeps its K/V once: the rows sampled from it cache only
-their own tokens, and attention reads the prompt's K/V through shared_prompt_attention (one softmax
-over [prompt; own]). A batch decodes with fixed shapes into preallocated buffers, so a CUDA graph
-can replay a step; every CHECK_EVERY steps the host looks: EOS and stop strings end rows, and once
-at most COMPACT_AT of them are still going, the batch shrinks to those. decode_forward is the
-model's forward written out for Mistral, Llama and Qwen2 (any other model runs transformers'
-forward). Sample s of prompt p draws from noise keyed by (seed, p's key, s, step): its tokens do
-not depend on the batch or the process. The update holds each prompt once too (prompt_once,
-completion_states). `--model tiny` (extras/tiny.py) builds a random Mistral-architecture model and
-a BPE tokenizer on the spot, so the pipeline runs offline on a CPU. Under torchrun, distributed(),
-gather() and rounds() are all that the three scripts need.
+Read the engine as gpt-fast's generate.py: prefill, decode_one_token, decode_n_tokens, over a cache
+whose update() writes a step's K/V. What a GRPO rollout adds:
+- each prompt's K/V is held once for its G rows (RolloutCache), which attend to it and to their own
+  tokens with one softmax (decode_attention);
+- sample s of prompt p draws from noise hashed from (seed, p's number, s, step), so its tokens do
+  not depend on the batch or the process;
+- a step asks nothing of the host, so a CUDA graph can replay it; every CHECK_EVERY steps the host
+  looks (EOS, stop strings) and finished rows leave the batch (compact).
+Graph capture (Graphs) and compaction are layers on top of that loop, each behind a name.
+
+The update's attention is here too: each prompt runs forward once (prompt_once) and its
+completions attend to its K/V (completion_states, update_attention).
 """
 import collections
 import contextlib
 import dataclasses
-import datetime
-import json
+import functools
+import itertools
+import math
 import os
 import sys
 from typing import NamedTuple
 
 import torch
-import torch.distributed as dist
-from tqdm import tqdm
-
-import extras.tiny
+import torch.nn.functional as F
 
 
 # ----------------------------------------------------------------------------- models
@@ -44,6 +43,7 @@ def load_tokenizer(name, trust_remote_code=False):
     """The tokenizer alone (a hub id, a local folder or 'tiny'), with a pad token for batching."""
     from transformers import AutoTokenizer
     if name == "tiny":
+        import extras.tiny
         tokenizer = extras.tiny.tokenizer()
     else:
         tokenizer = from_hub(AutoTokenizer, name, trust_remote_code=trust_remote_code)
@@ -59,6 +59,7 @@ def load_model(name, device=None, dtype=None, trust_remote_code=False):
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tokenizer = load_tokenizer(name, trust_remote_code)
     if name == "tiny":
+        import extras.tiny
         model = extras.tiny.model(len(tokenizer)).to(device=device, dtype=dtype)
     else:
         from transformers import AutoModelForCausalLM
@@ -85,448 +86,432 @@ def mix(x):
     return x ^ (x >> 16)
 
 
-def sample_next(logits, temperature, top_p, keys):
-    """logits [R, V], keys [R] (one per row and step) -> next tokens [R]. temperature 0 = greedy;
-    else nucleus (top_p) filtering, then argmax p / E with E ~ Exp(1) hashed from (key, token):
-    exactly a draw from p, the row's own. (An inverse CDF needs one hash per row, not V, but float
-    rounding of the logits moves a cumulative sum across a token boundary ~1,000x as often as it
-    reorders the race's top two: batches and processes would disagree more.)"""
+def noise_roots(seed, jobs, device):
+    """[R] int64: the root of each (prompt number, sample) job's noise under `seed`; at step t a
+    row's noise is mix(root ^ t)."""
+    job = torch.tensor([[seed & 0xFFFFFFFF, p, s] for p, s in jobs], device=device)  # [R, 3]
+    return mix(mix(mix(job[:, 0]) ^ job[:, 1]) ^ job[:, 2])
+
+
+def sample(logits, noise, temperature=1.0, top_p=1.0):
+    """logits [R, V], noise [R] (a row's at this step) -> next tokens [R]. gpt-fast's
+    multinomial_sample_one_no_sync (argmax p / E, E ~ Exp(1): exactly a draw from p) with E hashed
+    from (noise, token) instead of drawn, so a row's draw is its own. temperature 0 = greedy; top_p
+    keeps the smallest nucleus."""
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        drop = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # keep the smallest nucleus
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-    token = torch.arange(probs.shape[-1], device=probs.device)                              # [V]
-    # 23 bits + 0.5 are exact in fp32: u in (0, 1), E > 0, 0/E = 0
-    u = ((mix(keys[:, None] ^ token) >> 9) + 0.5) * 2 ** -23                            # [R, V]
+        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
+        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+    token = torch.arange(probs.shape[-1], device=probs.device)                             # [V]
+    # 23 random bits + 0.5, exact in fp32 whatever the default dtype: u in (0, 1), so E > 0
+    u = ((mix(noise[:, None] ^ token) >> 9).float() + 0.5) * 2 ** -23                   # [R, V]
     return (probs / -torch.log(u)).argmax(dim=-1)
 
 
-def sample_keys(seed, jobs, device):
-    """[R] int64: the root of each (prompt key, sample) job's noise under `seed`; step t's key is
-    mix(root ^ t)."""
-    key = torch.tensor([[seed & 0xFFFFFFFF, p, s] for p, s in jobs], device=device)  # [R, 3]
-    return mix(mix(mix(key[:, 0]) ^ key[:, 1]) ^ key[:, 2])
-
-
-# ---------------------------------------------------------------- attention: each prompt's K/V once
-# the position given to a slot that holds no key (past a prompt's end): no query sees it
-NO_KEY = 2 ** 40
-
-
-@dataclasses.dataclass
-class SharedPrompts:
-    """What shared_prompt_attention reads beside a layer's own query, key and value. Rows are laid
-    out prompt by prompt, G to a prompt (row b * G + g), so a prompt's rows reach its one copy of
-    K/V through a reshape."""
-    keys: list                  # per layer [B, Hkv, P, d]: each prompt's K/V, zero past its end
-    values: list
-    visible: torch.Tensor       # [B, 1, 1, T, P + S] bool: the prompt and own keys each query sees
-    # decoding: per layer [K, V], each [B, Hkv, G, L, d]: the rows' own tokens so far
-    cache: list = None
-    slot: torch.Tensor = None   # decoding: [1], the cache slot of this step's token
-    width: int = 0              # decoding: the own slots a step reads, the cache's first `width`
-
-
-def visible(key_pos, query_pos, window=None):
-    """key_pos [B, K], query_pos [B, T] -> [B, 1, 1, T, K] bool: a query sees the keys at or before
-    its position (within the sliding window, if the model has one)."""
-    back = query_pos[:, :, None] - key_pos[:, None, :]  # [B, T, K]
-    return ((back >= 0) & (back < (window or NO_KEY)))[:, None, None]
-
-
-def shared_prompt_attention(module, query, key, value, attention_mask=None, scaling=None,
-                            dropout=0.0, shared=None, record=None, sliding_window=None, **kwargs):
-    """Softmax attention of R rows over their prompt's K/V, held once for its G rows, and their own
-    tokens' K/V; registered with transformers as "shared_prompts", so Mistral, Llama and Qwen2 run
-    it unchanged. Its plain equivalent, for row r of prompt b: softmax(q [K_b; K_r]^T * scaling,
-    masked by `visible`) [V_b; V_r]. query [R, H, T, d]; key, value [R, Hkv, S, d]: the rows' own
-    (decoding: this step's, kept in shared.cache). Products in the model's dtype, softmax in fp32,
-    as transformers' eager attention. record (a list): a prompt pass instead: causal SDPA over one
-    prompt, whose K/V each layer appends to the list."""
-    if record is not None:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-        record.append((key, value))
-        pos = torch.arange(key.shape[2], device=key.device)[None]
-        mask = visible(pos, pos, sliding_window)[:, 0] if sliding_window else None  # [1, 1, P, P]
-        return sdpa_attention_forward(module, query, key, value, mask, scaling=scaling)
-    kp, vp = shared.keys[module.layer_idx], shared.values[module.layer_idx]  # [B, Hkv, P, d]
-    (R, H, T, d), (B, Hkv, P, _) = query.shape, kp.shape
-    G, M = R // B, H // Hkv * T  # GQA: query head h reads K/V head h // (H // Hkv)
-    by_prompt = lambda x: x.view(B, G, Hkv, -1, d).transpose(1, 2)  # [B, Hkv, G, *, d]
-    if shared.cache is None:
-        key, value = by_prompt(key), by_prompt(value)
-    else:  # decoding: this step's K/V into its slot, then all the slots so far
-        kc, vc = shared.cache[module.layer_idx]  # [B, Hkv, G, L, d]
-        key = kc.index_copy_(3, shared.slot, by_prompt(key))[..., :shared.width, :]
-        value = vc.index_copy_(3, shared.slot, by_prompt(value))[..., :shared.width, :]
-    S, N = key.shape[3], B * Hkv * G  # a batch of B*Hkv products per prompt, N per row
-    q = (query * scaling).reshape(B, G, Hkv, M, d).transpose(1, 2).reshape(B * Hkv, G * M, d)
-    scores = torch.cat([torch.bmm(q, kp.reshape(B * Hkv, P, d).transpose(1, 2)),  # a prompt's rows
-                        torch.bmm(q.view(N, M, d), key.reshape(N, S, d).transpose(1, 2))  # each row
-                        .view(B * Hkv, G * M, S)], -1)                     # [B * Hkv, G * M, P + S]
-    scores = scores.view(B, Hkv, G * H // Hkv, T, P + S).where(shared.visible, float("-inf"))
-    probs = torch.softmax(scores, -1, dtype=torch.float32).to(value.dtype)  # one softmax over both
-    probs = probs.view(B * Hkv, G * M, P + S)
-    out = torch.bmm(probs[..., :P], vp.reshape(B * Hkv, P, d)) + \
-        torch.bmm(probs[..., P:].view(N, M, S), value.reshape(N, S, d)).view(B * Hkv, G * M, d)
-    return out.view(B, Hkv, G, M, d).transpose(1, 2).reshape(R, H, T, d).transpose(1, 2), None
-
-
+# ------------------------------------------------------------------ attention, one per purpose
+# transformers calls the attention function its config names. Within attention_by_purpose every
+# call names its own (`attention=` beside its data), so a checkpointed layer that runs its forward
+# again in backward runs the same one.
 @contextlib.contextmanager
-def sharing_prompts(model):
-    """Within the block (backward passes included: checkpointed layers replay their forward there),
-    attention layers run shared_prompt_attention, and transformers builds no mask (the function's
-    `visible` is the mask)."""
+def attention_by_purpose(model):
+    """Within the block, the model's layers run the attention function each call passes as
+    `attention=` (the prompt pass, the update, a decode step), and transformers builds no mask
+    (each function makes its own). Models whose attention or head these do not reproduce stop here,
+    before any forward."""
     from transformers import AttentionInterface
-    AttentionInterface.register("shared_prompts", shared_prompt_attention)
-    old, model.config._attn_implementation = model.config._attn_implementation, "shared_prompts"
+    odd = [a for a in ("attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
+                       "logits_scaling") if getattr(model.config, a, None) not in (None, 1.0)]
+    if odd:
+        raise ValueError(f"--model: {model.config.model_type} uses {', '.join(odd)}, which "
+                         "generation.py's attention and the update's LM head do not apply")
+    call = lambda module, q, k, v, mask, attention=None, **kw: attention(module, q, k, v, **kw)
+    AttentionInterface.register("by_purpose", call)
+    old, model.config._attn_implementation = model.config._attn_implementation, "by_purpose"
     try:
         yield
     finally:
         model.config._attn_implementation = old
 
 
+def visible(key_pos, query_pos, window=None):
+    """key_pos [..., K], query_pos [..., T] -> [..., T, K] bool: a query sees the keys at or before
+    its position, within the sliding window if its layer has one (no [T, K] of positions made)."""
+    k, q = key_pos[..., None, :], query_pos[..., :, None]
+    return (k <= q) & (k > q - window) if window else k <= q
+
+
+def attend(query, key, value, mask, scaling):
+    """SDPA (a fused kernel where one applies: no [n, H, T, S] scores held) of query [n, H, T, d]
+    over key, value [n, Hkv, S, d] where mask [T, S] allows -> [n, T, H, d]. GQA without copying
+    K/V: the H / Hkv query heads that share a K/V head are folded into its query rows."""
+    (n, H, T, d), Hkv = query.shape, key.shape[1]
+    q = query.reshape(n, Hkv, H // Hkv * T, d)
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask.repeat(H // Hkv, 1),
+                                         scale=scaling)
+    return out.view(n, H, T, d).transpose(1, 2)
+
+
+def causal_attention(module, query, key, value, scaling=None, sliding_window=None, **_):
+    """Causal attention of each sequence over its own keys, query, key, value [n, *, T, d]."""
+    pos = torch.arange(key.shape[2], device=key.device)
+    return attend(query, key, value, visible(pos, pos, sliding_window), scaling), None
+
+
+def prompt_attention(module, query, key, value, kv=None, **kw):
+    """The prompt pass: one prompt [1, P], causal; its K/V into `kv` by layer, once (a checkpointed
+    layer whose forward runs again in backward must not add another pair)."""
+    kv.setdefault(module.layer_idx, (key, value))
+    return causal_attention(module, query, key, value, **kw)
+
+
+def update_attention(module, query, key, value, scaling=None, sliding_window=None, prompt=None,
+                     **_):
+    """The update: n completions of one prompt, each over [the prompt's one K/V copy; its own
+    tokens], causal. Plainly: the model's own attention over [prompt; completion], each row whole.
+    query [n, H, T, d]; key, value [n, Hkv, T, d]."""
+    kp, vp = prompt.kv[:, module.layer_idx]                                   # [1, Hkv, P, d]
+    n, P, T = len(key), kp.shape[2], key.shape[2]
+    keys = torch.cat([kp.expand(n, -1, -1, -1), key], 2)                    # [n, Hkv, P + T, d]
+    values = torch.cat([vp.expand(n, -1, -1, -1), value], 2)
+    pos = torch.arange(P + T, device=key.device)
+    return attend(query, keys, values, visible(pos, pos[P:], sliding_window), scaling), None
+
+
+def decode_attention(module, query, key, value, scaling=None, sliding_window=None, rollout=None,
+                     width=None, **_):
+    """A decode step: each row's one query over its prompt's K/V, held once for the prompt's G rows,
+    and over its own tokens' K/V so far (this step's written first), one softmax over both.
+    Plainly, for row r of prompt b: softmax(q [K_b; K_r]^T * scaling, where visible) [V_b; V_r].
+    query [R, H, 1, d]; key, value [R, Hkv, 1, d]. Products in the model's dtype, the softmax in
+    fp32, as transformers' eager attention."""
+    kp, vp = rollout.prompt[:, module.layer_idx]                             # [B, Hkv, P, d]
+    k, v = rollout.update(module.layer_idx, key, value, width)               # [B, Hkv, G, W, d]
+    (B, Hkv, G, _, d), P, M = k.shape, kp.shape[2], query.shape[1] // k.shape[1]
+    q = (query * scaling).view(B, G, Hkv, M, d).transpose(1, 2)              # [B, Hkv, G, M, d]
+    scores = torch.cat([(q.reshape(B, Hkv, G * M, d) @ kp.transpose(2, 3)).view(B, Hkv, G, M, P),
+                        q @ k.transpose(3, 4)], -1)                      # [B, Hkv, G, M, P + W]
+    scores = scores.masked_fill(~rollout.visible(sliding_window, width), float("-inf"))
+    probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
+    out = (probs[..., :P].reshape(B, Hkv, G * M, P) @ vp).view(B, Hkv, G, M, d)
+    out = out + probs[..., P:] @ v                                            # [B, Hkv, G, M, d]
+    return out.transpose(1, 2).reshape(B * G, 1, Hkv * M, d), None
+
+
 def prompt_pass(model, ids):
-    """One prompt (token ids) through the decoder alone: no padding, so no fully masked row for a
-    fused kernel to return NaN on. Returns its hidden states [1, P, H] and each layer's (K, V), [1,
-    Hkv, P, d] each."""
-    record = []
-    with sharing_prompts(model):
-        hidden = model.get_decoder()(input_ids=torch.tensor([ids], device=model.device),
-                                     use_cache=False, record=record).last_hidden_state
-    return hidden, record
+    """One prompt (token ids [1, P]) through the decoder alone: no padding, so no fully masked row
+    for a fused kernel to return NaN on. -> hidden states [1, P, H], its K/V [2, layers, 1, Hkv, P,
+    d]."""
+    kv = {}
+    hidden = model.get_decoder()(input_ids=ids, use_cache=False, attention=prompt_attention,
+                                 kv=kv).last_hidden_state
+    return hidden, torch.stack([torch.stack(kv[i]) for i in range(len(kv))], 1)
 
 
 # ---------------------------------------------------------------------- the update: the prompt once
 class Prompt(NamedTuple):
-    # [1, 1, H]: the prompt's last hidden state (it predicts a completion's first token)
-    last: torch.Tensor
-    keys: list                  # per layer [1, Hkv, P, d]
-    values: list
+    """A prompt's forward pass, once for all its completions. last and kv are the pass's outputs cut
+    from it (leaves): the completions read them, and their backward fills their .grad, which
+    backward_through_prompt carries through the pass (`states`, the same tensors with its graph)."""
+    last: torch.Tensor          # [1, 1, H]: the prompt's last hidden state (predicts token 0)
+    kv: torch.Tensor            # [2, layers, 1, Hkv, P, d]
+    states: tuple
 
 
-@contextlib.contextmanager
 def prompt_once(model, ids):
-    """The prompt's forward pass, once for all its completions: yields a Prompt whose tensors are
-    leaves cut from the pass, which every micro-batch of completions attends to (completion_states);
-    on leaving the block, their summed gradient flows back through the pass once. Attention layers
-    share prompts within the block, backward included."""
-    with sharing_prompts(model):
-        hidden, kv = prompt_pass(model, ids)
-        # last hidden, K0, V0, K1, V1, ...
-        states = [hidden[:, -1:]] + [t for pair in kv for t in pair]
-        leaves = [t.detach().requires_grad_() for t in states]
-        yield Prompt(leaves[0], leaves[1::2], leaves[2::2])
-        grads = [(s, leaf.grad) for s, leaf in zip(states, leaves) if leaf.grad is not None]
-        torch.autograd.backward([s for s, _ in grads], [g for _, g in grads])
+    """The prompt's forward pass (ids [1, P]) once, as a Prompt (within attention_by_purpose)."""
+    hidden, kv = prompt_pass(model, ids)
+    states = (hidden[:, -1:], kv)
+    return Prompt(*(s.detach().requires_grad_(s.requires_grad) for s in states), states)
 
 
 def completion_states(model, prompt, ids):
     """ids [n, T]: completions of `prompt` (padded at the end) -> hidden states [n, T, H], position
     t predicting token t: the prompt's last state, then each completion's own up to T - 1 (the
-    next-token shift, in one place). Each row attends to the prompt's one copy of K/V (plainly: the
-    decoder run over [prompt; completion])."""
-    (n, T), P = ids.shape, prompt.keys[0].shape[2]
-    pos = torch.arange(P + T, device=ids.device)[None]  # [1, P + T]
-    window = getattr(model.config, "sliding_window", None)
-    shared = SharedPrompts(prompt.keys, prompt.values, visible(pos, pos[:, P:], window))
-    hidden = model.get_decoder()(input_ids=ids, position_ids=pos[:, P:].expand(n, -1),
-                                 use_cache=False, shared=shared).last_hidden_state  # [n, T, H]
+    next-token shift, here alone). Each row attends to the prompt's one copy of K/V."""
+    (n, T), P = ids.shape, prompt.kv.shape[4]
+    position = torch.arange(P, P + T, device=ids.device).expand(n, -1)
+    hidden = model.get_decoder()(input_ids=ids, position_ids=position, use_cache=False,
+                                 attention=update_attention, prompt=prompt).last_hidden_state
     return torch.cat([prompt.last.expand(n, -1, -1), hidden[:, :-1]], 1)
+
+
+def backward_through_prompt(prompt):
+    """The gradient the completions left on the prompt's last state and K/V, back through its
+    forward pass, once."""
+    grads = [(s, leaf.grad) for s, leaf in zip(prompt.states, prompt[:2]) if leaf.grad is not None]
+    if grads:
+        torch.autograd.backward(*zip(*grads))
 
 
 # ----------------------------------------------------------------------------- rollouts
 # decode steps between two looks from the host: EOS and stop strings, the end, compaction
 CHECK_EVERY = 16
-# CUDA graphs: a step reads the own slots up to the next multiple of this (few shapes)
+# a step reads its rows' own K/V up to the next multiple of WIDTH_STEP, and the prompts' K/V padded
+# to one: few shapes, so each shape's CUDA graph is reused
 WIDTH_STEP = 128
-COMPACT_AT = 0.5  # at a look, finished rows leave the batch once at most this share is still going
-# decoders whose layers decode_forward knows: norm, q/k/v/o, RoPE, MLP
-FAMILIES = ("mistral", "llama", "qwen2")
+COMPACT_AT = 0.5  # at a look, finished rows leave once that shrinks the batch to this share
+
+
+def bucket(n):
+    return WIDTH_STEP * -(-n // WIDTH_STEP)
+
+
+def buffer(graphs, name, shape, dtype, device):
+    """A zeroed tensor of `shape`. With graphs, a view of the front of a buffer kept for the run
+    under `name`, so that a graph captured in one batch replays on the same addresses in the next
+    (a buffer that must grow drops the graphs captured on it, and doubles at least)."""
+    if graphs is None:
+        return torch.zeros(shape, dtype=dtype, device=device)
+    size, held = math.prod(shape), graphs.store.get(name, torch.empty(0)).numel()
+    if held < size:  # grown to twice its size at least: few growths, few graphs dropped
+        graphs.captured.clear()
+        graphs.store[name] = torch.zeros(max(size, 2 * held), dtype=dtype, device=device)
+    return graphs.store[name][:size].view(shape)
+
+
+@dataclasses.dataclass
+class RolloutCache:
+    """The K/V of a batch of B prompts x G rows (row b * G + g): each prompt's once, `prompt`
+    [2, layers, B, Hkv, P, d] (P padded: slots past a prompt's length are not seen), and each row's
+    own tokens, `own` [2, layers, B, Hkv, G, L, d], which update() writes at `slot`."""
+    prompt: torch.Tensor
+    own: torch.Tensor
+    length: torch.Tensor        # [B] each prompt's length
+    slot: torch.Tensor          # [1] this step's slot in the rows' own K/V
+    masks: dict = dataclasses.field(default_factory=dict)  # this step's, by sliding window
+
+    def update(self, layer, key, value, width):
+        """This step's K/V [R, Hkv, 1, d] into the slot; returns the own K/V of slots < width."""
+        B, Hkv, G, L, d = self.own.shape[2:]
+        new = torch.stack([key, value]).view(2, B, G, Hkv, 1, d).transpose(2, 3)
+        own = self.own[:, layer].index_copy_(4, self.slot, new)
+        return own[0, ..., :width, :], own[1, ..., :width, :]
+
+    def visible(self, window, width):
+        """[B, 1, 1, 1, P + width]: the prompt and own keys that this step's queries see."""
+        if window not in self.masks:
+            P, device = self.prompt.shape[4], self.slot.device
+            prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)    # [B, P]
+            prompt_pos = prompt_pos.masked_fill(prompt_pos >= self.length[:, None], 2 ** 40)
+            own_pos = self.length[:, None] + torch.arange(width, device=device)         # [B, W]
+            query_pos = (self.length + self.slot)[:, None]                              # [B, 1]
+            seen = visible(torch.cat([prompt_pos, own_pos], 1), query_pos, window)
+            self.masks[window] = seen[:, None, None]
+        return self.masks[window]
 
 
 @dataclasses.dataclass
 class Rows:
-    """A batch being decoded: B prompts x G rows (row b * G + g); each field is indexed by prompt or
-    by row."""
-    shared: SharedPrompts       # the prompts' K/V (by prompt) and the rows' own caches (by row)
-    length: torch.Tensor        # [B] prompt lengths
-    # [B, P + L] the position of every prompt and own slot (NO_KEY past a prompt)
-    key_pos: torch.Tensor
-    start: torch.Tensor         # [R] the position of a row's first new token (its prompt's length)
+    """The rows being decoded, in the cache's order (row b * G + g of prompt b)."""
     noise: torch.Tensor         # [R] the root of a row's noise
-    line: torch.Tensor          # [R] a row's line in the batch's token table
-    done: torch.Tensor  # [R] finished: EOS, a stop string, or a filler evening out the groups
-    logits: torch.Tensor        # [R, V] the next token's
+    line: torch.Tensor          # [R] its line in `tokens` (compaction moves rows, not lines)
+    done: torch.Tensor          # [R] finished: EOS, a stop string, or a filler evening out groups
+    logits: torch.Tensor        # [R, V] its next token's
+    tokens: torch.Tensor        # [lines, L] every row's new tokens, by line
 
 
-def decode_plan(model):
-    """What decode_forward multiplies by, taken once per batch: per layer the seven projections'
-    (weight transposed, bias), the LM head's, and constants as 0-d tensors (a Python float costs a
-    tensor conversion per op). None where decode_forward cannot run: another family, or an adapter
-    applied unmerged."""
-    decoder, head = model.get_decoder(), model.get_output_embeddings()
-    names = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    linears = [[getattr(part, name) for part in (layer.self_attn, layer.mlp) for name in names
-                if hasattr(part, name)] for layer in decoder.layers] + [[head]]
-    unmerged = any(not getattr(m, "merged", True) for ms in linears for m in ms)
-    if model.config.model_type not in FAMILIES or unmerged:
+def prefill(model, prompts, noise, max_new_tokens, graphs=None):
+    """Each prompt (token-id lists) through the model alone, its K/V into the batch's buffers once.
+    noise: per prompt its rows' noise roots, up to G; a prompt with fewer fills its group with done
+    copies of its last row. -> (RolloutCache, Rows), ready for the first decode step."""
+    c, device, B, G = model.config, model.device, len(prompts), max(map(len, noise))
+    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv = (2, c.num_hidden_layers, B, c.num_key_value_heads)
+    empty = lambda name, shape, dtype=model.dtype: buffer(graphs, name, shape, dtype, device)
+    P = bucket(max(map(len, prompts)))
+    cache = RolloutCache(empty("prompt", kv + (P, d)), empty("own", kv + (G, max_new_tokens, d)),
+                         empty("length", (B,), torch.long), empty("slot", (1,), torch.long).zero_())
+    rows = Rows(empty("noise", (B * G,), torch.long), empty("line", (B * G,), torch.long),
+                empty("done", (B * G,), torch.bool), empty("logits", (B * G, c.vocab_size)),
+                empty("tokens", (B * G, max_new_tokens), torch.long))
+    for b, (ids, roots) in enumerate(zip(prompts, noise)):
+        hidden, kv = prompt_pass(model, torch.tensor([ids], device=device))
+        cache.prompt[:, :, b, :, :len(ids)] = kv[:, :, 0]
+        group = slice(b * G, b * G + G)
+        rows.logits[group] = model.get_output_embeddings()(hidden[0, -1])
+        rows.noise[group] = roots[torch.arange(G).clamp(max=len(roots) - 1)]
+        rows.done[group] = torch.arange(G, device=device) >= len(roots)
+        cache.length[b] = len(ids)
+    rows.line.copy_(torch.arange(B * G))
+    return cache, rows
+
+
+def decode_one_token(model, cache, rows, width, sample, eos_token_id, pad_token_id):
+    """Every row samples its next token, appends it, and the model runs one step on it: the same
+    shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay it.
+    A finished row samples on, masked: its tokens are padding."""
+    cache.masks.clear()
+    token = sample(rows.logits, mix(rows.noise ^ cache.slot)).masked_fill(rows.done, pad_token_id)
+    rows.tokens.index_put_((rows.line, cache.slot), token)
+    rows.done |= token == eos_token_id
+    G = len(token) // len(cache.length)
+    position = cache.length.repeat_interleave(G) + cache.slot                              # [R]
+    logits = model(input_ids=token[:, None], position_ids=position[:, None], use_cache=False,
+                   attention=decode_attention, rollout=cache, width=width).logits[:, -1]
+    rows.logits.copy_(logits)
+    cache.slot += 1
+
+
+def decode_n_tokens(model, cache, rows, max_new_tokens, step, stop=None, graphs=None):
+    """The loop: step (decode_one_token with its sampler) up to max_new_tokens times, replayed from
+    a CUDA graph of its shape with graphs. Every CHECK_EVERY steps the host looks: EOS, and
+    stop(line, tail, first) -> where a row's stop string ends in its tail, whose new tokens start
+    at `first`; then finished rows leave the batch if that shrinks it. -> (rows, {line: end})."""
+    ends, going = {}, rows.line[~rows.done].tolist()   # lines going at the last look
+    for t in range(max_new_tokens):
+        width = min(max_new_tokens, bucket(t + 1))
+        run = functools.partial(step, model, cache, rows, width)
+        graphs.replay(run, cache, width) if graphs else run()
+        if (t + 1) % CHECK_EVERY and t + 1 < max_new_tokens:
+            continue
+        if stop:  # the new tokens of the rows that were going, and the 11 before them
+            first = t - t % CHECK_EVERY
+            lo = max(0, first - 11)
+            for line, tail in zip(going, rows.tokens[going, lo:t + 1].tolist()):
+                end = stop(line, tail, first - lo)
+                ends.update({line: lo + end} if end else {})
+            rows.done |= torch.isin(rows.line, torch.tensor(list(ends), device=rows.line.device))
+        alive = (~rows.done).tolist()
+        going = [line for line, a in zip(rows.line.tolist(), alive) if a]
+        if not going:
+            break
+        cache, rows = compact(cache, rows, alive, t + 1, graphs) or (cache, rows)
+    return rows, ends
+
+
+def compact(cache, rows, alive, written, graphs=None):
+    """The rows still going, each prompt's padded with its finished ones to G' (a power of two), in
+    buffers of their size, so later steps compute for them alone; None unless that shrinks the
+    batch to COMPACT_AT of its rows. alive: [R] bools read at a look; written: own slots so far."""
+    _, layers, B, Hkv, G, L, d = cache.own.shape
+    going = [sum(alive[b * G:b * G + G]) for b in range(B)]
+    keep = [b for b in range(B) if going[b]]
+    G2 = min(G, 2 ** math.ceil(math.log2(max(going))))
+    if len(keep) * G2 > COMPACT_AT * B * G:
         return None
-    base = lambda m: getattr(m, "base_layer", m)
-    layers = [[(base(m).weight.t(), base(m).bias) for m in ms] for ms in linears]
-    d, const = decoder.layers[0].self_attn.head_dim, lambda x: torch.tensor(x, dtype=torch.float32)
-    ones = torch.ones(d, device=head.weight.device, dtype=head.weight.dtype)
-    return dict(layers=layers[:-1], head=layers[-1][0],
-                eps=const(decoder.norm.variance_epsilon), width=const(model.config.hidden_size),
-                scaling=const(decoder.layers[0].self_attn.scaling),
-                half=torch.arange(d, device=ones.device).roll(d // 2),  # rotate_half(x):
-                sign=torch.cat([-ones[:d // 2], ones[d // 2:]]))        # x[half] * sign
+    pick = torch.tensor([sorted(range(b * G, b * G + G), key=lambda r: not alive[r])[:G2]
+                         for b in keep], device=rows.done.device)  # [B', G']: going rows first
+    kept = torch.tensor(keep, device=pick.device)
+    moved = lambda name, x, shape: buffer(graphs, name, shape, x.dtype, x.device)
+    B2, P = len(keep), cache.prompt.shape[4]
+    new = RolloutCache(moved("prompt", cache.prompt, (2, layers, B2, Hkv, P, d)),
+                       moved("own", cache.own, (2, layers, B2, Hkv, G2, L, d)),
+                       moved("length", cache.length, kept.shape).copy_(cache.length[kept]),
+                       cache.slot)
+    # With graphs a new buffer is the front of its old one: layer by layer in storage order, each
+    # old layer is read before a smaller new one is written over it
+    for part, layer in itertools.product(range(2), range(layers)):
+        new.prompt[part, layer] = cache.prompt[part, layer, kept]
+        own = cache.own[part, layer][pick // G, :, pick % G, :written]  # [B', G', Hkv, written, d]
+        new.own[part, layer, ..., :written, :] = own.transpose(1, 2)
+    kept_rows = {f.name: getattr(rows, f.name)[pick.view(-1)] for f in dataclasses.fields(Rows)
+                 if f.name != "tokens"}
+    return new, Rows(**{name: moved(name, x, x.shape).copy_(x) for name, x in kept_rows.items()},
+                     tokens=rows.tokens)
 
 
-def decode_forward(model, plan, ids, position, shared):
-    """ids [R] (one new token per row), their positions [R] -> next-token logits [R, V]. With a plan
-    (decode_plan), the model's forward by hand on its own weights, the same arithmetic in about half
-    the ops of transformers' generic forward, which is the plain equivalent (run without a plan; the
-    two give the same tokens, tested): hidden states stay [R, H], no masks or kwargs, and the
-    constants are tensors."""
-    if plan is None:
-        return model(input_ids=ids[:, None], position_ids=position[:, None], use_cache=False,
-                     shared=shared).logits[:, -1]
-    decoder, R = model.get_decoder(), len(ids)
-    linear = lambda x, wb: torch.mm(x, wb[0]) if wb[1] is None else torch.addmm(wb[1], x, wb[0])
-
-    def rms_norm(x, norm):  # transformers' RMSNorm: in fp32, then the weight in the input dtype
-        h = x.float()
-        sum_sq = (h * h).sum(-1, keepdim=True)
-        return norm.weight * (h * sum_sq.div_(plan["width"]).add_(plan["eps"]).rsqrt_()).to(x.dtype)
-    x = decoder.embed_tokens(ids)  # [R, H]
-    cos, sin = (t[:, None] for t in decoder.rotary_emb(x, position[:, None]))  # [R, 1, 1, d]
-    sin = sin * plan["sign"]  # RoPE: x * cos + rotate_half(x) * sin, rotate_half by an index
-    for layer, (wq, wk, wv, wo, wg, wu, wd) in zip(decoder.layers, plan["layers"]):
-        h = rms_norm(x, layer.input_layernorm)
-        q, k, v = (linear(h, w).view(R, -1, 1, cos.shape[-1]) for w in (wq, wk, wv))  # [R, *, 1, d]
-        q, k = (t * cos + t.index_select(-1, plan["half"]) * sin for t in (q, k))
-        attention = shared_prompt_attention(layer.self_attn, q, k, v, scaling=plan["scaling"],
-                                            shared=shared)[0]
-        x = x + linear(attention.reshape(R, -1), wo)
-        h = rms_norm(x, layer.post_attention_layernorm)
-        x = x + linear(layer.mlp.act_fn(linear(h, wg)) * linear(h, wu), wd)
-    return linear(rms_norm(x, decoder.norm), plan["head"])  # [R, V]
-
-
-def decode_step(model, plan, rows, tokens, sample, eos_token_id, pad_token_id):
-    """One token for every row: the same shapes at every step of a width, and nothing asked of the
-    host, so a CUDA graph can capture it. A finished row samples on, masked: its tokens go to the
-    table as padding."""
-    s = rows.shared
-    nxt = sample(rows.logits, mix(rows.noise ^ s.slot)).masked_fill_(rows.done, pad_token_id)  # [R]
-    tokens.index_put_((rows.line, s.slot), nxt)
-    rows.done |= nxt == eos_token_id
-    keys_read = rows.key_pos[:, :s.keys[0].shape[2] + s.width]                       # [B, P + W]
-    query_pos = (rows.length + s.slot)[:, None]                                         # [B, 1]
-    s.visible = visible(keys_read, query_pos, getattr(model.config, "sliding_window", None))
-    rows.logits.copy_(decode_forward(model, plan, nxt, rows.start + s.slot, s))
-    s.slot += 1
-
-
-def compact(rows, alive):
-    """The rows still going, each prompt's padded to a common G with its finished ones, in buffers
-    of their size: later steps read and compute for them alone. alive: [R] bools, read at a look."""
-    B, G = len(rows.length), len(alive) // len(rows.length)
-    groups = [sorted(range(b * G, b * G + G), key=lambda r: not alive[r]) for b in range(B)]
-    keep = [b for b in range(B) if alive[groups[b][0]]]        # prompts with a row going
-    width = max(sum(alive[b * G:b * G + G]) for b in range(B))  # G': the most going in a group
-    pick = torch.tensor([groups[b][:width] for b in keep], device=rows.done.device)  # [B', G']
-    s, by_prompt, by_row = rows.shared, torch.tensor(keep, device=pick.device), pick.view(-1)
-    s.keys, s.values = [k[by_prompt] for k in s.keys], [v[by_prompt] for v in s.values]
-    for layer in s.cache:  # layer by layer: the old one freed at once
-        for i, x in enumerate(layer):
-            layer[i] = x.new_zeros(len(keep), x.shape[1], width, *x.shape[3:])  # [B',Hkv,G',L,d]
-            layer[i][..., :s.width, :] = x[pick // G, :, pick % G, :s.width].transpose(1, 2)
-    return Rows(s, rows.length[by_prompt], rows.key_pos[by_prompt],
-                *(getattr(rows, f)[by_row] for f in ("start", "noise", "line", "done", "logits")))
-
-
-def captured(graphs, key, step):
-    """Run step() as a CUDA graph, one per shape: the first time a shape comes, step() runs eagerly
-    (on a side stream: the capture's warm-up, and a real step), then is captured, not run; later
-    steps replay the graph."""
-    if key in graphs:
-        return graphs[key].replay()
+# ---------------------------------------------------------------- CUDA graphs, checked at run time
+def capture(step, pool):
+    """step() once eagerly (the capture's warm-up, and a real step), then captured as a CUDA graph,
+    not run: the graph's replay() runs its kernels again, on the same buffers."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
         step()
     torch.cuda.current_stream().wait_stream(side)
-    pool = graphs.setdefault("pool", torch.cuda.graph_pool_handle())   # one pool for every shape
-    graphs[key] = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graphs[key], pool=pool):
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
         step()
+    return graph
 
 
-def decode(model, prompts, noise, max_new_tokens, sample, eos_token_id, pad_token_id, stop,
-           cuda_graphs):
-    """One batch: prompts (token-id lists) and per prompt its rows' noise roots -> each row's tokens
-    (EOS kept)."""
-    device, L, B, G = model.device, max_new_tokens, len(prompts), max(map(len, noise))
-    hidden, passes = zip(*[prompt_pass(model, ids) for ids in prompts])  # each prompt's K/V, once
-    pad = lambda ts: torch.nn.utils.rnn.pad_sequence([t[0].transpose(0, 1) for t in ts], True)
-    keys, values = ([pad([kv[i][part] for kv in passes]).transpose(1, 2).contiguous()
-                     for i in range(len(passes[0]))] for part in (0, 1))   # per layer [B,Hkv,P,d]
-    length = torch.tensor(list(map(len, prompts)), device=device)                             # [B]
-    slots = torch.arange(keys[0].shape[2], device=device)
-    key_pos = torch.cat([torch.where(slots < length[:, None], slots, NO_KEY),
-                         length[:, None] + torch.arange(L, device=device)], 1)        # [B, P + L]
-    cache = [[k.new_zeros(B, k.shape[1], G, L, k.shape[3]) for _ in "kv"] for k in keys]
-    logits = model.get_output_embeddings()(torch.cat([h[:, -1] for h in hidden]))        # [B, V]
-    # G rows a prompt: one with fewer fills its group with copies of its last row, done at once
-    real = [b * G + g for b, group in enumerate(noise) for g in range(len(group))]
-    line = torch.arange(B * G, device=device)                                                # [R]
-    filler = ~torch.isin(line, torch.tensor(real, device=device))
-    noise = torch.stack([group[min(g, len(group) - 1)] for group in noise for g in range(G)])
-    slot = torch.zeros(1, dtype=torch.long, device=device)
-    rows = Rows(SharedPrompts(keys, values, None, cache, slot), length, key_pos,
-                length.repeat_interleave(G), noise, line, filler, logits.repeat_interleave(G, 0))
-    tokens = torch.full((B * G, L), pad_token_id, device=device)  # [R, L] the batch's table
-    ends, graphs, going, plan = {}, {}, real, decode_plan(model)
-    with sharing_prompts(model):
-        for t in range(L):
-            rows.shared.width = min(L, (t // WIDTH_STEP + 1) * WIDTH_STEP) if cuda_graphs else t + 1
-            step = lambda: decode_step(model, plan, rows, tokens, sample, eos_token_id,
-                                       pad_token_id)
-            captured(graphs, (len(rows.noise), rows.shared.width), step) if cuda_graphs else step()
-            if (t + 1) % CHECK_EVERY and t + 1 < L:
-                continue
-            # a look from the host: stop strings among the rows going, their last tokens
-            for line, row in zip(going, tokens[going, :t + 1].tolist() if stop else []):
-                hits = [u for u in range(max(0, t + 1 - CHECK_EVERY), t + 1)
-                        if stop(row[max(0, u - 11):u + 1])]
-                ends.update({line: hits[0] + 1} if hits else {})
-            ended = torch.tensor(list(ends), dtype=torch.long, device=device)
-            rows.done |= torch.isin(rows.line, ended)
-            alive = (~rows.done).tolist()
-            going = [line for line, a in zip(rows.line.tolist(), alive) if a]
-            if not going:
-                break
-            if len(going) <= COMPACT_AT * len(alive):
-                graphs.clear()                                     # new shapes: graphs recaptured
-                rows = compact(rows, alive)
+class Graphs:
+    """Decode steps replayed from CUDA graphs, one per shape (prompts, rows a prompt, padded prompt
+    length, new tokens, width): each captured once per run and replayed in every later batch and
+    step of its shape, on buffers kept for the run (`store`). One per model and sampling settings.
+    check() first decodes some steps both ways; on a mismatch, one warning, and eager decoding."""
 
-    def cut(row, end):  # at EOS (kept) or at the end of a stop string, whichever comes first
-        return row[:min(end, row.index(eos_token_id) + 1 if eos_token_id in row else end)]
-    return [cut(row, ends.get(r, L)) for r, row in enumerate(tokens.tolist()) if r in real]
+    def __init__(self):
+        self.store, self.captured, self.pool, self.ok = {}, {}, None, None
+
+    def replay(self, step, cache, width):
+        _, _, B, _, G, L, _ = cache.own.shape
+        key = (B, G, cache.prompt.shape[4], L, width)
+        if key in self.captured:
+            return self.captured[key].replay()
+        self.pool = self.pool or torch.cuda.graph_pool_handle()  # one memory pool for all shapes
+        self.captured[key] = capture(step, self.pool)
+
+    def check(self, model, prompt, step):
+        """4 rows of one prompt for WIDTH_STEP + 2 * CHECK_EVERY steps, across a width change and a
+        compaction (rows 1 and 3 end at the look after half the steps), eagerly and from graphs:
+        the same tokens and logits, else eager decoding from now on."""
+        steps, looks = WIDTH_STEP + 2 * CHECK_EVERY, collections.Counter()
+
+        def halfway(line, tail, first):  # one call per row going at each look
+            looks[line] += 1
+            return first if line % 2 and looks[line] * CHECK_EVERY >= steps // 2 else None
+        noise = [noise_roots(0, [(0, s) for s in range(4)], model.device)]
+        runs = []
+        for graphs in (None, self):
+            looks.clear()
+            cache, rows = prefill(model, [prompt], noise, steps, graphs)
+            runs.append(decode_n_tokens(model, cache, rows, steps, step, halfway, graphs)[0])
+        eager, graphed = runs
+        diff = (eager.logits - graphed.logits).abs().max().item()
+        self.ok = torch.equal(eager.tokens, graphed.tokens) and diff <= 1e-2 * (
+            1 + eager.logits.abs().max().item())
+        if self.ok:
+            print(f"CUDA graphs: {steps} decode steps replayed as eager ones ran them (the same "
+                  f"tokens, logits within {diff:.1e}); one graph per shape")
+        else:
+            print("warning: CUDA graphs decode differently from eager decoding here (generation."
+                  "Graphs.check): decoding eagerly for the rest of the run", file=sys.stderr)
 
 
+def cuda_graphs(enabled=True):
+    """A Graphs for a run's decoding on CUDA; None (eager) if not enabled, and on the CPU."""
+    return Graphs() if enabled and torch.cuda.is_available() else None
+
+
+# ----------------------------------------------------------------------------- generate
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
-             eos_token_id=None, pad_token_id=0, seed=0, keys=None, stop_strings=(), tokenizer=None,
-             batch_size=64, cuda_graphs=False):
+             eos_token_id=None, pad_token_id=0, seed=0, prompt_numbers=None, stop=None,
+             batch_size=64, graphs=None):
     """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
     Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
-    prompt p draws from noise keyed by (seed, keys[p], s) (keys default to 0, 1, ...): the same
-    tokens whichever rows share its batch or process, up to float rounding of the logits. Stops at
-    EOS, max_new_tokens, or (with a tokenizer) a stop string in the tail. Each batch of rows decodes
-    with fixed shapes into preallocated K/V (each prompt's once, B*P tokens, plus every row's own,
-    R*L tokens), looking from the host every CHECK_EVERY steps; cuda_graphs replays each step's
-    kernels."""
+    prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default): the
+    same tokens whichever rows share its batch or process, up to float rounding of the logits.
+    Stops at EOS, max_new_tokens, or where stop(line, tail, first) says (decode_n_tokens). Decodes
+    B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step replays a
+    CUDA graph."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
-    keys = range(len(prompt_ids)) if keys is None else keys
-    stop = None
-    if stop_strings and tokenizer:
-        stop = lambda toks: any(s in tokenizer.decode(toks) for s in stop_strings)
-    batches = []  # consecutive rows, B prompts x G rows (the most of any prompt) <= batch_size
-    for job in ((p, s) for p in range(len(prompt_ids)) for s in samples[p]):
-        counts = collections.Counter(p for p, _ in batches[-1] + [job]) if batches else {}
-        if counts and len(counts) * max(counts.values()) <= batch_size:
-            batches[-1].append(job)
-        else:
-            batches.append([job])
+    numbers = range(len(prompt_ids)) if prompt_numbers is None else prompt_numbers
+    eos = -1 if eos_token_id is None else eos_token_id
+    step = functools.partial(decode_one_token, eos_token_id=eos, pad_token_id=pad_token_id,
+                             sample=functools.partial(sample, temperature=temperature, top_p=top_p))
+    # a batch: B prompts x G rows <= batch_size (a prompt with more samples is split)
+    G = min(batch_size, max([1, *map(len, samples)]))
+    jobs = [(p, list(s[i:i + G])) for p, s in enumerate(samples) for i in range(0, len(s), G)]
+    batches = [jobs[i:i + batch_size // G] for i in range(0, len(jobs), batch_size // G)]
     results = [[] for _ in prompt_ids]
-    for batch in batches:
-        prompts = list(dict.fromkeys(p for p, _ in batch))
-        noise = [sample_keys(seed, [(keys[p], s) for q, s in batch if q == p], model.device)
-                 for p in prompts]
-        rows = decode(model, [prompt_ids[p] for p in prompts], noise, max_new_tokens,
-                      lambda logits, key: sample_next(logits, temperature, top_p, key),
-                      -1 if eos_token_id is None else eos_token_id, pad_token_id, stop, cuda_graphs)
-        for (p, _), tokens in zip(batch, rows):
-            results[p].append(tokens)
+    with attention_by_purpose(model):
+        for batch in batches:
+            noise = [noise_roots(seed, [(numbers[p], s) for s in group], model.device)
+                     for p, group in batch]
+            if graphs and graphs.ok is None:
+                graphs.check(model, prompt_ids[batch[0][0]], step)
+            use = graphs if graphs and graphs.ok else None
+            cache, rows = prefill(model, [prompt_ids[p] for p, _ in batch], noise, max_new_tokens,
+                                  use)
+            rows, ends = decode_n_tokens(model, cache, rows, max_new_tokens, step, stop, use)
+            G, tokens = len(rows.tokens) // len(batch), rows.tokens.tolist()
+            for b, (p, group) in enumerate(batch):
+                for line in range(b * G, b * G + len(group)):
+                    row = tokens[line][:ends.get(line, max_new_tokens)]
+                    results[p].append(row[:row.index(eos) + 1] if eos in row else row)
     return results
-
-
-# ----------------------------------------------------------------------------- processes (torchrun)
-# how long a process may wait for the others (an AIME chunk: tens of minutes)
-TIMEOUT = "DIST_TIMEOUT_MINUTES"
-
-
-def distributed(flags=None):
-    """(rank, world size); plain `python` is process 0 of 1. Under torchrun: joins its process group
-    (NCCL on GPUs, gloo on CPU), takes GPU LOCAL_RANK, and stops every process if any was started
-    with `flags` other than process 0's. A process waits for the others at most
-    $DIST_TIMEOUT_MINUTES (default 180; NCCL's own default, 10 minutes, is shorter than one
-    evaluation chunk at n = 2,048, and its watchdog would tear the run down)."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world > 1 and not dist.is_initialized():
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-        minutes = float(os.environ.get(TIMEOUT, 180))
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
-                                timeout=datetime.timedelta(minutes=minutes))
-    ranks = gather(flags) if flags is not None else [{}]
-    bad = [f"process {r}: --{k.replace('_', '-')}"
-           for r, f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]
-    if bad:
-        raise ValueError("processes were started with flags other than process 0's (the run's): "
-                         + ", ".join(bad))
-    return int(os.environ.get("RANK", 0)), world
-
-
-def gather(obj):
-    """Every process's obj, in rank order, on every process ([obj] alone); also a barrier."""
-    if not dist.is_initialized():
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def rounds(chunks, work, path, desc):
-    """Deal chunks round-robin over the processes: each round, every process runs work(its chunk) ->
-    a list of rows, and process 0 appends them all to the JSONL file `path` in chunk order, the
-    order one process would."""
-    rank, world = distributed()
-    for first in tqdm(range(0, len(chunks), world), desc=desc, unit="round", disable=rank > 0):
-        rows = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
-        if rank == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # once a row comes
-            with open(path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n"
-                             for part in rows for row in part)
-
-
-def run_main(main):
-    """A script's entry: main(); a bad input (a missing or damaged file, an impossible flag, a model
-    that does not load) -> one line `error: ...` and exit status 1. Under torchrun, after success,
-    the processes wait for each other (every send has arrived), then tear the process group down;
-    on gloo they exit skipping C++ teardown instead, where finished processes aborted in 1-3 % of
-    runs."""
-    try:
-        main()
-    except (OSError, ValueError, KeyError, ImportError, FloatingPointError, RuntimeError) as e:
-        text = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str: a repr
-        line = (str(text).strip() or repr(e)).splitlines()[0]
-        if isinstance(e, RuntimeError):
-            if "imed out" not in line:  # gloo's and NCCL's timeouts say "Timed out"; else a bug
-                raise
-            line = f"a process waited longer than ${TIMEOUT} minutes for the others ({line})"
-        sys.exit(f"error: {line}")
-    if dist.is_initialized():
-        gather(None)
-        if dist.get_backend() != "gloo":
-            return dist.destroy_process_group()
-        sys.stdout.flush(), sys.stderr.flush()
-        os._exit(0)

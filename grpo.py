@@ -42,18 +42,19 @@ from drafts import (
     training_problems,
 )
 from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
-from extras.trackers import tracker
 from generation import (
+    attention_by_purpose,
+    backward_through_prompt,
     cache_bytes,
+    causal_attention,
     completion_states,
-    distributed,
-    gather,
+    cuda_graphs,
     generate,
     load_model,
     prompt_once,
-    run_main,
 )
 from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
+from processes import distributed, gather, run_main
 from reward import is_equiv, lenient_answer, reward
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
@@ -91,7 +92,7 @@ def parse_args(argv=None):
         ("--resume", False, "continue from the newest complete checkpoint in --output-dir"),
         ("--rollout-batch-size", 64, "sequences decoded together", COUNT),
         ("--micro-batch-tokens", 16384, "padded tokens per forward/backward in the update", COUNT),
-        ("--cuda-graphs", False, "replay each decode step as a CUDA graph (off until measured)"),
+        ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--report-to", "none", "an experiment tracker as well", ("none", "wandb", "tensorboard")),
         ("--run-name", None, "the tracker's name for the run (default: the output folder's)"),
         ("--log-completions", 10, "every N steps, all rollouts to completions.jsonl; 0: off", SEED),
@@ -107,13 +108,13 @@ def group_advantages(rewards):
     return rewards - rewards.mean(dim=1, keepdim=True)     # Dr. GRPO: no division by the group std
 
 
-def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, max_new_tokens, clip_eps=0.2):
-    """-(1/(N*L_max)) * sum mask * min(rho*A, clip(rho)*A).  logprobs, old, mask [N, T]; A [N]."""
+def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, normaliser, clip_eps=0.2):
+    """-(1 / normaliser) * sum mask * min(rho * A, clip(rho) * A).  logprobs, old, mask [N, T];
+    A [N]."""
     ratio = torch.exp(logprobs - old_logprobs)                                # [N, T], 1 on-policy
     adv = advantages[:, None]                                                              # [N, 1]
     per_token = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)      # [N, T]
-    # Dr. GRPO: divide by N * L_max, a constant, not by each completion's length |o|
-    return -(per_token * mask).sum() / (logprobs.shape[0] * max_new_tokens)
+    return -(per_token * mask).sum() / normaliser
 
 
 # ----------------------------------------------------------------------------- the update
@@ -121,6 +122,53 @@ class Update(NamedTuple):
     loss: float            # this process's share of the step's loss
     entropy: float         # the policy's per-token entropy, summed over the completions run forward
     tokens: int            # how many completion tokens that is
+
+
+# the update runs each prompt forward once for all its completions, which attend to its K/V;
+# False: each [prompt; completion] row whole (the plain way; the same gradient, tested)
+PROMPT_ONCE = True
+
+
+def policy_update(model, prompt_ids, completions, advantages, args, owned=None):
+    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
+    samples owned[b]): micro-batch by micro-batch, forward [prompt; completion], log-probs, loss,
+    backward. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    B, G, device = len(prompt_ids), len(completions[0]), model.device
+    owned, update = owned or [range(G)] * B, Update(0.0, 0.0, 0)
+    normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
+    with attention_by_purpose(model):   # in backward too: checkpointed layers rerun their forward
+        for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
+            prompt = torch.tensor([prompt_ids[b]], device=device)                       # [1, P]
+            once = prompt_once(model, prompt) if PROMPT_ONCE else None
+            lengths = [len(completions[b][g]) for g in owned[b]]
+            rows = [prompt.shape[1] + n for n in lengths]                 # [prompt; completion]
+            for mb in micro_batches(rows, args.micro_batch_tokens):
+                gs = [owned[b][k] for k in mb]
+                ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True).to(device)
+                mask = torch.arange(ids.shape[1], device=device) < torch.tensor(
+                    [lengths[k] for k in mb], device=device)[:, None]                    # [n, T]
+                if once:    # each completion attends to the prompt's one K/V copy
+                    hidden = completion_states(model, once, ids)                       # [n, T, H]
+                else:       # plainly: [prompt; completion] through the model, each row whole
+                    hidden = whole_row_states(model, prompt, ids)                      # [n, T, H]
+                logprobs, entropy = completion_logprobs(model, hidden, ids, mask,
+                                                        args.temperature)           # [n, T] each
+                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device),
+                                    mask, normaliser, args.clip_eps)
+                loss.backward()
+                update = Update(update.loss + loss.item(), update.entropy + entropy.sum().item(),
+                                update.tokens + int(mask.sum()))
+            if once:        # the micro-batches' gradient on the prompt's K/V, through its pass once
+                backward_through_prompt(once)
+    return update
+
+
+def whole_row_states(model, prompt, ids):
+    """completion_states the plain way: each row [prompt; completion] through the decoder whole;
+    the hidden states at the positions that predict the completion's tokens [n, T, H]."""
+    whole = torch.cat([prompt.expand(len(ids), -1), ids], 1)                          # [n, P + T]
+    hidden = model.get_decoder()(input_ids=whole, use_cache=False, attention=causal_attention)
+    return hidden.last_hidden_state[:, prompt.shape[1] - 1:-1]
 
 
 def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
@@ -157,64 +205,44 @@ def micro_batches(lengths, budget):
     return batches + ([current] if current else [])
 
 
-def policy_update(model, prompt_ids, completions, advantages, args, owned=None):
-    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
-    samples owned[b]). Plainly: a forward and backward of dr_grpo_loss per (prompt + completion);
-    here each prompt runs forward once and its completions attend to its K/V, micro-batch by
-    micro-batch. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
-    B, G, device = len(prompt_ids), len(completions[0]), next(model.parameters()).device
-    owned, update = owned or [range(G)] * B, Update(0.0, 0.0, 0)
-    for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
-        with prompt_once(model, prompt_ids[b]) as prompt:   # on leaving: back through the prompt
-            lengths = [len(prompt_ids[b]) + len(completions[b][g]) for g in owned[b]]
-            for mb in micro_batches(lengths, args.micro_batch_tokens):
-                gs = [owned[b][k] for k in mb]
-                ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True, -1)
-                ids, mask = ids.clamp(min=0).to(device), (ids >= 0).to(device)  # [n, T], pad: 0
-                hidden = completion_states(model, prompt, ids)                         # [n, T, H]
-                logprobs, entropy = completion_logprobs(model, hidden, ids, mask,
-                                                        args.temperature)           # [n, T] each
-                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device),
-                                    mask.float(), args.max_new_tokens, args.clip_eps)
-                loss = loss * len(gs) / (B * G)  # Dr. GRPO: the normaliser is the batch's B*G*L_max
-                loss.backward()
-                update = Update(update.loss + loss.item(), update.entropy + entropy.sum().item(),
-                                update.tokens + int(mask.sum()))
-    return update
-
-
 # ----------------------------------------------------------------------------- the rollouts
 class Rollouts(NamedTuple):
     completions: list      # [B][G] token ids, EOS kept
     texts: list            # [B][G] the completions decoded
     rewards: torch.Tensor  # [B, G]
+    answers: list          # [B][G] each completion's answer (reward.lenient_answer)
 
 
-def sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned, reward_fn):
-    """This process's share of the step's rollouts (all of them on one process), sampled with the
-    LoRA merged into the base weights (base-model speed; the exact base weights come back after)
-    and graded; then every process's share, gathered: all B x G in sample order. Sample g of prompt
-    b draws from noise keyed by (seed, step, b, g): the same tokens on any number of processes."""
+def sample_rollouts(model, tokenizer, prompt_ids, problems, step, args, owned, reward_fn,
+                    graphs=None):
+    """The step's B x G rollouts, graded: this process's share (all of them on one process),
+    sampled with the LoRA merged into the base weights (base-model speed; the exact base weights
+    come back after), then every process's share gathered. Sample g of prompt b draws from noise
+    hashed from (seed, step, b, g): the same tokens on any number of processes."""
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
     model.eval()
-    rows = min(B * G, args.rollout_batch_size)
-    with merged(model, spare=cache_bytes(model, B * args.max_prompt_tokens, rows, L)):
-        outs = generate(model, prompt_ids, n=owned, max_new_tokens=L, temperature=args.temperature,
-                        top_p=args.top_p, eos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id, seed=args.seed * 1_000_003 + step,
-                        batch_size=args.rollout_batch_size, cuda_graphs=args.cuda_graphs)
-    texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group] for group in outs]
-    graded = [list(zip(group, ts, [reward_fn(t, r["answer"]) for t in ts]))
-              for group, ts, r in zip(outs, texts, batch)]
-    graded = [sum(shares, []) for shares in zip(*gather(graded))]   # every process's, by group
-    completions, texts, rewards = ([[x[i] for x in group] for group in graded] for i in range(3))
-    return Rollouts(completions, texts, torch.tensor(rewards, dtype=torch.float32))
+    batch_rows = min(B * G, args.rollout_batch_size)
+    with merged(model, spare=cache_bytes(model, B * args.max_prompt_tokens, batch_rows, L)):
+        completions = generate(model, prompt_ids, n=owned, max_new_tokens=L,
+                               temperature=args.temperature, top_p=args.top_p,
+                               eos_token_id=tokenizer.eos_token_id,
+                               pad_token_id=tokenizer.pad_token_id,
+                               seed=args.seed * 1_000_003 + step,
+                               batch_size=args.rollout_batch_size, graphs=graphs)
+    decode = lambda c: tokenizer.decode(c, skip_special_tokens=True)
+    texts = [[decode(c) for c in group] for group in completions]
+    rewards = [[reward_fn(t, p["answer"]) for t in group] for group, p in zip(texts, problems)]
+    answers = [[lenient_answer(t) for t in group] for group in texts]
+    shares = gather((completions, texts, rewards, answers))  # every process's, in sample order
+    completions, texts, rewards, answers = ([sum((share[i][b] for share in shares), [])
+                                             for b in range(B)] for i in range(4))
+    return Rollouts(completions, texts, torch.tensor(rewards, dtype=torch.float32), answers)
 
 
 # ----------------------------------------------------------------------------- the loop
-def train(args, rows, model, tokenizer, reward_fn=None):
-    """Run args.max_steps Dr. GRPO steps over rows; reward_fn(completion_text, gold) -> float
-    (reward.py's lenient training reward by default)."""
+def train(args, problems, model, tokenizer, reward_fn=None):
+    """Run args.max_steps Dr. GRPO steps over the training problems; reward_fn(completion_text,
+    gold) -> float (reward.py's lenient training reward by default)."""
     reward_fn, B, G = reward_fn or reward, args.prompts_per_step, args.num_generations
     # torchrun: each process samples and updates its own share of the B x G rollouts, and the LoRA
     # gradients are summed over processes (sum_over_processes); one process: all of them, as is
@@ -225,17 +253,19 @@ def train(args, rows, model, tokenizer, reward_fn=None):
     for p in params:
         p.grad = torch.zeros_like(p)  # each step steps the optimizer, even if advantages are all 0
     enable_checkpointing(model)      # recompute layer activations in backward: memory for compute
+    graphs = cuda_graphs(not args.no_cuda_graphs)   # on CUDA: decode steps replayed, checked first
     start = start_or_resume(args, model, optimizer)
-    log = RunLog(args, start, len(rows))   # metrics.jsonl, completions.jsonl, tracker; process 0
-    with stop_signals() as signals:        # Slurm's time limit or preemption: the step ends first
+    log = RunLog(args, start)  # metrics.jsonl, completions.jsonl, tracker; process 0
+    skips = 0                                 # non-finite steps in a row
+    with stop_signals() as signals:     # Slurm's time limit or preemption: the step ends first
         for step in log.steps:
             # ---- rollouts
             t0 = time.time()
-            batch = step_rows(rows, step, B, args.seed)                              # B problems
+            batch = step_problems(problems, step, B, args.seed)                     # B problems
             prompt_ids = [encode_prompt(tokenizer, build_prompt(
-                r["problem"], r["draft"], tokenizer, args.max_prompt_tokens)) for r in batch]
+                p["problem"], p["draft"], tokenizer, args.max_prompt_tokens)) for p in batch]
             rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned,
-                                       reward_fn)                                   # B x G, graded
+                                       reward_fn, graphs)                          # B x G, graded
             advantages = group_advantages(rollouts.rewards)                                # [B, G]
             # ---- the update
             t1 = time.time()
@@ -247,8 +277,14 @@ def train(args, rows, model, tokenizer, reward_fn=None):
             skipped = not math.isfinite(grad_norm + update.loss)  # NaN/inf: no step, nothing kept
             if not skipped:
                 optimizer.step()
-            log.step(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
-                     (t0, t1, time.time()))
+            times, epoch = (t0, t1, time.time()), step * B / len(problems)
+            log.step(step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
+                                 times, args, epoch), completion_lines(step, batch, rollouts, args))
+            skips = skips + 1 if skipped else 0
+            if skips == MAX_SKIPS:
+                raise FloatingPointError(f"step {step}: {skips} steps in a row had a non-finite "
+                                         "loss or gradient norm (skipped); try a lower --lr, and "
+                                         "check the data and the model's dtype")
             checkpoint_or_stop(args, step, model, optimizer, signals)
     log.close()
     return model
@@ -287,16 +323,16 @@ def _epoch_order(n, seed, epoch):
     return torch.randperm(n, generator=generator).tolist()
 
 
-def step_rows(rows, step, batch, seed):
-    """The prompts of optimizer step `step` (1-based): a fixed seeded shuffle per epoch, so resume
+def step_problems(problems, step, batch, seed):
+    """The problems of optimizer step `step` (1-based): a fixed seeded shuffle per epoch, so resume
     needs no state."""
-    n = len(rows)
-    return [rows[_epoch_order(n, seed, pos // n)[pos % n]]
+    n = len(problems)
+    return [problems[_epoch_order(n, seed, pos // n)[pos % n]]
             for pos in range((step - 1) * batch, step * batch)]
 
 
-def load_rows(args):
-    """Training rows for args.variant, restricted to the recipe's universe (levels 3-5, not in
+def load_problems(args):
+    """The training problems of args.variant, in the recipe's universe (levels 3-5, not in
     --exclude)."""
     excluded = {r["id"] for r in load_jsonl(args.exclude)} if args.exclude else set()
     if args.drafts:
@@ -324,7 +360,7 @@ def load_rows(args):
 # ----------------------------------------------------------------------------- checkpoints
 KEEP_OPTIMIZER = 2   # the newest checkpoints with AdamW's state: a damaged one has one before it
 FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size",
-        "micro_batch_tokens", "cuda_graphs", "model", "data", "drafts", "exclude", "report_to",
+        "micro_batch_tokens", "no_cuda_graphs", "model", "data", "drafts", "exclude", "report_to",
         "run_name", "log_completions"}                  # flags a resumed run may change
 
 
@@ -448,72 +484,77 @@ def keep_upto(path, step):
     return records
 
 
-class RunLog:
-    """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step;
-    completions.jsonl, every rollout of every --log-completions-th step; the tracker's records
-    (--report-to). A resumed run keeps the lines up to its checkpoint and continues the tracker's
-    run. Also the progress bar, and the guard that stops a run after MAX_SKIPS non-finite steps in
-    a row."""
+def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, args,
+                epoch):
+    """A step's line in metrics.jsonl."""
+    rewards, (B, G) = rollouts.rewards, rollouts.rewards.shape
+    rate = lambda key: sum(is_equiv(a, p[key]) for group, p in zip(rollouts.answers, batch)
+                           for a in group) / (B * G) if "draft_pred" in batch[0] else None
+    lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
+                           dtype=torch.float32)                                         # [B*G]
+    zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()          # [B] no learning signal
+    return {"step": step,
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().nan_to_num().item(),
+            "frac_reward_zero_std": zero_std.mean().item(),
+            "completion_length": lengths.mean().item(),
+            "clipped_ratio": (lengths >= args.max_new_tokens).float().mean().item(),
+            "prompt_length": sum(map(len, prompt_ids)) / B,
+            "loss": update.loss,
+            "grad_norm": grad_norm,
+            "entropy": update.entropy / update.tokens if update.tokens else None,
+            "lr": args.lr,
+            "epoch": epoch,
+            "skipped": skipped,
+            "draft_answer_rate": rate("draft_pred"),     # rollouts answering as the draft did
+            "gold_answer_rate": rate("answer"),
+            "rollout_time": times[1] - times[0],
+            "update_time": times[2] - times[1],
+            "step_time": times[2] - times[0]}
 
-    def __init__(self, args, start, num_rows):
-        self.args, self.num_rows, self.streak = args, num_rows, 0
+
+def completion_lines(step, batch, rollouts, args):
+    """completions.jsonl's lines: every rollout of every --log-completions-th step."""
+    if not args.log_completions or step % args.log_completions:
+        return []
+    return [{"step": step, "id": p["id"], "variant": args.variant,
+             "draft_answer": p.get("draft_pred"), "completion": text, "reward": value,
+             "answer": answer}
+            for p, *group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), rollouts.answers)
+            for text, value, answer in zip(*group)]
+
+
+class RunLog:
+    """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step, with
+    the count of skipped steps; completions.jsonl; the tracker's records (--report-to); the
+    progress bar. A resumed run keeps the lines up to its checkpoint and continues the tracker's."""
+
+    def __init__(self, args, start):
         self.writes = distributed()[0] == 0
         self.paths = [os.path.join(args.output_dir, f"{name}.jsonl")
                       for name in ("metrics", "completions")]
         kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
         self.skipped = sum(r.get("skipped", False) for r in kept[0])
-        self.tracker = self.writes and tracker(args.report_to, args.output_dir, args.run_name,
-                                               vars(args), start)
+        self.tracker = None
+        if self.writes and args.report_to != "none":
+            from extras.trackers import tracker  # an optional extra, imported when asked for
+            self.tracker = tracker(args.report_to, args.output_dir, args.run_name, vars(args),
+                                   start)
         self.steps = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}",
                           unit="step", initial=start, total=args.max_steps, disable=not self.writes)
 
-    def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times):
-        args, rewards, (B, G) = self.args, rollouts.rewards, rollouts.rewards.shape
-        self.skipped, self.streak = self.skipped + skipped, self.streak + 1 if skipped else 0
-        answers = [[lenient_answer(t) for t in group] for group in rollouts.texts]       # [B][G]
-        rate = lambda key: sum(is_equiv(a, r[key]) for group, r in zip(answers, batch)
-                               for a in group) / (B * G) if "draft_pred" in batch[0] else None
-        lens = torch.tensor([len(c) for group in rollouts.completions for c in group],
-                            dtype=torch.float32)                                        # [B*G]
-        zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()     # [B] no learning signal
-        record = {"step": step,
-                  "reward": rewards.mean().item(),
-                  "reward_std": rewards.std().nan_to_num().item(),
-                  "frac_reward_zero_std": zero_std.mean().item(),
-                  "completion_length": lens.mean().item(),
-                  "clipped_ratio": (lens >= args.max_new_tokens).float().mean().item(),
-                  "prompt_length": sum(map(len, prompt_ids)) / B,
-                  "loss": update.loss,
-                  "grad_norm": grad_norm,
-                  "entropy": update.entropy / update.tokens if update.tokens else None,
-                  "lr": args.lr,
-                  "epoch": step * B / self.num_rows,
-                  "skipped": skipped,
-                  "skipped_steps": self.skipped,
-                  "draft_answer_rate": rate("draft_pred"),   # rollouts answering as the draft did
-                  "gold_answer_rate": rate("answer"),
-                  "rollout_time": times[1] - times[0],
-                  "update_time": times[2] - times[1],
-                  "step_time": times[2] - times[0]}
-        table = []   # completions.jsonl's lines: every rollout, every --log-completions steps
-        if args.log_completions and step % args.log_completions == 0:
-            table = [{"step": step, "id": r["id"], "variant": args.variant,
-                      "draft_answer": r.get("draft_pred"), "completion": text, "reward": value,
-                      "answer": answer}
-                     for r, *row in zip(batch, rollouts.texts, rewards.tolist(), answers)
-                     for text, value, answer in zip(*row)]
-        for path, lines in zip(self.paths, ([record], table)):
-            if self.writes and lines:
+    def step(self, record, lines):
+        self.skipped += record["skipped"]
+        record["skipped_steps"] = self.skipped
+        for path, written in zip(self.paths, ([record], lines)):
+            if self.writes and written:
                 with open(path, "a") as f:
-                    f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+                    f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in written)
         if self.tracker:
-            self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, step, table)
+            self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, record["step"],
+                             lines)
         self.steps.set_postfix(reward=f"{record['reward']:.3f}",
                                len=f"{record['completion_length']:.0f}")
-        if self.streak >= MAX_SKIPS:
-            raise FloatingPointError(f"step {step}: {self.streak} steps in a row had a non-finite "
-                                     "loss or gradient norm (skipped); try a lower --lr, and check "
-                                     "the data and the model's dtype")
 
     def close(self):
         if self.tracker:
@@ -529,14 +570,14 @@ def main(argv=None):
     if world > (rollouts := args.prompts_per_step * args.num_generations):
         raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process "
                          "per rollout")
-    rows = load_rows(args)                      # fail on bad data before loading a 7B model
+    problems = load_problems(args)              # fail on bad data before loading a 7B model
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)                # LoRA A init
     apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS)
-    print(f"{len(rows)} training prompts, variant {args.variant}, {world} process(es), output "
+    print(f"{len(problems)} training prompts, variant {args.variant}, {world} process(es), output "
           f"{args.output_dir}, {sum(p.numel() for p in model.parameters() if p.requires_grad):,} "
           "LoRA weights")
-    return train(args, rows, model, tokenizer)
+    return train(args, problems, model, tokenizer)
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import drafts
 import evaluate
-import generation
 import grpo
+import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_problems.jsonl",
@@ -55,11 +55,11 @@ def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, mon
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
     script = tmp_path / "train.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nimport generation, grpo\n"
+    script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nimport processes, grpo\n"
                       f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
                       "import test_bad_input\n"
                       f"grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n"
-                      "generation.run_main(lambda: grpo.main(sys.argv[1:]))\n")
+                      "processes.run_main(lambda: grpo.main(sys.argv[1:]))\n")
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the threads of this process: the same sums
     run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5",
                           "--output-dir", tmp_path / "cut"],
@@ -92,9 +92,9 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, monk
 
 
 def error(module, *argv):
-    """Run a script as its entry point does (generation.run_main); the one line it exits with."""
+    """Run a script as its entry point does (processes.run_main); the one line it exits with."""
     with pytest.raises(SystemExit) as e:
-        generation.run_main(lambda: module.main([str(a) for a in argv]))
+        processes.run_main(lambda: module.main([str(a) for a in argv]))
     message = str(e.value.code)
     assert message.startswith("error: ") and "\n" not in message, message
     return message

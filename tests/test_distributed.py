@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 
 import drafts
 import evaluate
-import generation
 import grpo
+import processes
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A reward that depends on the completion's text (the tiny model's lenient reward is always 0):
@@ -112,18 +112,18 @@ def test_processes_wait_for_each_other_up_to_the_timeout_they_are_given(tmp_path
     torchrun tests run under the default."""
     script = tmp_path / "slow.py"
     script.write_text(f"import os, sys, time\nsys.path.insert(0, {ROOT!r})\n"
-                      "import evaluate, generation\n"
+                      "import evaluate, generation, processes\n"
                       "work = generation.generate\n"
                       "def slow(*a, **kw):\n"
                       "    time.sleep(8 * (os.environ['RANK'] == '1'))\n"
                       "    return work(*a, **kw)\n"
                       "generation.generate = slow\n"
-                      "generation.run_main(lambda: evaluate.main(sys.argv[1:]))\n")
+                      "processes.run_main(lambda: evaluate.main(sys.argv[1:]))\n")
     run = torchrun(str(script), "--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "2",
                    "--max-new-tokens", "4", "--batch-size", "1", "--output", tmp_path / "r.json",
-                   env={generation.TIMEOUT: "0.05"})
+                   env={processes.TIMEOUT: "0.05"})
     assert run.returncode != 0, run.stderr[-3000:]
-    assert f"waited longer than ${generation.TIMEOUT}" in run.stderr, run.stderr[-3000:]
+    assert f"waited longer than ${processes.TIMEOUT}" in run.stderr, run.stderr[-3000:]
     assert "Timed out waiting 3000ms" in run.stderr
 
 
@@ -131,12 +131,12 @@ def test_run_main_tears_nccl_down_and_skips_only_gloos_teardown(monkeypatch):
     import torch.distributed as dist
     calls = []
     monkeypatch.setattr(dist, "is_initialized", lambda: True)
-    monkeypatch.setattr(generation, "gather", lambda obj: calls.append("barrier"))
+    monkeypatch.setattr(processes, "gather", lambda obj: calls.append("barrier"))
     monkeypatch.setattr(dist, "destroy_process_group", lambda: calls.append("destroy"))
     monkeypatch.setattr(os, "_exit", lambda code: calls.append(f"_exit {code}"))
     for backend in ("nccl", "gloo"):
         monkeypatch.setattr(dist, "get_backend", lambda: backend)
-        generation.run_main(lambda: None)
+        processes.run_main(lambda: None)
     assert calls == ["barrier", "destroy", "barrier", "_exit 0"]
 
 

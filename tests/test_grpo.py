@@ -21,7 +21,7 @@ def test_loss_value_and_gradient_match_the_formula():
     logprobs = torch.randn(N, T, requires_grad=True)
     adv = torch.tensor([0.5, -0.25, 1.0])
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 1, 0, 0, 0]], dtype=torch.float32)
-    loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, mask, L)
+    loss = dr_grpo_loss(logprobs, logprobs.detach(), adv, mask, N * L)
     expected = -(adv[:, None] * mask).sum() / (N * L)  # rho = 1: -(1/(N*L_max)) sum A
     assert torch.allclose(loss, expected)
     loss.backward()
@@ -264,14 +264,14 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
 
 def test_variant_without_pool_and_pool_without_problems_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="needs a draft pool"):
-        grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong"))
+        grpo.load_problems(run_args(tmp_path, "--variant", "mismatched-wrong"))
     pool = tmp_path / "pool.jsonl"
     draft = {"text": "x", "correct_strict": False, "correct_quasi": False}
     row = {"id": "t0", "problem": "p", "answer": "1", "level": 3, "drafts": [draft]}
     pool.write_text(json.dumps(row) + "\n")
     with pytest.raises(ValueError, match="lacks 4 problem"):
-        grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts", str(pool),
-                                "--data", "tests/data/tiny_problems.jsonl"))
+        grpo.load_problems(run_args(tmp_path, "--variant", "mismatched-wrong", "--drafts",
+                                    str(pool), "--data", "tests/data/tiny_problems.jsonl"))
     with pytest.raises(SystemExit):
         grpo.parse_args(["--variant", "mismatched-wrogn"])
 
@@ -284,7 +284,7 @@ def test_training_seed_does_not_change_the_draft_pairing(tmp_path):
                       for k in range(4)]
             row = {"id": f"t{i}", "problem": f"p{i}", "answer": "1", "level": 4, "drafts": drafts}
             f.write(json.dumps(row) + "\n")
-    rows = lambda *extra: grpo.load_rows(run_args(tmp_path, "--variant", "mismatched-wrong",
+    rows = lambda *extra: grpo.load_problems(run_args(tmp_path, "--variant", "mismatched-wrong",
                                                   "--drafts", str(pool), *extra))
     assert rows("--seed", "0") == rows("--seed", "7")  # same pairing for every training seed
     assert rows("--variant-seed", "1") != rows()
@@ -386,7 +386,7 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
             {"id": "b", "problem": "q", "answer": "5", "draft": "no answer", "draft_pred": None}]
     texts = [["\\boxed{7}", "$x = 7$", "\\boxed{3}", "no idea"],
              ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
-    monkeypatch.setattr(grpo, "step_rows", lambda rows, *a: rows)
+    monkeypatch.setattr(grpo, "step_problems", lambda rows, *a: rows)
     token_ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
     monkeypatch.setattr(grpo, "generate",
                         lambda *a, **kw: [[token_ids(t) for t in group] for group in texts])

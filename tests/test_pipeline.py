@@ -60,16 +60,22 @@ def test_cli_errors_name_the_problem(tmp_path):
 
 def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     """`bench.py gpu --quick` is what the first lent GPU runs, in minutes it cannot spend on a
-    crash: its dry run on the tiny shape goes through every section and writes the JSON after
-    each."""
+    crash: its dry run on the tiny shape goes through every section without an error and writes
+    the JSON after each (into this test's own folder)."""
     import argparse
     import json
 
     import bench
-    result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True))
-    sections = {"left_padding", "copy_bandwidth_GBps", "decode", "update_micro_batch", "nccl"}
+    result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True,
+                                                out=str(tmp_path)))
+    sections = {"left_padding", "copy_bandwidth_GBps", "decode", "graphs_vs_eager", "lora_change",
+                "update_micro_batch", "nccl"}
     assert sections <= set(result)
+    assert not [k for k in sections if isinstance(result[k], dict) and "error" in result[k]]
     assert result["left_padding"]["rows_identical"] == 12
     assert result["decode"]["eager"]["ms_per_step"] > 0
-    saved = json.load(open(f"/tmp/bench-gpu-tiny/gpu-{result['device']}.json"))
+    assert result["graphs_vs_eager"]["rows_identical"] == result["graphs_vs_eager"]["rows"]
+    assert result["graphs_vs_eager"]["compactions"] > 0
+    assert result["lora_change"] == {"second_equals_eager": True, "changed": True, "graphs": 0}
+    saved = json.load(open(tmp_path / f"gpu-{result['device']}.json"))
     assert saved["nccl"] == result["nccl"] and saved["update_micro_batch"]["seconds"] > 0

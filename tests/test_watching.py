@@ -113,7 +113,7 @@ def test_completions_show_the_drafts_answer_beside_each_rollout_and_resume_trims
     grpo.main([*run, "--max-steps", "4", "--resume"])
     lines = [json.loads(line) for line in open(tmp_path / "run" / "completions.jsonl")]
     assert [line["step"] for line in lines] == [2] * 6 + [4] * 6
-    rows = {r["id"]: r for r in grpo.load_rows(grpo.parse_args(run))}
+    rows = {r["id"]: r for r in grpo.load_problems(grpo.parse_args(run))}
     for line in lines:
         assert set(line) == {"step", "id", "variant", "draft_answer", "completion", "reward",
                              "answer"}
