@@ -16,6 +16,7 @@ check that both compute the same thing.
                                        #   (dynamic_generate); each prompt held once vs copied
   python bench.py sampler              # keyed exponential race vs torch.multinomial
   python bench.py merge                # bf16: how much of a LoRA update a merged base keeps
+  python bench.py gap                  # the sampler-trainer log-prob gap, fp32 and bf16
   python bench.py gpu --quick          # GPU, <= 5 minutes: the first-GPU checks (bench_gpu)
   python bench.py gpu                  # GPU: Mathstral-7B-shaped random model: decode tok/s vs HF
                                        #   and roofline, prefill, training steps, peak memory
@@ -235,7 +236,7 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
         # [n, T, H]
         hidden = model.get_decoder()(input_ids=ids, attention_mask=attn).last_hidden_state
         # [n, T-1]
-        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])[0]
+        logprobs = grpo.completion_logprobs(model, hidden[:, :-1], ids[:, 1:], comp[:, 1:])
         adv = torch.stack([advantages[rows[i]] for i in mb])
         loss = grpo.dr_grpo_loss(logprobs, logprobs.detach(), adv, comp[:, 1:].float(),
                                  B * G * args.max_new_tokens)
@@ -435,7 +436,7 @@ def copied_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0
         key, tokens = noise_roots(seed, jobs[start:start + batch_size], device), [[] for _ in owner]
         live = torch.arange(len(owner), device=device)
         for t in range(max_new_tokens):
-            nxt = sample(logits, mix(key ^ t), temperature, top_p)
+            nxt = sample(logits, mix(key ^ t), temperature, top_p)[0]
             for row, tok in zip(live.tolist(), nxt.tolist()):
                 tokens[row].append(tok)
             keep = nxt != (-1 if eos_token_id is None else eos_token_id)
@@ -567,7 +568,7 @@ def dynamic_generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.
             live = torch.arange(len(owner), device=device)
             with dynamic_attention(model):  # the rows' cache holds their own tokens
                 for t in range(max_new_tokens):
-                    nxt = sample(logits, mix(key ^ t), temperature, top_p)  # [R]
+                    nxt = sample(logits, mix(key ^ t), temperature, top_p)[0]  # [R]
                     keep = []
                     for row, tok in zip(live.tolist(), nxt.tolist()):
                         tokens[row].append(tok)
@@ -810,7 +811,7 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
     top = probs.topk(20).indices
     out = {"rows": rows, "vocab": vocab, "steps": steps, "top_p": 1.0, "device": device,
            "top_token_prob": probs.max().item()}
-    for label, fn in (("keyed", lambda t: sample(logits, mix(keys ^ t), 1.0, 1.0)),
+    for label, fn in (("keyed", lambda t: sample(logits, mix(keys ^ t), 1.0, 1.0)[0]),
                       ("multinomial", lambda t: multinomial_next(logits, 1.0, 1.0, gen))):
         fn(0)
         seconds, draws = timed(lambda: [fn(t) for t in range(steps)], device)
@@ -866,6 +867,55 @@ def bench_merge(args):
                   f"unmerged + bf16 add {100 * share['unmerged_bf16_add']:.1f} %, "
                   f"fp32 add {100 * share['fp32_add']:.1f} % of the adapter's effect")
     save("merge", result)
+
+
+def bench_gap(args):
+    """The sampler-trainer gap: rollouts drawn with the LoRA merged into the base weights (the
+    engine's), log-probs recomputed by the update with the LoRA unmerged (its branch in fp32), on
+    the tiny shapes in fp32 and in bf16, for an adapter as after k steps of lr 5e-6 (B = 5e-6 * k
+    with one sign kept per element; A at PEFT's init). Per token of 4 prompts x 8 rollouts x 32
+    tokens: |log pi - log pi_sampler| mean and max, the ratio pi / pi_sampler min / mean / max, and
+    the share of tokens a cap of 2 (--importance-sampling-cap 2) would truncate."""
+    import torch
+
+    import grpo
+    from extras.tiny import tokenizer as tiny_tokenizer
+    from generation import generate
+    from lora import apply_lora, lora_modules, merged
+    tok = tiny_tokenizer()
+    targs = grpo.parse_args(["--max-new-tokens", "32"])
+    result = {"device": "cpu-" + platform.machine(), "runs": []}
+    for hidden, layers in ((64, 2), (256, 4)):
+        for dtype in (torch.float32, torch.bfloat16):
+            for k in (10, 100, 1000):
+                torch.manual_seed(0)
+                model = apply_lora(small_model(tok, hidden, layers).to(dtype))
+                with torch.no_grad():
+                    for _, m in lora_modules(model):
+                        sign = torch.randint(0, 2, m.lora_B.weight.shape) * 2 - 1
+                        m.lora_B.weight.copy_(5e-6 * k * sign)
+                prompts = [torch.randint(4, 2000, (64,)).tolist() for _ in range(4)]
+                with merged(model):
+                    drawn = generate(model, prompts, n=8, max_new_tokens=32, eos_token_id=-1,
+                                     pad_token_id=3, logprobs=True)
+                completions = [[c[0] for c in group] for group in drawn]
+                sampled = [[c[1] for c in group] for group in drawn]
+                advantages = torch.ones(4, 8).index_fill_(1, torch.tensor([0]), -7.0)  # all run
+                gaps = grpo.policy_update(model.train(), prompts, completions, advantages, targs,
+                                          sampled=sampled).gaps.double()
+                ratio = gaps.exp()
+                run = {"hidden": hidden, "layers": layers, "dtype": str(dtype)[6:], "steps": k,
+                       "logp_diff_mean": gaps.abs().mean().item(),
+                       "logp_diff_max": gaps.abs().max().item(), "ratio_min": ratio.min().item(),
+                       "ratio_mean": ratio.mean().item(), "ratio_max": ratio.max().item(),
+                       "above_cap_2": (ratio > 2).double().mean().item()}
+                result["runs"].append(run)
+                print(f"hidden {hidden} x {layers}, {run['dtype']}, adapter after {k} steps: "
+                      f"|log pi - log pi_sampler| mean {run['logp_diff_mean']:.2e}, max "
+                      f"{run['logp_diff_max']:.2e}; ratio {run['ratio_min']:.4f} / "
+                      f"{run['ratio_mean']:.4f} / {run['ratio_max']:.4f}; above 2: "
+                      f"{100 * run['above_cap_2']:.2f} % of tokens", flush=True)
+    save("gap", result)
 
 
 TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -1354,7 +1404,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
                     choices=["grader", "cpu", "update", "memory", "ops", "rollout", "sampler",
-                             "merge", "gpu", "memory-child"])
+                             "merge", "gap", "gpu", "memory-child"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
@@ -1377,7 +1427,7 @@ def main():
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
                 "memory": bench_memory, "memory-child": memory_child,
                 "ops": bench_ops, "rollout": bench_rollout, "sampler": bench_sampler,
-                "merge": bench_merge, "gpu": bench_gpu}
+                "merge": bench_merge, "gap": bench_gap, "gpu": bench_gpu}
     sections[args.section](args)
 
 

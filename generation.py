@@ -94,12 +94,14 @@ def noise_roots(seed, jobs, device):
 
 
 def sample(logits, noise, temperature=1.0, top_p=1.0):
-    """logits [R, V], noise [R] (a row's at this step) -> next tokens [R]. gpt-fast's
+    """logits [R, V], noise [R] (a row's at this step) -> (next tokens, their log-probabilities
+    under the distribution they were drawn from, that distribution's entropy), each [R]. gpt-fast's
     multinomial_sample_one_no_sync (argmax p / E, E ~ Exp(1): exactly a draw from p) with E hashed
-    from (noise, token) instead of drawn, so a row's draw is its own. temperature 0 = greedy; top_p
-    keeps the smallest nucleus."""
+    from (noise, token) instead of drawn, so a row's draw is its own. temperature 0 = greedy (a
+    point mass: log-probability and entropy 0); top_p keeps the smallest nucleus, renormalised."""
     if temperature == 0:
-        return logits.argmax(dim=-1)
+        zero = torch.zeros(len(logits), device=logits.device)
+        return logits.argmax(dim=-1), zero, zero
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -108,7 +110,10 @@ def sample(logits, noise, temperature=1.0, top_p=1.0):
     token = torch.arange(probs.shape[-1], device=probs.device)                             # [V]
     # 23 random bits + 0.5, exact in fp32 whatever the default dtype: u in (0, 1), so E > 0
     u = ((mix(noise[:, None] ^ token) >> 9).float() + 0.5) * 2 ** -23                   # [R, V]
-    return (probs / -torch.log(u)).argmax(dim=-1)
+    token = (probs / -torch.log(u)).argmax(dim=-1)                                          # [R]
+    probs = probs / probs.sum(dim=-1, keepdim=True)  # what the race drew from: the nucleus
+    logprob = probs.gather(-1, token[:, None]).squeeze(-1).log()
+    return token, logprob, torch.special.entr(probs).sum(dim=-1)
 
 
 # ------------------------------------------------------------------ attention, one per purpose
@@ -310,7 +315,10 @@ class Rows:
     line: torch.Tensor          # [R] its line in `tokens` (compaction moves rows, not lines)
     done: torch.Tensor          # [R] finished: EOS, a stop string, or a filler evening out groups
     logits: torch.Tensor        # [R, V] its next token's
-    tokens: torch.Tensor        # [lines, L] every row's new tokens, by line
+    # by line: every row's new tokens, their log-probs and the entropies they were drawn with
+    tokens: torch.Tensor        # [lines, L]
+    logprobs: torch.Tensor      # [lines, L]
+    entropies: torch.Tensor     # [lines, L]
 
 
 def prefill(model, prompts, noise, max_new_tokens, graphs=None):
@@ -326,7 +334,9 @@ def prefill(model, prompts, noise, max_new_tokens, graphs=None):
                          empty("length", (B,), torch.long), empty("slot", (1,), torch.long).zero_())
     rows = Rows(empty("noise", (B * G,), torch.long), empty("line", (B * G,), torch.long),
                 empty("done", (B * G,), torch.bool), empty("logits", (B * G, c.vocab_size)),
-                empty("tokens", (B * G, max_new_tokens), torch.long))
+                empty("tokens", (B * G, max_new_tokens), torch.long),
+                *(empty(name, (B * G, max_new_tokens), torch.float32)
+                  for name in ("logprobs", "entropies")))
     for b, (ids, roots) in enumerate(zip(prompts, noise)):
         hidden, kv = prompt_pass(model, torch.tensor([ids], device=device))
         cache.prompt[:, :, b, :, :len(ids)] = kv[:, :, 0]
@@ -344,8 +354,10 @@ def decode_one_token(model, cache, rows, width, sample, eos_token_id, pad_token_
     shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay it.
     A finished row samples on, masked: its tokens are padding."""
     cache.masks.clear()
-    token = sample(rows.logits, mix(rows.noise ^ cache.slot)).masked_fill(rows.done, pad_token_id)
-    rows.tokens.index_put_((rows.line, cache.slot), token)
+    token, logprob, entropy = sample(rows.logits, mix(rows.noise ^ cache.slot))
+    token = token.masked_fill(rows.done, pad_token_id)
+    for table, new in ((rows.tokens, token), (rows.logprobs, logprob), (rows.entropies, entropy)):
+        table.index_put_((rows.line, cache.slot), new)
     rows.done |= token == eos_token_id
     G = len(token) // len(cache.length)
     position = cache.length.repeat_interleave(G) + cache.slot                              # [R]
@@ -407,10 +419,11 @@ def compact(cache, rows, alive, written, graphs=None):
         new.prompt[part, layer] = cache.prompt[part, layer, kept]
         own = cache.own[part, layer][pick // G, :, pick % G, :written]  # [B', G', Hkv, written, d]
         new.own[part, layer, ..., :written, :] = own.transpose(1, 2)
+    tables = {name: getattr(rows, name) for name in ("tokens", "logprobs", "entropies")}
     kept_rows = {f.name: getattr(rows, f.name)[pick.view(-1)] for f in dataclasses.fields(Rows)
-                 if f.name != "tokens"}
+                 if f.name not in tables}
     return new, Rows(**{name: moved(name, x, x.shape).copy_(x) for name, x in kept_rows.items()},
-                     tokens=rows.tokens)
+                     **tables)
 
 
 # ---------------------------------------------------------------- CUDA graphs, checked at run time
@@ -481,14 +494,15 @@ def cuda_graphs(enabled=True):
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
              eos_token_id=None, pad_token_id=0, seed=0, prompt_numbers=None, stop=None,
-             batch_size=64, graphs=None):
+             batch_size=64, graphs=None, logprobs=False):
     """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
     Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
     prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default): the
     same tokens whichever rows share its batch or process, up to float rounding of the logits.
     Stops at EOS, max_new_tokens, or where stop(line, tail, first) says (decode_n_tokens). Decodes
     B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step replays a
-    CUDA graph."""
+    CUDA graph. logprobs: each completion is (tokens, their log-probabilities under the distribution
+    each was drawn from, its entropy), three lists, read back with the tokens."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     numbers = range(len(prompt_ids)) if prompt_numbers is None else prompt_numbers
     eos = -1 if eos_token_id is None else eos_token_id
@@ -510,8 +524,10 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
                                   use)
             rows, ends = decode_n_tokens(model, cache, rows, max_new_tokens, step, stop, use)
             G, tokens = len(rows.tokens) // len(batch), rows.tokens.tolist()
+            drawn = list(zip(rows.logprobs.tolist(), rows.entropies.tolist())) if logprobs else []
             for b, (p, group) in enumerate(batch):
                 for line in range(b * G, b * G + len(group)):
                     row = tokens[line][:ends.get(line, max_new_tokens)]
-                    results[p].append(row[:row.index(eos) + 1] if eos in row else row)
+                    row = row[:row.index(eos) + 1] if eos in row else row
+                    results[p].append((row, *(x[:len(row)] for x in drawn[line])) if drawn else row)
     return results

@@ -83,6 +83,8 @@ def parse_args(argv=None):
         ("--weight-decay", 0.01, "AdamW weight decay (paper: 0.01, TRL default)", NONNEGATIVE),
         ("--max-grad-norm", 1.0, "gradient clipping (paper: 1.0, TRL default)", POSITIVE),
         ("--clip-eps", 0.2, "PPO clip; inert with one update per batch (ratio = 1)", POSITIVE),
+        ("--importance-sampling-cap", 0.0, "C > 0: truncated importance sampling, each token's "
+         "term weighted by min(pi / pi_sampler, C) (not in the recipe; 0: off)", NONNEGATIVE),
         ("--lora-r", 16, "LoRA rank (paper: 16)", COUNT),
         ("--lora-alpha", 32, "LoRA alpha, scale alpha/r = 2 (paper: 32)", POSITIVE),
         ("--lora-dropout", 0.0, "LoRA dropout (paper: 0)", UNIT),
@@ -120,8 +122,9 @@ def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, normaliser, clip_eps=
 # ----------------------------------------------------------------------------- the update
 class Update(NamedTuple):
     loss: float            # this process's share of the step's loss
-    entropy: float         # the policy's per-token entropy, summed over the completions run forward
-    tokens: int            # how many completion tokens that is
+    # per completion token run forward: log pi (the trainer's) - log pi_sampler (what the rollouts
+    # were drawn from: the LoRA merged into the base weights), when the sampler's were given
+    gaps: torch.Tensor
 
 
 # the update runs each prompt forward once for all its completions, which attend to its K/V;
@@ -129,12 +132,13 @@ class Update(NamedTuple):
 PROMPT_ONCE = True
 
 
-def policy_update(model, prompt_ids, completions, advantages, args, owned=None):
+def policy_update(model, prompt_ids, completions, advantages, args, owned=None, sampled=None):
     """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
     samples owned[b]): micro-batch by micro-batch, forward [prompt; completion], log-probs, loss,
-    backward. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached."""
+    backward. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached.
+    sampled: [B][G] the sampler's log-probs of the completions' tokens, for the gaps."""
     B, G, device = len(prompt_ids), len(completions[0]), model.device
-    owned, update = owned or [range(G)] * B, Update(0.0, 0.0, 0)
+    owned, loss_sum, gaps = owned or [range(G)] * B, 0.0, []
     normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
     with attention_by_purpose(model):   # in backward too: checkpointed layers rerun their forward
         for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
@@ -151,16 +155,21 @@ def policy_update(model, prompt_ids, completions, advantages, args, owned=None):
                     hidden = completion_states(model, once, ids)                       # [n, T, H]
                 else:       # plainly: [prompt; completion] through the model, each row whole
                     hidden = whole_row_states(model, prompt, ids)                      # [n, T, H]
-                logprobs, entropy = completion_logprobs(model, hidden, ids, mask,
-                                                        args.temperature)           # [n, T] each
+                logprobs = completion_logprobs(model, hidden, ids, mask, args.temperature)  # [n, T]
+                weights = mask.float()                           # each token's term in the loss
+                if sampled:  # log pi - log pi_sampler, token by token
+                    gap = logprobs.detach() - pad_sequence(
+                        [torch.tensor(sampled[b][g]) for g in gs], True).to(device)     # [n, T]
+                    gaps.append(gap[mask].cpu())
+                    if args.importance_sampling_cap:  # not in the recipe: truncated IS
+                        weights = weights * gap.exp().clamp(max=args.importance_sampling_cap)
                 loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device),
-                                    mask, normaliser, args.clip_eps)
+                                    weights, normaliser, args.clip_eps)
                 loss.backward()
-                update = Update(update.loss + loss.item(), update.entropy + entropy.sum().item(),
-                                update.tokens + int(mask.sum()))
+                loss_sum += loss.item()
             if once:        # the micro-batches' gradient on the prompt's K/V, through its pass once
                 backward_through_prompt(once)
-    return update
+    return Update(loss_sum, torch.cat(gaps) if gaps else torch.zeros(0))
 
 
 def whole_row_states(model, prompt, ids):
@@ -172,25 +181,24 @@ def whole_row_states(model, prompt, ids):
 
 
 def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
-    """hidden [N, T, H] (position t predicts targets[:, t]) -> (log pi(targets), the entropy of pi),
-    each [N, T] in fp32, 0 where mask is 0, at the sampling temperature: pi = softmax(logits / T),
-    the policy the rollouts were drawn from. Plainly: log_softmax(lm_head(hidden) / T)[targets];
-    here the LM head runs only where mask is 1, a chunk at a time, recomputed in backward, so the
-    [N, T, V] logits never exist in fp32."""
+    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0
+    where mask is 0, at the sampling temperature: pi = softmax(logits / T), the policy the rollouts
+    were drawn from. Plainly: log_softmax(lm_head(hidden) / T)[targets]; here the LM head runs only
+    where mask is 1, a chunk at a time, recomputed in backward, so the [N, T, V] logits never exist
+    in fp32."""
     sel = mask.bool()                                                                      # [N, T]
     h, y = hidden[sel], targets[sel]                                                 # [K, H], [K]
     weight = model.get_output_embeddings().weight                                          # [V, H]
     parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature,
                         use_reentrant=False) for i in range(0, len(y), chunk)]
-    out = torch.zeros(2, *sel.shape, dtype=torch.float32, device=hidden.device)         # [2, N, T]
-    out[:, sel] = torch.cat(parts, 1) if parts else out[:, sel]
-    return out[0], out[1].detach()
+    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T]
+    out[sel] = torch.cat(parts) if parts else out[sel]
+    return out
 
 
 def _token_logprobs(weight, hidden, targets, temperature):
     logp = torch.log_softmax((hidden @ weight.T).float() / temperature, dim=-1)  # [K, V], a chunk
-    entropy = -(logp.exp() * logp).sum(-1).detach()                                        # [K]
-    return torch.stack([logp.gather(-1, targets[:, None]).squeeze(-1), entropy])        # [2, K]
+    return logp.gather(-1, targets[:, None]).squeeze(-1)                                    # [K]
 
 
 def micro_batches(lengths, budget):
@@ -208,6 +216,8 @@ def micro_batches(lengths, budget):
 # ----------------------------------------------------------------------------- the rollouts
 class Rollouts(NamedTuple):
     completions: list      # [B][G] token ids, EOS kept
+    logprobs: list         # [B][G] per token, its log-prob under the distribution it was drawn from
+    entropies: list        # [B][G] per token, that distribution's entropy
     texts: list            # [B][G] the completions decoded
     rewards: torch.Tensor  # [B, G]
     answers: list          # [B][G] each completion's answer (reward.lenient_answer)
@@ -228,15 +238,17 @@ def sample_rollouts(model, tokenizer, prompt_ids, problems, step, args, owned, r
                                eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id,
                                seed=args.seed * 1_000_003 + step,
-                               batch_size=args.rollout_batch_size, graphs=graphs)
+                               batch_size=args.rollout_batch_size, graphs=graphs, logprobs=True)
+    # tokens, their log-probs, entropies: 3 x [B][G]
+    drawn = [[[c[i] for c in group] for group in completions] for i in range(3)]
     decode = lambda c: tokenizer.decode(c, skip_special_tokens=True)
-    texts = [[decode(c) for c in group] for group in completions]
+    texts = [[decode(c) for c in group] for group in drawn[0]]
     rewards = [[reward_fn(t, p["answer"]) for t in group] for group, p in zip(texts, problems)]
     answers = [[lenient_answer(t) for t in group] for group in texts]
-    shares = gather((completions, texts, rewards, answers))  # every process's, in sample order
-    completions, texts, rewards, answers = ([sum((share[i][b] for share in shares), [])
-                                             for b in range(B)] for i in range(4))
-    return Rollouts(completions, texts, torch.tensor(rewards, dtype=torch.float32), answers)
+    shares = gather((*drawn, texts, rewards, answers))  # every process's, in sample order
+    fields = [[sum((share[i][b] for share in shares), []) for b in range(B)] for i in range(6)]
+    fields[4] = torch.tensor(fields[4], dtype=torch.float32)
+    return Rollouts(*fields)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -271,7 +283,8 @@ def train(args, problems, model, tokenizer, reward_fn=None):
             t1 = time.time()
             model.train()
             optimizer.zero_grad(set_to_none=False)
-            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned)
+            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned,
+                                   rollouts.logprobs)
             update = sum_over_processes(params, update)   # torchrun: the gradient of all B x G
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
             skipped = not math.isfinite(grad_norm + update.loss)  # NaN/inf: no step, nothing kept
@@ -307,13 +320,14 @@ def my_share(B, G):
 
 def sum_over_processes(params, update):
     """Every process computed the gradient of its own share of the rollouts: their sum, on every
-    process, is the whole batch's (the normaliser stays B*G*L_max). So are the loss, entropy and
-    token counts. One process: as is."""
+    process, is the whole batch's (the normaliser stays B*G*L_max). So is the loss; the gaps are
+    every process's. One process: as is."""
     if not dist.is_initialized():
         return update
     for p in params:
         dist.all_reduce(p.grad)
-    return Update(*map(sum, zip(*gather(update))))
+    shares = gather(update)
+    return Update(sum(u.loss for u in shares), torch.cat([u.gaps for u in shares]))
 
 
 # ----------------------------------------------------------------------------- data order
@@ -470,7 +484,11 @@ def checkpoint_or_stop(args, step, model, optimizer, signals):
 # ----------------------------------------------------------------------------- logs
 # the tracker's names for our metrics: TRL's, where TRL has one
 TRL_NAMES = {"completion_length": "completions/mean_length", "lr": "learning_rate",
-             "clipped_ratio": "completions/clipped_ratio"}
+             "clipped_ratio": "completions/clipped_ratio",
+             "logp_diff_mean": "sampling/sampling_logp_difference/mean",
+             "logp_diff_max": "sampling/sampling_logp_difference/max",
+             **{f"ratio_{s}": f"sampling/importance_sampling_ratio/{s}"
+                for s in ("min", "mean", "max")}}
 
 
 def keep_upto(path, step):
@@ -493,6 +511,9 @@ def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, t
     lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
                            dtype=torch.float32)                                         # [B*G]
     zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()          # [B] no learning signal
+    entropies = torch.tensor([e for group in rollouts.entropies for row in group for e in row])
+    gap, ratio = update.gaps.abs(), update.gaps.exp()        # over the tokens the update ran
+    stat = lambda x, f: f(x).item() if len(x) else None
     return {"step": step,
             "reward": rewards.mean().item(),
             "reward_std": rewards.std().nan_to_num().item(),
@@ -502,7 +523,12 @@ def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, t
             "prompt_length": sum(map(len, prompt_ids)) / B,
             "loss": update.loss,
             "grad_norm": grad_norm,
-            "entropy": update.entropy / update.tokens if update.tokens else None,
+            "entropy": stat(entropies, torch.mean),  # the sampler's, per token of every rollout
+            "logp_diff_mean": stat(gap, torch.mean),  # |log pi - log pi_sampler|
+            "logp_diff_max": stat(gap, torch.max),
+            "ratio_min": stat(ratio, torch.min),      # pi / pi_sampler
+            "ratio_mean": stat(ratio, torch.mean),
+            "ratio_max": stat(ratio, torch.max),
             "lr": args.lr,
             "epoch": epoch,
             "skipped": skipped,
@@ -517,11 +543,14 @@ def completion_lines(step, batch, rollouts, args):
     """completions.jsonl's lines: every rollout of every --log-completions-th step."""
     if not args.log_completions or step % args.log_completions:
         return []
+    mean = lambda xs: sum(xs) / max(1, len(xs))
     return [{"step": step, "id": p["id"], "variant": args.variant,
-             "draft_answer": p.get("draft_pred"), "completion": text, "reward": value,
-             "answer": answer}
-            for p, *group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), rollouts.answers)
-            for text, value, answer in zip(*group)]
+             "draft_source": p.get("draft_source"), "draft_answer": p.get("draft_pred"),
+             "completion": text, "reward": value, "answer": answer, "logprob": mean(logprobs),
+             "entropy": mean(entropies)}
+            for p, *group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), rollouts.answers,
+                                 rollouts.logprobs, rollouts.entropies)
+            for text, value, answer, logprobs, entropies in zip(*group)]
 
 
 class RunLog:

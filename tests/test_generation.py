@@ -3,6 +3,7 @@ held once, fixed-shape decode steps with looks from the host, compaction, CUDA g
 emulated on the CPU), stop strings, and the attention functions against the plain computation."""
 import contextlib
 import copy
+import math
 
 import pytest
 import torch
@@ -57,10 +58,10 @@ def test_sampling_draws_from_the_distribution():
     probs = torch.tensor([0.5, 0.3, 0.15, 0.05])
     keys = mix(noise_roots(0, [(0, s) for s in range(20000)], "cpu") ^ 3)  # [R]
     logits = probs.log().expand(len(keys), -1)
-    freq = torch.bincount(sample(logits, keys, 1.0, 1.0), minlength=4) / len(keys)
+    freq = torch.bincount(sample(logits, keys, 1.0, 1.0)[0], minlength=4) / len(keys)
     assert torch.allclose(freq, probs, atol=0.012), freq
     # top_p 0.7: the nucleus {0.5, 0.3}
-    nucleus = torch.bincount(sample(logits, keys, 1.0, 0.7), minlength=4) / len(keys)
+    nucleus = torch.bincount(sample(logits, keys, 1.0, 0.7)[0], minlength=4) / len(keys)
     assert torch.allclose(nucleus, torch.tensor([0.625, 0.375, 0, 0]), atol=0.012), nucleus
 
 
@@ -76,7 +77,7 @@ def test_sampling_never_draws_a_token_of_probability_zero():
     logits = torch.full((rows, vocab), float("-inf")).scatter_(1, target[:, None], 0.0)
     keys = noise_roots(0, [(0, r) for r in range(rows)], "cpu")
     # [steps, R]
-    drawn = torch.stack([sample(logits, mix(keys ^ t), 1.0, 1.0) for t in range(steps)])
+    drawn = torch.stack([sample(logits, mix(keys ^ t), 1.0, 1.0)[0] for t in range(steps)])
     assert drawn.numel() >= 10 ** 5 and torch.equal(drawn, target.expand(steps, -1))
     logits = torch.randn(rows, vocab, generator=gen) * 3
     probs = torch.softmax(logits, -1)
@@ -84,7 +85,7 @@ def test_sampling_never_draws_a_token_of_probability_zero():
     in_nucleus = sorted_probs.cumsum(-1) - sorted_probs <= 0.95
     nucleus = torch.zeros_like(probs, dtype=torch.bool).scatter_(1, order, in_nucleus)  # [R, V]
     # [200, R]
-    drawn = torch.stack([sample(logits, mix(keys ^ t), 1.0, 0.95) for t in range(200)])
+    drawn = torch.stack([sample(logits, mix(keys ^ t), 1.0, 0.95)[0] for t in range(200)])
     assert nucleus.gather(1, drawn.T).all()
 
 
@@ -452,8 +453,8 @@ def test_the_samplers_uniforms_are_fp32_whatever_the_default_dtype():
     old = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)
     try:
-        drawn = torch.stack([sample(logits, mix(noise ^ t)) for t in range(50)])          # [50, R]
-        spread = torch.cat([sample(probs.log().expand(rows, -1), mix(noise ^ t))
+        drawn = torch.stack([sample(logits, mix(noise ^ t))[0] for t in range(50)])     # [50, R]
+        spread = torch.cat([sample(probs.log().expand(rows, -1), mix(noise ^ t))[0]
                             for t in range(200)])
     finally:
         torch.set_default_dtype(old)
@@ -558,3 +559,31 @@ def test_stop_strings_are_decoded_only_where_one_can_end(tiny, monkeypatch):
            for row in group]
     assert 0 < len(decodes) < sum(map(len, out)) / 4       # not one decode per token
     assert out == [row[:hit(row, stops)] for row in free]
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.8), (2.0, 0.5), (0.0, 1.0)])
+def test_the_sampler_gives_each_tokens_log_prob_and_the_entropy_it_was_drawn_with(temperature,
+                                                                                  top_p):
+    """With each token, its log-probability under the distribution it was drawn from (after the
+    temperature and the nucleus, renormalised) and that distribution's entropy, computed here row
+    by row from the logits; greedy: a point mass, 0 and 0."""
+    from generation import noise_roots, sample
+    torch.manual_seed(0)
+    logits = torch.randn(8, 50) * 3
+    token, logprob, entropy = sample(logits, noise_roots(0, [(0, r) for r in range(8)], "cpu"),
+                                     temperature, top_p)
+    for r in range(8):
+        if temperature == 0:
+            assert token[r] == logits[r].argmax() and logprob[r] == 0 == entropy[r]
+            continue
+        p = torch.softmax(logits[r].double() / temperature, -1)
+        kept, mass = [], 0.0
+        for i in p.argsort(descending=True).tolist():  # the smallest nucleus holding top_p
+            if mass < top_p:
+                kept.append(i)
+                mass += p[i].item()
+        q = {i: p[i].item() / mass for i in kept}
+        assert token[r].item() in q
+        assert logprob[r].item() == pytest.approx(math.log(q[token[r].item()]), abs=1e-5)
+        assert entropy[r].item() == pytest.approx(-sum(x * math.log(x) for x in q.values()),
+                                                  abs=1e-5)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 
 import pytest
@@ -50,13 +51,9 @@ def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temper
     hidden = torch.randn(2, 6, 64, requires_grad=True)                # [N, T, H]
     targets = torch.randint(4, 500, (2, 6))
     mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 0, 1, 1, 1, 1]])
-    # [2, 6] each
-    lp, entropy = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)
+    lp = completion_logprobs(model, hidden, targets, mask, temperature, chunk=3)       # [2, 6]
     logits = model.lm_head(hidden).float() / temperature
     ref = torch.log_softmax(logits, -1).gather(-1, targets[..., None]).squeeze(-1) * mask
-    p = torch.softmax(logits, -1)  # the entropy, computed directly
-    assert torch.allclose(entropy, -(p * p.log()).sum(-1) * mask, atol=1e-5)
-    assert not entropy.requires_grad
     assert torch.allclose(lp, ref, atol=1e-5)
     lp.sum().backward()
     assert torch.equal(lp == 0, mask == 0)
@@ -64,21 +61,27 @@ def test_completion_logprobs_match_full_logits_only_where_masked_in(tiny, temper
     assert torch.equal(hidden.grad.abs().sum(-1) > 0, mask.bool())
 
 
+def _naive_logprobs(model, prompt, completion, temperature=1.0):
+    """log pi of each completion token, the obvious way: one full forward of [prompt; completion]
+    through the model's own attention."""
+    ids = torch.tensor([prompt + completion])
+    logp = torch.log_softmax(model(input_ids=ids).logits.float() / temperature, -1)[0, :-1]
+    return logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompt) - 1:]  # completion tokens
+
+
 def _naive_update_grads(model, prompts, completions, advantages, zero_std, max_new_tokens,
-                        temperature=1.0):
+                        temperature=1.0, weights=None):
     """The Dr. GRPO gradient the slow, obvious way: one full forward per (prompt + completion)
-    sequence."""
+    sequence; weights[b][g]: each token's weight in the sum (1 by default)."""
     B, G = advantages.shape
     loss = 0.0
     for b in range(B):
         for g in range(G):
             if zero_std[b]:
                 continue
-            ids = torch.tensor([prompts[b] + completions[b][g]])
-            logp = torch.log_softmax(model(input_ids=ids).logits.float() / temperature, -1)[0, :-1]
-            # completion tokens only
-            logp = logp.gather(-1, ids[0, 1:, None]).squeeze(-1)[len(prompts[b]) - 1:]
-            loss = loss - advantages[b, g] * logp.sum() / (B * G * max_new_tokens)
+            logp = _naive_logprobs(model, prompts[b], completions[b][g], temperature)
+            w = 1.0 if weights is None else torch.tensor(weights[b][g])
+            loss = loss - advantages[b, g] * (w * logp).sum() / (B * G * max_new_tokens)
     loss.backward()
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
 
@@ -388,8 +391,9 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
              ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
     monkeypatch.setattr(grpo, "step_problems", lambda rows, *a: rows)
     token_ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
+    drawn = lambda ids: (ids, [-1.0] * len(ids), [0.5] * len(ids))  # tokens, log-probs, entropies
     monkeypatch.setattr(grpo, "generate",
-                        lambda *a, **kw: [[token_ids(t) for t in group] for group in texts])
+                        lambda *a, **kw: [[drawn(token_ids(t)) for t in group] for group in texts])
     grpo.train(args, rows, model, tok)
     m = json.loads(open(tmp_path / "metrics.jsonl").read())
     assert (m["draft_answer_rate"], m["gold_answer_rate"], m["reward"]) == (2 / 8, 3 / 8, 3 / 8)
@@ -451,3 +455,70 @@ def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     # one skipped step among those kept
     assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1
     assert [json.loads(line)["step"] for line in open(path)] == [1, 2]
+
+
+def test_truncated_importance_sampling_weighs_each_token_by_min_ratio_cap():
+    """--importance-sampling-cap C (not in the recipe): each token's term weighted by
+    min(pi / pi_sampler, C), detached. With the sampler's log-probs equal to the trainer's, the
+    gradient is the recipe's; with them off by known amounts, it is the formula's, token by token
+    (some ratios above the cap, some below); and the gaps are reported exactly."""
+    import copy
+
+    from extras.tiny import model as tiny_model
+    from lora import apply_lora
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(500))
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.1)
+    prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
+    advantages = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
+    zero_std = torch.zeros(2, dtype=torch.bool)
+    own = [[_naive_logprobs(model, p, c).tolist() for c in group]
+           for p, group in zip(prompts, completions)]
+    args = grpo.parse_args(["--max-new-tokens", "8", "--importance-sampling-cap", "2"])
+    recipe = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages,
+                                 zero_std, 8)
+    at_zero_gap = copy.deepcopy(model)
+    gaps = grpo.policy_update(at_zero_gap, prompts, completions, advantages, args, sampled=own).gaps
+    assert gaps.abs().max() < 1e-5 and len(gaps) == 9
+    for name, p in at_zero_gap.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, recipe[name], rtol=1e-4, atol=1e-7), name
+    offsets = [[[(-1) ** t * (0.3 + t) for t in range(len(c))] for c in group]
+               for group in completions]                               # log pi - log pi_sampler
+    sampled = [[[x - o for x, o in zip(xs, os)] for xs, os in zip(*pair)]
+               for pair in zip(own, offsets)]
+    weights = [[[min(math.exp(o), 2.0) for o in os] for os in group] for group in offsets]
+    assert {w == 2.0 for group in weights for ws in group for w in ws} == {True, False}
+    reweighted = copy.deepcopy(model)
+    gaps = grpo.policy_update(reweighted, prompts, completions, advantages, args, sampled=sampled)
+    ref = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8,
+                              weights=weights)
+    for name, p in reweighted.named_parameters():
+        if p.requires_grad:
+            assert torch.allclose(p.grad, ref[name], rtol=1e-4, atol=1e-7), name
+            assert not torch.allclose(p.grad, recipe[name], rtol=1e-2), name
+    expected = sorted(o for group in offsets for os in group for o in os)
+    assert sorted(gaps.gaps.tolist()) == pytest.approx(expected, abs=1e-5)
+
+
+def test_every_step_logs_the_samplers_entropy_and_in_fp32_no_gap(tmp_path):
+    """metrics.jsonl: `entropy` (the sampler's, per token of every rollout) at every step, finite
+    and > 0, also at steps whose groups all tie (no update runs); at the steps the update ran, the
+    sampler (LoRA merged) and the trainer (unmerged) agree in fp32: |log pi - log pi_sampler| <
+    1e-3 (a token off by one position would show ~1), ratios within 1e-3 of 1. The run has the
+    importance-sampling cap set, and completes."""
+    model, tok, args = tiny_trainer(tmp_path, "--max-steps", "4", "--importance-sampling-cap",
+                                    "2")
+    calls = iter(range(10 ** 6))
+    reward_fn = lambda text, gold: float(next(calls) < 12 and len(text) % 2)  # steps 3-4 tie
+    grpo.train(args, [{"id": str(i), "problem": f"What is {i}?", "answer": "1", "draft": None}
+                      for i in range(6)], model, tok, reward_fn=reward_fn)
+    metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [m["frac_reward_zero_std"] < 1 for m in metrics] == [True, True, False, False]
+    assert all(math.isfinite(m["entropy"]) and m["entropy"] > 0 for m in metrics)
+    for m in metrics[:2]:
+        assert m["logp_diff_mean"] < 1e-3 and m["logp_diff_max"] < 1e-2
+        assert 1 - 1e-3 < m["ratio_min"] <= m["ratio_mean"] <= m["ratio_max"] < 1 + 1e-2
+    assert all(m["logp_diff_mean"] is None and m["ratio_max"] is None for m in metrics[2:])

@@ -15,7 +15,10 @@ TINY = ["--model", "tiny", "--variant", "no-draft", "--data", "tests/data/tiny_p
         "--max-new-tokens", "6", "--lr", "0.05", "--save-every", "2"]
 TRACKED = ["reward", "reward_std", "frac_reward_zero_std", "completions/mean_length",
            "completions/clipped_ratio", "loss", "grad_norm", "entropy", "learning_rate", "epoch",
-           "skipped_steps"]      # TRL's names
+           "skipped_steps", "sampling/sampling_logp_difference/mean",
+           "sampling/sampling_logp_difference/max", "sampling/importance_sampling_ratio/min",
+           "sampling/importance_sampling_ratio/mean", "sampling/importance_sampling_ratio/max"]
+# TRL's names; the sampling/ ones are logged at steps whose update ran
 
 
 class Crash(Exception):
@@ -49,12 +52,13 @@ def test_tensorboard_holds_every_scalar_for_every_step_and_a_resume_continues_it
     events = event_accumulator.EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     assert set(TRACKED) <= set(events.Tags()["scalars"])
-    for tag in TRACKED:
-        assert [e.step for e in events.Scalars(tag)] == [1, 2, 3, 4, 5], tag
     metrics = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    updated = [m["step"] for m in metrics if m["frac_reward_zero_std"] < 1]
+    for tag in TRACKED:
+        steps = updated if tag.startswith("sampling/") else [1, 2, 3, 4, 5]
+        assert [e.step for e in events.Scalars(tag)] == steps, tag
     logged = [e.value for e in events.Scalars("reward")]
     assert logged == pytest.approx([m["reward"] for m in metrics])
-    assert all(m["entropy"] > 0 for m in metrics if m["frac_reward_zero_std"] < 1)
 
 
 def test_wandb_offline_writes_the_keys_and_the_completions_table_and_resumes_by_id(
@@ -78,8 +82,8 @@ def test_wandb_offline_writes_the_keys_and_the_completions_table_and_resumes_by_
               for f in glob.glob(f"{folder}/files/media/table/completions_*.table.json")]
     # steps 2 and 4: every rollout
     assert len(tables) == 2 and all(len(t["data"]) == 6 for t in tables)
-    assert tables[0]["columns"] == ["step", "id", "variant", "draft_answer", "completion", "reward",
-                                    "answer"]
+    assert tables[0]["columns"] == ["step", "id", "variant", "draft_source", "draft_answer",
+                                    "completion", "reward", "answer", "logprob", "entropy"]
 
 
 def test_a_tracker_that_is_not_installed_is_one_clear_error(tmp_path, monkeypatch):
@@ -115,10 +119,12 @@ def test_completions_show_the_drafts_answer_beside_each_rollout_and_resume_trims
     assert [line["step"] for line in lines] == [2] * 6 + [4] * 6
     rows = {r["id"]: r for r in grpo.load_problems(grpo.parse_args(run))}
     for line in lines:
-        assert set(line) == {"step", "id", "variant", "draft_answer", "completion", "reward",
-                             "answer"}
+        assert set(line) == {"step", "id", "variant", "draft_source", "draft_answer",
+                             "completion", "reward", "answer", "logprob", "entropy"}
         assert line["variant"] == "mismatched-wrong"
+        assert line["draft_source"] == rows[line["id"]]["draft_source"] != line["id"]
         assert line["draft_answer"] == rows[line["id"]]["draft_pred"]
+        assert line["logprob"] < 0 < line["entropy"]
         assert line["draft_answer"] != rows[line["id"]]["answer"]  # a wrong draft's answer
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*run, "--max-steps", "2", "--log-completions", "0",
