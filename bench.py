@@ -959,7 +959,8 @@ def memory(device):
 def decode_only(model, prompts, rows, new_tokens, steps, graphs, device, first=32):
     """generate() with full-size buffers for `new_tokens`, stopped after `steps` decode steps:
     seconds per step over steps first..steps (the first ones warm up; with graphs, the widths up to
-    there are captured). graphs: a generation.Graphs already checked, or None (eager)."""
+    there are captured). graphs: an extras.graphs.Graphs already checked, or None (eager)."""
+    import extras.graphs
     import generation
     count, marks = [0], {}
 
@@ -973,9 +974,9 @@ def decode_only(model, prompts, rows, new_tokens, steps, graphs, device, first=3
             marks[count[0]] = time.perf_counter()
         if count[0] == steps:
             raise Enough
-    step, replay = generation.decode_one_token, generation.Graphs.replay
+    step, replay = generation.decode_one_token, extras.graphs.Graphs.replay
     if graphs:
-        generation.Graphs.replay = lambda self, *a: (replay(self, *a), tick())[0]
+        extras.graphs.Graphs.replay = lambda self, *a: (replay(self, *a), tick())[0]
     else:
         generation.decode_one_token = lambda *a, **k: (step(*a, **k), tick())[0]
     try:
@@ -985,14 +986,14 @@ def decode_only(model, prompts, rows, new_tokens, steps, graphs, device, first=3
     except Enough:
         pass
     finally:
-        generation.decode_one_token, generation.Graphs.replay = step, replay
+        generation.decode_one_token, extras.graphs.Graphs.replay = step, replay
     return (marks[steps] - marks[first]) / (steps - first)
 
 
 def graphs_for(device):
-    """A checked generation.Graphs on CUDA; on the CPU (the dry run) None."""
-    import generation
-    return generation.Graphs() if device == "cuda" else None
+    """A checked extras.graphs.Graphs on CUDA; on the CPU (the dry run) None."""
+    import extras.graphs
+    return extras.graphs.Graphs() if device == "cuda" else None
 
 
 def compactions(fn):
@@ -1102,7 +1103,7 @@ def bench_gpu(args):
     import torch.distributed as dist
     from transformers import MistralConfig, MistralForCausalLM
 
-    import generation
+    import extras.graphs
     import grpo
     import processes
     from generation import generate
@@ -1180,7 +1181,7 @@ def bench_gpu(args):
                "steps_timed": f"32..{steps}"}
         for mode in ("eager", "cuda_graphs") if device == "cuda" else ("eager",):
             try:  # a failure is recorded; the other mode still runs
-                graphs = generation.Graphs() if mode == "cuda_graphs" else None
+                graphs = extras.graphs.Graphs() if mode == "cuda_graphs" else None
                 if graphs:  # its check first, on the first prompt
                     generate(model, prompts[:1], n=4, max_new_tokens=8, eos_token_id=-1,
                              graphs=graphs)
@@ -1308,6 +1309,7 @@ def bench_gpu_long(args, model, rand, device, result, folder, bandwidth, weight_
     draft-variant prompts, the sampler, two whole training steps."""
     import torch
 
+    import extras.graphs
     import generation
     import grpo
     from generation import generate
@@ -1325,7 +1327,7 @@ def bench_gpu_long(args, model, rand, device, result, folder, bandwidth, weight_
         kw = dict(n=16, temperature=1.0, eos_token_id=-1, pad_token_id=0, batch_size=batch)
         rate = {}
         with merged(model):
-            with_graphs = lambda *a, **k: generate(*a, graphs=generation.Graphs(), **k)
+            with_graphs = lambda *a, **k: generate(*a, graphs=extras.graphs.Graphs(), **k)
             for label, gen in (("ours", generate), ("graphs", with_graphs),
                                ("copied", copied_generate)):
                 if label == "graphs" and device != "cuda":

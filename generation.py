@@ -13,14 +13,12 @@ Graph capture (Graphs) and compaction are layers on top of that loop, each behin
 The update's attention is here too: each prompt runs forward once (prompt_once) and its
 completions attend to its K/V (completion_states, update_attention).
 """
-import collections
 import contextlib
 import dataclasses
 import functools
 import itertools
 import math
 import os
-import sys
 from typing import NamedTuple
 
 import torch
@@ -265,16 +263,11 @@ def bucket(n):
 
 
 def buffer(graphs, name, shape, dtype, device):
-    """A zeroed tensor of `shape`. With graphs, a view of the front of a buffer kept for the run
-    under `name`, so that a graph captured in one batch replays on the same addresses in the next
-    (a buffer that must grow drops the graphs captured on it, and doubles at least)."""
-    if graphs is None:
-        return torch.zeros(shape, dtype=dtype, device=device)
-    size, held = math.prod(shape), graphs.store.get(name, torch.empty(0)).numel()
-    if held < size:  # grown to twice its size at least: few growths, few graphs dropped
-        graphs.captured.clear()
-        graphs.store[name] = torch.zeros(max(size, 2 * held), dtype=dtype, device=device)
-    return graphs.store[name][:size].view(shape)
+    """A zeroed tensor of `shape`; with graphs, a view of a buffer kept for the run (Graphs.buffer),
+    so that graphs captured in one batch replay on the same addresses in the next."""
+    if graphs:
+        return graphs.buffer(name, shape, dtype, device)
+    return torch.zeros(shape, dtype=dtype, device=device)
 
 
 @dataclasses.dataclass
@@ -426,68 +419,13 @@ def compact(cache, rows, alive, written, graphs=None):
                      **tables)
 
 
-# ---------------------------------------------------------------- CUDA graphs, checked at run time
-def capture(step, pool):
-    """step() once eagerly (the capture's warm-up, and a real step), then captured as a CUDA graph,
-    not run: the graph's replay() runs its kernels again, on the same buffers."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, pool=pool):
-        step()
-    return graph
-
-
-class Graphs:
-    """Decode steps replayed from CUDA graphs, one per shape (prompts, rows a prompt, padded prompt
-    length, new tokens, width): each captured once per run and replayed in every later batch and
-    step of its shape, on buffers kept for the run (`store`). One per model and sampling settings.
-    check() first decodes some steps both ways; on a mismatch, one warning, and eager decoding."""
-
-    def __init__(self):
-        self.store, self.captured, self.pool, self.ok = {}, {}, None, None
-
-    def replay(self, step, cache, width):
-        _, _, B, _, G, L, _ = cache.own.shape
-        key = (B, G, cache.prompt.shape[4], L, width)
-        if key in self.captured:
-            return self.captured[key].replay()
-        self.pool = self.pool or torch.cuda.graph_pool_handle()  # one memory pool for all shapes
-        self.captured[key] = capture(step, self.pool)
-
-    def check(self, model, prompt, step):
-        """4 rows of one prompt for WIDTH_STEP + 2 * CHECK_EVERY steps, across a width change and a
-        compaction (rows 1 and 3 end at the look after half the steps), eagerly and from graphs:
-        the same tokens and logits, else eager decoding from now on."""
-        steps, looks = WIDTH_STEP + 2 * CHECK_EVERY, collections.Counter()
-
-        def halfway(line, tail, first):  # one call per row going at each look
-            looks[line] += 1
-            return first if line % 2 and looks[line] * CHECK_EVERY >= steps // 2 else None
-        noise = [noise_roots(0, [(0, s) for s in range(4)], model.device)]
-        runs = []
-        for graphs in (None, self):
-            looks.clear()
-            cache, rows = prefill(model, [prompt], noise, steps, graphs)
-            runs.append(decode_n_tokens(model, cache, rows, steps, step, halfway, graphs)[0])
-        eager, graphed = runs
-        diff = (eager.logits - graphed.logits).abs().max().item()
-        self.ok = torch.equal(eager.tokens, graphed.tokens) and diff <= 1e-2 * (
-            1 + eager.logits.abs().max().item())
-        if self.ok:
-            print(f"CUDA graphs: {steps} decode steps replayed as eager ones ran them (the same "
-                  f"tokens, logits within {diff:.1e}); one graph per shape")
-        else:
-            print("warning: CUDA graphs decode differently from eager decoding here (generation."
-                  "Graphs.check): decoding eagerly for the rest of the run", file=sys.stderr)
-
-
 def cuda_graphs(enabled=True):
-    """A Graphs for a run's decoding on CUDA; None (eager) if not enabled, and on the CPU."""
-    return Graphs() if enabled and torch.cuda.is_available() else None
+    """A run's CUDA graphs (extras/graphs.py: a speed layer over decode_one_token, imported only on
+    CUDA); None: decode eagerly, as on the CPU."""
+    if not (enabled and torch.cuda.is_available()):
+        return None
+    from extras.graphs import Graphs
+    return Graphs()
 
 
 # ----------------------------------------------------------------------------- generate

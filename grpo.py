@@ -11,23 +11,16 @@ group-relative advantages, and ONE AdamW step is taken on the LoRA weights.
 Lines tagged `# Dr. GRPO:` depart from vanilla GRPO.
 """
 import argparse
-import contextlib
 import functools
-import json
 import math
 import os
-import re
-import shutil
-import signal
 import time
 from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.checkpoint import checkpoint
-from tqdm import tqdm
 
 from drafts import (
     DATA,
@@ -35,10 +28,8 @@ from drafts import (
     build_prompt,
     build_variant,
     encode_prompt,
-    load_json,
     load_jsonl,
     load_pool,
-    read_resumable,
     training_problems,
 )
 from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
@@ -53,9 +44,10 @@ from generation import (
     load_model,
     prompt_once,
 )
-from lora import DEFAULT_TARGETS, apply_lora, load_lora, merged, save_lora
+from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
 from reward import is_equiv, lenient_answer, reward
+from runs import RunLog, checkpoint_or_stop, start_or_resume, stop_signals
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
@@ -371,137 +363,7 @@ def load_problems(args):
                          length_matched=args.length_matched)
 
 
-# ----------------------------------------------------------------------------- checkpoints
-KEEP_OPTIMIZER = 2   # the newest checkpoints with AdamW's state: a damaged one has one before it
-FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size",
-        "micro_batch_tokens", "no_cuda_graphs", "model", "data", "drafts", "exclude", "report_to",
-        "run_name", "log_completions"}                  # flags a resumed run may change
-
-
-def save_checkpoint(args, step, model, optimizer):
-    """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place."""
-    final = os.path.join(args.output_dir, f"step-{step}")
-    tmp = final + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_lora(model, tmp, base_model_name_or_path=args.model)
-    state = optimizer.state_dict()["state"]
-    tensors = {f"state.{i}.{k}": v.contiguous().cpu() for i, s in state.items()
-               for k, v in s.items()}
-    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump({"step": step, "args": vars(args)}, f, indent=2)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in _checkpoints(args.output_dir)[:-KEEP_OPTIMIZER]:
-        path = os.path.join(args.output_dir, f"step-{old}", "optimizer.safetensors")
-        if os.path.exists(path):
-            os.remove(path)
-
-
-def _checkpoints(output_dir):
-    complete = lambda d: os.path.exists(os.path.join(output_dir, d, "trainer_state.json"))
-    return sorted(int(m.group(1)) for d in os.listdir(output_dir)
-                  if (m := re.fullmatch(r"step-(\d+)", d)) and complete(d))
-
-
-def resume(args, model, optimizer):
-    """Load the newest checkpoint that reads back whole (adapter, AdamW's state, trainer state);
-    return its step (0 if none). A damaged one (a disk or copy fault) is passed over, saying so,
-    for the one before it; one trained with other flags is an error naming them."""
-    for step in reversed(_checkpoints(args.output_dir)):
-        path = os.path.join(args.output_dir, f"step-{step}")
-        if not os.path.exists(os.path.join(path, "optimizer.safetensors")):
-            continue                                   # older checkpoints keep the adapter alone
-        try:
-            saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
-            load_lora(model, path)
-            state = {}
-            for key, value in load_file(os.path.join(path, "optimizer.safetensors")).items():
-                _, i, name = key.split(".")
-                state.setdefault(int(i), {})[name] = value
-            # load_state_dict moves each moment to its parameter's device (`step` stays on the CPU)
-            groups = optimizer.state_dict()["param_groups"]
-            optimizer.load_state_dict({"state": state, "param_groups": groups})
-        except Exception as e:                # safetensors' own errors too: the file is wrong
-            print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); "
-                  "trying the one before")
-            continue
-        differ = [f"--{k.replace('_', '-')} {saved[k]}" for k in saved
-                  if k in vars(args) and k not in FREE and saved[k] != vars(args)[k]]
-        if differ:
-            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same "
-                             "flags")
-        print(f"resumed from {path}")
-        return step
-    print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
-    return 0
-
-
-def start_or_resume(args, model, optimizer):
-    """The step to start after: 0 for a new run (in a folder that holds none: nothing is
-    overwritten by accident), else --resume's checkpoint, the same on every process."""
-    os.makedirs(args.output_dir, exist_ok=True)
-    metrics = os.path.join(args.output_dir, "metrics.jsonl")
-    ran = _checkpoints(args.output_dir) or os.path.exists(metrics)
-    if ran and not args.resume:
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another "
-                         "--output-dir")
-    start = resume(args, model, optimizer) if args.resume else 0
-    if len(set(starts := gather(start))) > 1:
-        raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder "
-                         "that all nodes share")
-    return start
-
-
-# ----------------------------------------------------------------------------- signals
-@contextlib.contextmanager
-def stop_signals():
-    """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption)
-    are noted, not fatal: the loop finishes the step it is in, writes a checkpoint and exits with
-    128 + the signal's number."""
-    got, names = [], (signal.SIGTERM, signal.SIGUSR1)
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
-    try:
-        yield got
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-
-
-def checkpoint_or_stop(args, step, model, optimizer, signals):
-    """A checkpoint every --save-every steps, at the last, and when a stop signal came (to any
-    process); then the stop."""
-    stop = any(gather(bool(signals)))                   # every process stops after the same step
-    if distributed()[0] == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
-        save_checkpoint(args, step, model, optimizer)
-    if stop:
-        gather(None)                    # the checkpoint is on disk before anyone goes
-        number = (signals or [signal.SIGTERM])[0]
-        print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
-        raise SystemExit(128 + number)        # as if killed by it, so the job script requeues
-
-
 # ----------------------------------------------------------------------------- logs
-# the tracker's names for our metrics: TRL's, where TRL has one
-TRL_NAMES = {"completion_length": "completions/mean_length", "lr": "learning_rate",
-             "clipped_ratio": "completions/clipped_ratio",
-             "logp_diff_mean": "sampling/sampling_logp_difference/mean",
-             "logp_diff_max": "sampling/sampling_logp_difference/max",
-             **{f"ratio_{s}": f"sampling/importance_sampling_ratio/{s}"
-                for s in ("min", "mean", "max")}}
-
-
-def keep_upto(path, step):
-    """Keep a log's records up to `step` (later ones, and a line torn by a crash, are dropped)."""
-    if not os.path.exists(path):
-        return []
-    records = [r for r in read_resumable(path) if r["step"] <= step]
-    with open(path + ".tmp", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
-    os.replace(path + ".tmp", path)
-    return records
-
-
 def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, args,
                 epoch):
     """A step's line in metrics.jsonl."""
@@ -551,43 +413,6 @@ def completion_lines(step, batch, rollouts, args):
             for p, *group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), rollouts.answers,
                                  rollouts.logprobs, rollouts.entropies)
             for text, value, answer, logprobs, entropies in zip(*group)]
-
-
-class RunLog:
-    """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step, with
-    the count of skipped steps; completions.jsonl; the tracker's records (--report-to); the
-    progress bar. A resumed run keeps the lines up to its checkpoint and continues the tracker's."""
-
-    def __init__(self, args, start):
-        self.writes = distributed()[0] == 0
-        self.paths = [os.path.join(args.output_dir, f"{name}.jsonl")
-                      for name in ("metrics", "completions")]
-        kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
-        self.skipped = sum(r.get("skipped", False) for r in kept[0])
-        self.tracker = None
-        if self.writes and args.report_to != "none":
-            from extras.trackers import tracker  # an optional extra, imported when asked for
-            self.tracker = tracker(args.report_to, args.output_dir, args.run_name, vars(args),
-                                   start)
-        self.steps = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}",
-                          unit="step", initial=start, total=args.max_steps, disable=not self.writes)
-
-    def step(self, record, lines):
-        self.skipped += record["skipped"]
-        record["skipped_steps"] = self.skipped
-        for path, written in zip(self.paths, ([record], lines)):
-            if self.writes and written:
-                with open(path, "a") as f:
-                    f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in written)
-        if self.tracker:
-            self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, record["step"],
-                             lines)
-        self.steps.set_postfix(reward=f"{record['reward']:.3f}",
-                               len=f"{record['completion_length']:.0f}")
-
-    def close(self):
-        if self.tracker:
-            self.tracker.close()
 
 
 def main(argv=None):

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+import extras.graphs
 import generation
 from bench import copied_generate
 from evaluate import stop_finder
@@ -377,7 +378,7 @@ class ReplayedStep:
 
 @contextlib.contextmanager
 def emulated_graphs(monkeypatch, corrupt=False):
-    """generation.Graphs on the CPU, its captures emulated (ReplayedStep); yields the list of the
+    """extras.graphs.Graphs on the CPU, its captures emulated (ReplayedStep); yields the list of the
     steps captured."""
     captured = []
 
@@ -385,7 +386,7 @@ def emulated_graphs(monkeypatch, corrupt=False):
         step()
         captured.append(step)
         return ReplayedStep(step, corrupt)
-    monkeypatch.setattr(generation, "capture", capture)
+    monkeypatch.setattr(extras.graphs, "capture", capture)
     monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
     yield captured
 
@@ -405,7 +406,7 @@ def test_replayed_steps_decode_what_eager_steps_decode(sharp, monkeypatch, capsy
     eos = max({t for row in free for t in row},
               key=lambda t: len({row.index(t) for row in free if t in row}))
     with emulated_graphs(monkeypatch) as captured:
-        graphs = generation.Graphs()
+        graphs = extras.graphs.Graphs()
         assert generate(model, ids, eos_token_id=eos, graphs=graphs, **kw) == \
             generate(model, ids, eos_token_id=eos, **kw)
         assert graphs.ok and "CUDA graphs" in capsys.readouterr().out
@@ -432,7 +433,7 @@ def test_a_graph_that_decodes_otherwise_is_caught_and_the_run_decodes_eagerly(sh
     kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1,
               pad_token_id=tok.pad_token_id)
     with emulated_graphs(monkeypatch, corrupt=True):
-        graphs = generation.Graphs()
+        graphs = extras.graphs.Graphs()
         assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw)
     assert graphs.ok is False
     lines = capsys.readouterr().err.strip().splitlines()

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import grpo
+import runs
 from grpo import completion_logprobs, dr_grpo_loss, group_advantages
 
 
@@ -453,7 +454,7 @@ def test_resume_trims_metrics_to_the_checkpoint_and_drops_a_torn_line(tmp_path):
     lines = "".join(json.dumps({"step": s, "skipped": s == 2}) + "\n" for s in (1, 2, 3))
     path.write_text(lines + '{"step": 4, "rew')
     # one skipped step among those kept
-    assert sum(r["skipped"] for r in grpo.keep_upto(str(path), 2)) == 1
+    assert sum(r["skipped"] for r in runs.keep_upto(str(path), 2)) == 1
     assert [json.loads(line)["step"] for line in open(path)] == [1, 2]
 
 
