@@ -360,11 +360,13 @@ def decode_one_token(model, cache, rows, width, sample, eos_token_id, pad_token_
     cache.slot += 1
 
 
-def decode_n_tokens(model, cache, rows, max_new_tokens, step, stop=None, graphs=None):
+def decode_n_tokens(model, cache, rows, max_new_tokens, step, stop=None, graphs=None,
+                    interrupt=None):
     """The loop: step (decode_one_token with its sampler) up to max_new_tokens times, replayed from
     a CUDA graph of its shape with graphs. Every CHECK_EVERY steps the host looks: EOS, and
     stop(line, tail, first) -> where a row's stop string ends in its tail, whose new tokens start
-    at `first`; then finished rows leave the batch if that shrinks it. -> (rows, {line: end})."""
+    at `first`; then finished rows leave the batch if that shrinks it. -> (rows, {line: end}), or
+    None as soon as interrupt() says so at a look (a stop signal: the batch is dropped)."""
     ends, going = {}, rows.line[~rows.done].tolist()   # lines going at the last look
     for t in range(max_new_tokens):
         width = min(max_new_tokens, bucket(t + 1))
@@ -372,6 +374,8 @@ def decode_n_tokens(model, cache, rows, max_new_tokens, step, stop=None, graphs=
         graphs.replay(run, cache, width) if graphs else run()
         if (t + 1) % CHECK_EVERY and t + 1 < max_new_tokens:
             continue
+        if interrupt and interrupt():
+            return None
         if stop:  # the new tokens of the rows that were going, and the 11 before them
             first = t - t % CHECK_EVERY
             lo = max(0, first - 11)
@@ -432,7 +436,7 @@ def cuda_graphs(enabled=True):
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
              eos_token_id=None, pad_token_id=0, seed=0, prompt_numbers=None, stop=None,
-             batch_size=64, graphs=None, logprobs=False):
+             batch_size=64, graphs=None, logprobs=False, interrupt=None):
     """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
     Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
     prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default): the
@@ -440,7 +444,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     Stops at EOS, max_new_tokens, or where stop(line, tail, first) says (decode_n_tokens). Decodes
     B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step replays a
     CUDA graph. logprobs: each completion is (tokens, their log-probabilities under the distribution
-    each was drawn from, its entropy), three lists, read back with the tokens."""
+    each was drawn from, its entropy), three lists, read back with the tokens. Returns None if
+    interrupt() says so at one of the host's looks (a stop signal)."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     numbers = range(len(prompt_ids)) if prompt_numbers is None else prompt_numbers
     eos = -1 if eos_token_id is None else eos_token_id
@@ -460,7 +465,11 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
             use = graphs if graphs and graphs.ok else None
             cache, rows = prefill(model, [prompt_ids[p] for p, _ in batch], noise, max_new_tokens,
                                   use)
-            rows, ends = decode_n_tokens(model, cache, rows, max_new_tokens, step, stop, use)
+            decoded = decode_n_tokens(model, cache, rows, max_new_tokens, step, stop, use,
+                                      interrupt)
+            if decoded is None:
+                return None
+            rows, ends = decoded
             G, tokens = len(rows.tokens) // len(batch), rows.tokens.tolist()
             drawn = list(zip(rows.logprobs.tolist(), rows.entropies.tolist())) if logprobs else []
             for b, (p, group) in enumerate(batch):

@@ -47,7 +47,7 @@ from generation import (
 from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
 from reward import is_equiv, lenient_answer, reward
-from runs import RunLog, checkpoint_or_stop, start_or_resume, stop_signals
+from runs import RunLog, checkpoint_or_stop, drop_step, start_or_resume, stop_signals
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
@@ -124,11 +124,13 @@ class Update(NamedTuple):
 PROMPT_ONCE = True
 
 
-def policy_update(model, prompt_ids, completions, advantages, args, owned=None, sampled=None):
+def policy_update(model, prompt_ids, completions, advantages, args, owned=None, sampled=None,
+                  interrupt=None):
     """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
     samples owned[b]): micro-batch by micro-batch, forward [prompt; completion], log-probs, loss,
     backward. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached.
-    sampled: [B][G] the sampler's log-probs of the completions' tokens, for the gaps."""
+    sampled: [B][G] the sampler's log-probs of the completions' tokens, for the gaps. None if
+    interrupt() says so before a micro-batch (a stop signal)."""
     B, G, device = len(prompt_ids), len(completions[0]), model.device
     owned, loss_sum, gaps = owned or [range(G)] * B, 0.0, []
     normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
@@ -139,6 +141,8 @@ def policy_update(model, prompt_ids, completions, advantages, args, owned=None, 
             lengths = [len(completions[b][g]) for g in owned[b]]
             rows = [prompt.shape[1] + n for n in lengths]                 # [prompt; completion]
             for mb in micro_batches(rows, args.micro_batch_tokens):
+                if interrupt and interrupt():
+                    return None
                 gs = [owned[b][k] for k in mb]
                 ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True).to(device)
                 mask = torch.arange(ids.shape[1], device=device) < torch.tensor(
@@ -216,11 +220,12 @@ class Rollouts(NamedTuple):
 
 
 def sample_rollouts(model, tokenizer, prompt_ids, problems, step, args, owned, reward_fn,
-                    graphs=None):
+                    graphs=None, interrupt=None):
     """The step's B x G rollouts, graded: this process's share (all of them on one process),
     sampled with the LoRA merged into the base weights (base-model speed; the exact base weights
     come back after), then every process's share gathered. Sample g of prompt b draws from noise
-    hashed from (seed, step, b, g): the same tokens on any number of processes."""
+    hashed from (seed, step, b, g): the same tokens on any number of processes. None, on every
+    process, if interrupt() stopped the sampling on any (a stop signal)."""
     B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
     model.eval()
     batch_rows = min(B * G, args.rollout_batch_size)
@@ -230,14 +235,19 @@ def sample_rollouts(model, tokenizer, prompt_ids, problems, step, args, owned, r
                                eos_token_id=tokenizer.eos_token_id,
                                pad_token_id=tokenizer.pad_token_id,
                                seed=args.seed * 1_000_003 + step,
-                               batch_size=args.rollout_batch_size, graphs=graphs, logprobs=True)
-    # tokens, their log-probs, entropies: 3 x [B][G]
-    drawn = [[[c[i] for c in group] for group in completions] for i in range(3)]
-    decode = lambda c: tokenizer.decode(c, skip_special_tokens=True)
-    texts = [[decode(c) for c in group] for group in drawn[0]]
-    rewards = [[reward_fn(t, p["answer"]) for t in group] for group, p in zip(texts, problems)]
-    answers = [[lenient_answer(t) for t in group] for group in texts]
-    shares = gather((*drawn, texts, rewards, answers))  # every process's, in sample order
+                               batch_size=args.rollout_batch_size, graphs=graphs, logprobs=True,
+                               interrupt=interrupt)
+    share = None          # this process's, graded; None if a stop signal interrupted it
+    if completions is not None:
+        # tokens, their log-probs, entropies: 3 x [B][G]
+        drawn = [[[c[i] for c in group] for group in completions] for i in range(3)]
+        decode = lambda c: tokenizer.decode(c, skip_special_tokens=True)
+        texts = [[decode(c) for c in group] for group in drawn[0]]
+        rewards = [[reward_fn(t, p["answer"]) for t in group] for group, p in zip(texts, problems)]
+        share = (*drawn, texts, rewards, [[lenient_answer(t) for t in group] for group in texts])
+    shares = gather(share)                      # every process's, in sample order
+    if None in shares:
+        return None
     fields = [[sum((share[i][b] for share in shares), []) for b in range(B)] for i in range(6)]
     fields[4] = torch.tensor(fields[4], dtype=torch.float32)
     return Rollouts(*fields)
@@ -261,7 +271,10 @@ def train(args, problems, model, tokenizer, reward_fn=None):
     start = start_or_resume(args, model, optimizer)
     log = RunLog(args, start)  # metrics.jsonl, completions.jsonl, tracker; process 0
     skips = 0                                 # non-finite steps in a row
-    with stop_signals() as signals:     # Slurm's time limit or preemption: the step ends first
+    # Slurm's time limit or preemption: noted in `signals`; a step stops at once if its optimizer
+    # step has not begun (it is redone on --resume), else it ends; then a checkpoint
+    with stop_signals() as signals:
+        stopping = lambda: bool(signals)
         for step in log.steps:
             # ---- rollouts
             t0 = time.time()
@@ -269,14 +282,18 @@ def train(args, problems, model, tokenizer, reward_fn=None):
             prompt_ids = [encode_prompt(tokenizer, build_prompt(
                 p["problem"], p["draft"], tokenizer, args.max_prompt_tokens)) for p in batch]
             rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned,
-                                       reward_fn, graphs)                          # B x G, graded
+                                       reward_fn, graphs, stopping)                # B x G, graded
+            if rollouts is None:                     # a stop signal came (to any process)
+                drop_step(args, step, model, optimizer, signals)
             advantages = group_advantages(rollouts.rewards)                                # [B, G]
             # ---- the update
             t1 = time.time()
             model.train()
             optimizer.zero_grad(set_to_none=False)
             update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned,
-                                   rollouts.logprobs)
+                                   rollouts.logprobs, stopping)
+            if any(gather(bool(signals))):  # all processes drop the step: nothing has changed yet
+                drop_step(args, step, model, optimizer, signals)
             update = sum_over_processes(params, update)   # torchrun: the gradient of all B x G
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
             skipped = not math.isfinite(grad_norm + update.loss)  # NaN/inf: no step, nothing kept

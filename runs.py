@@ -3,6 +3,7 @@ with AdamW's state; resumed exactly, a damaged one passed over), stop signals (S
 and preemption), and the logs (metrics.jsonl, completions.jsonl, a tracker), cut back to the
 checkpoint on resume."""
 import contextlib
+import errno
 import json
 import os
 import re
@@ -23,18 +24,32 @@ FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size",
         "run_name", "log_completions"}                  # flags a resumed run may change
 
 
+@contextlib.contextmanager
+def writing(folder):
+    """Writes into `folder`: a full disk is one error naming it, whichever library's write met it
+    (safetensors raises no OSError)."""
+    try:
+        yield
+    except Exception as e:
+        if getattr(e, "errno", None) != errno.ENOSPC and "No space left" not in str(e):
+            raise
+        raise OSError(f"{folder}: the disk is full; free some space, then rerun with --resume (the "
+                      "checkpoints on disk are whole)") from None
+
+
 def save_checkpoint(args, step, model, optimizer):
     """step-N/: PEFT adapter + optimizer.safetensors + trainer_state.json, renamed into place."""
     final = os.path.join(args.output_dir, f"step-{step}")
     tmp = final + ".tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_lora(model, tmp, base_model_name_or_path=args.model)
     state = optimizer.state_dict()["state"]
     tensors = {f"state.{i}.{k}": v.contiguous().cpu() for i, s in state.items()
                for k, v in s.items()}
-    save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
-    with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
-        json.dump({"step": step, "args": vars(args)}, f, indent=2)
+    with writing(args.output_dir):
+        save_lora(model, tmp, base_model_name_or_path=args.model)
+        save_file(tensors, os.path.join(tmp, "optimizer.safetensors"))
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump({"step": step, "args": vars(args)}, f, indent=2)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _checkpoints(args.output_dir)[:-KEEP_OPTIMIZER]:
@@ -102,8 +117,9 @@ def start_or_resume(args, model, optimizer):
 @contextlib.contextmanager
 def stop_signals():
     """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption)
-    are noted, not fatal: the loop finishes the step it is in, writes a checkpoint and exits with
-    128 + the signal's number."""
+    are noted in the list it yields, not fatal: the loop drops the step it is in if that step has
+    not reached its optimizer step (drop_step), else ends it (checkpoint_or_stop); either way a
+    checkpoint is on disk and the run exits with 128 + the signal's number."""
     got, names = [], (signal.SIGTERM, signal.SIGUSR1)
     old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
     try:
@@ -120,10 +136,27 @@ def checkpoint_or_stop(args, step, model, optimizer, signals):
     if distributed()[0] == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
         save_checkpoint(args, step, model, optimizer)
     if stop:
-        gather(None)                    # the checkpoint is on disk before anyone goes
-        number = (signals or [signal.SIGTERM])[0]
-        print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
-        raise SystemExit(128 + number)        # as if killed by it, so the job script requeues
+        exit_on(signals, step)
+
+
+def drop_step(args, step, model, optimizer, signals):
+    """A stop signal came before `step` changed the weights or AdamW's state (its optimizer step):
+    the step is dropped whole, the state after the step before is checkpointed unless it is on
+    disk, and the run stops. --resume redoes the step exactly: its problems and its noise depend on
+    its number alone."""
+    done = step - 1
+    if distributed()[0] == 0 and done and done not in _checkpoints(args.output_dir):
+        save_checkpoint(args, done, model, optimizer)
+    exit_on(signals, done)
+
+
+def exit_on(signals, step):
+    """Every process waits for the checkpoint to be on disk, then exits with 128 + the signal's
+    number, as if killed by it, so that the job script requeues."""
+    gather(None)
+    number = (signals or [signal.SIGTERM])[0]
+    print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
+    raise SystemExit(128 + number)
 
 
 # ----------------------------------------------------------------------------- logs
@@ -141,7 +174,7 @@ def keep_upto(path, step):
     if not os.path.exists(path):
         return []
     records = [r for r in read_resumable(path) if r["step"] <= step]
-    with open(path + ".tmp", "w") as f:
+    with writing(os.path.dirname(path)), open(path + ".tmp", "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in records)
     os.replace(path + ".tmp", path)
     return records
@@ -171,7 +204,7 @@ class RunLog:
         record["skipped_steps"] = self.skipped
         for path, written in zip(self.paths, ([record], lines)):
             if self.writes and written:
-                with open(path, "a") as f:
+                with writing(os.path.dirname(path)), open(path, "a") as f:
                     f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in written)
         if self.tracker:
             self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, record["step"],

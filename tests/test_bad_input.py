@@ -7,10 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import drafts
 import evaluate
@@ -48,28 +49,167 @@ def same_run(a, b, step):
     assert lines(a) == lines(b)
 
 
-def test_sigterm_ends_the_step_checkpoints_and_resume_is_bit_exact(tmp_path, monkeypatch):
-    """Slurm's SIGTERM in the middle of step 3 (save-every 2): the step finishes, step-3 is written,
-    the process exits with 143 (128 + SIGTERM); --resume then ends where an uninterrupted run ends,
-    bit for bit."""
+def train_script(tmp_path, hook):
+    """A grpo.py entry point, as run_main runs it, with `hook` (Python lines) run first."""
+    script = tmp_path / "train.py"
+    script.write_text(f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\n"
+                      "import processes, grpo\n"
+                      f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
+                      "import test_bad_input\n" + hook +
+                      "processes.run_main(lambda: grpo.main(sys.argv[1:]))\n")
+    return script
+
+
+def run_cut(tmp_path, hook, steps=5):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the threads of this process: the same sums
+    return subprocess.run([sys.executable, str(train_script(tmp_path, hook)), *TINY, "--max-steps",
+                           str(steps), "--output-dir", tmp_path / "cut"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_sigterm_before_the_optimizer_step_drops_the_step_and_resume_redoes_it(tmp_path,
+                                                                               monkeypatch):
+    """Slurm's SIGTERM while step 3's rollouts are graded (save-every 2): nothing of step 3 has
+    changed the weights yet, so it is dropped whole: step-2 is on disk already, the process exits
+    with 143 (128 + SIGTERM) and metrics.jsonl ends at step 2; --resume redoes step 3 and ends
+    where an uninterrupted run ends, bit for bit."""
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
-    script = tmp_path / "train.py"
-    script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\nimport processes, grpo\n"
-                      f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
-                      "import test_bad_input\n"
-                      f"grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n"
-                      "processes.run_main(lambda: grpo.main(sys.argv[1:]))\n")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # the threads of this process: the same sums
-    run = subprocess.run([sys.executable, str(script), *TINY, "--max-steps", "5",
-                          "--output-dir", tmp_path / "cut"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    run = run_cut(tmp_path, "grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n")
+    assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
+    assert "stopped after step 2, checkpointed" in run.stdout
+    assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2"]
+    assert [json.loads(line)["step"] for line in open(tmp_path / "cut" / "metrics.jsonl")] == [1, 2]
+    monkeypatch.setattr(grpo, "reward", rewards(skip=2 * 6))
+    grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "cut"), "--resume"])
+    same_run(tmp_path / "whole", tmp_path / "cut", 5)
+
+
+def test_sigterm_after_the_optimizer_step_ends_the_step_and_checkpoints_it(tmp_path, monkeypatch):
+    """A SIGTERM once step 3's optimizer step is taken (while its metrics are computed): the step
+    ends, step-3 is written, exit 143; --resume continues bit for bit."""
+    monkeypatch.setattr(grpo, "reward", rewards())
+    grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
+    hook = ("record = grpo.step_record\n"
+            "def signalled(step, *a):\n"
+            "    os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None\n"
+            "    return record(step, *a)\n"
+            "grpo.step_record = signalled\n"
+            "grpo.reward = test_bad_input.rewards()\n")
+    run = run_cut(tmp_path, hook)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
     assert "stopped after step 3, checkpointed" in run.stdout
     assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "step-3"]
     monkeypatch.setattr(grpo, "reward", rewards(skip=3 * 6))
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "cut"), "--resume"])
     same_run(tmp_path / "whole", tmp_path / "cut", 5)
+
+
+def test_sigterm_a_quarter_into_a_long_rollout_ends_the_process_within_a_quarter_step(tmp_path):
+    """Preemption: SIGTERM a quarter into step 3's rollouts (384 tokens a row; a quarter of step
+    2's rollout time after step 2 is logged) ends the process within max(5 s, a quarter of a step)
+    with 143: the engine looks at the host every 16 decode steps, and step 3 is dropped; --resume
+    then finishes with every step logged once."""
+    long = [*TINY[:-6], "--max-new-tokens", "384", "--save-every", "1", "--max-steps", "4",
+            "--output-dir", str(tmp_path / "run")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, "grpo.py", *long], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    logged = lambda: metrics.read_text().count("\n") if metrics.exists() else 0
+    while logged() < 2 and proc.poll() is None:
+        time.sleep(0.02)
+    step2 = json.loads(metrics.read_text().splitlines()[1])
+    time.sleep(step2["rollout_time"] / 4)
+    assert proc.poll() is None, "the run ended before the signal"
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+    took = time.time() - sent
+    assert took <= max(5.0, step2["step_time"] / 4), (took, step2["step_time"])
+    assert [json.loads(line)["step"] for line in open(metrics)] == [1, 2]
+    grpo.main([*long, "--resume"])
+    assert [json.loads(line)["step"] for line in open(metrics)] == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("fails", ["checkpoint", "log"])
+def test_a_full_disk_stops_the_run_in_one_line_and_resume_continues_exactly(tmp_path, monkeypatch,
+                                                                            fails):
+    """The disk fills up while step 4's checkpoint (or metrics line) is written: one line naming
+    the folder and the full disk, no traceback, the checkpoints on disk whole; once there is space
+    again, --resume ends where an uninterrupted run ends, bit for bit. The writes fail as they do
+    on a full disk: safetensors' SafetensorError (no OSError), Python's OSError ENOSPC, after
+    part of the bytes went out."""
+    import builtins
+    import errno
+
+    from safetensors import SafetensorError
+
+    import runs
+    monkeypatch.setattr(grpo, "reward", rewards())
+    grpo.main([*TINY, "--max-steps", "6", "--output-dir", str(tmp_path / "whole")])
+    cut = tmp_path / "cut"
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if fails == "checkpoint":
+        def save(tensors, path, **kw):
+            if "step-4" not in path:
+                return save_file(tensors, path, **kw)
+            open(path, "wb").write(b"\0" * 100)
+            raise SafetensorError("Error while serializing: IoError(Os { code: 28, kind: "
+                                  "StorageFull, message: \"No space left on device\" })")
+        monkeypatch.setattr(runs, "save_file", save)
+    else:
+        class Full:                    # a file that takes 10 bytes, then finds the disk full
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.f.close()
+
+            def writelines(self, lines):
+                self.f.write("".join(lines)[:10])
+                raise full
+        def full_after_3(path, mode="r", *a, **kw):
+            f = builtins.open(path, mode, *a, **kw)
+            last = str(path).endswith("metrics.jsonl") and "a" in mode and \
+                len(builtins.open(path).readlines()) == 3
+            return Full(f) if last else f
+        monkeypatch.setattr(runs, "open", full_after_3, raising=False)
+    monkeypatch.setattr(grpo, "reward", rewards())
+    message = error(grpo, *TINY, "--max-steps", "6", "--output-dir", cut)
+    assert message == (f"error: {cut}: the disk is full; free some space, then rerun with "
+                       "--resume (the checkpoints on disk are whole)")
+    monkeypatch.undo()
+    assert {d for d in os.listdir(cut) if not d.endswith(".tmp")} == {"metrics.jsonl", "step-2"}
+    assert load_file(cut / "step-2" / "optimizer.safetensors")       # whole
+    monkeypatch.setattr(grpo, "reward", rewards(skip=2 * 6))
+    grpo.main([*TINY, "--max-steps", "6", "--output-dir", str(cut), "--resume"])
+    same_run(tmp_path / "whole", cut, 6)
+
+
+def test_evaluate_exits_at_once_on_sigterm_and_a_rerun_draws_only_what_is_missing(tmp_path):
+    """evaluate.py installs no handler: a SIGTERM ends it at once (143); the rounds it finished
+    are on disk, and rerunning the command draws only the missing samples."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "evaluate.py", "--model", "tiny", "--limit", "8", "--batch-size", "2",
+           "--max-new-tokens", "256", "--no-stop", "--output", str(out)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    records = tmp_path / "r.json.records.jsonl"
+    while not records.exists() and proc.poll() is None:
+        time.sleep(0.05)
+    sent = time.time()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM and time.time() - sent < 5
+    kept = len(open(records).readlines())
+    assert 0 < kept < 8
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert f"{8 - kept} samples to draw" in rerun.stdout
+    assert json.load(open(out))["num_problems"] == 8
 
 
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(tmp_path, monkeypatch, capsys):
