@@ -55,11 +55,12 @@ def test_sampled_frequencies_follow_softmax_of_logits_over_t(temperature):
     assert (probs - other).abs().max() > 20 * (probs * (1 - probs) / DRAWS).sqrt().max()
 
 
-@pytest.mark.parametrize("temperature,top_p", [(1.0, 0.75), (0.5, 0.9), (2.0, 0.6)])
+@pytest.mark.parametrize("temperature,top_p", [(0.5, 0.9), (2.0, 0.6)])
 def test_top_p_keeps_exactly_the_nucleus_in_renormalised_proportion(temperature, top_p):
     """Tokens outside the nucleus of softmax(logits / T) are never drawn; those inside are drawn in
-    proportion to their renormalised probability. (The nucleus boundaries here are not ties: the
-    mass before the last kept token is below top_p, with it above.)"""
+    proportion to their renormalised probability (T = 1: tests/test_evaluate.py). The nucleus
+    boundaries here are not ties: the mass before the last kept token is below top_p by 0.01 or
+    more, with it above by as much."""
     probs = reference(LOGITS, temperature, top_p)
     kept = probs > 0
     assert 1 < kept.sum() < len(probs)                              # a nucleus that cuts
