@@ -1,5 +1,5 @@
 """The suite's own mutation check: small wrong changes to the method, each of which the suite must
-catch. Not a test module (pytest does not collect it); run it from the repository root:
+catch. Not a test module (pytest does not collect it); it runs from any folder:
 
   python tests/mutants.py              # every mutant against the whole suite; exit 1 if one lives
   python tests/mutants.py --list       # the mutants, one a line (each checked to apply)

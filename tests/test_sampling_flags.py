@@ -39,8 +39,9 @@ def reference(logits, temperature, top_p=1.0):
 
 
 def assert_frequencies(tokens, probs):
-    """Each token's frequency within 5 standard errors of its probability (the draws are keyed
-    by a fixed seed, so this is deterministic; 5 SE keeps it far from the edge for any seed)."""
+    """Each token's frequency within 5 standard errors of its probability. The draws are keyed by a
+    fixed seed, so this is deterministic; a correct sampler under another seed or hash would miss
+    the bound about once in 10^5 runs."""
     freq = torch.bincount(tokens, minlength=len(probs)).double() / len(tokens)
     se = (probs * (1 - probs) / len(tokens)).sqrt()
     assert ((freq - probs).abs() <= 5 * se + 1e-12).all(), (freq, probs)
