@@ -1,6 +1,7 @@
-"""torchrun with 2 CPU processes (gloo) gives what one process gives: grpo.py (and --resume across
-world sizes), evaluate.py and drafts.py generate; bad set-ups stop before a model loads. Each run
-is a real torchrun."""
+"""torchrun with 2 CPU processes (gloo) gives what one process gives: grpo.py (resumed from a
+one-process checkpoint: across world sizes too), evaluate.py and drafts.py generate; bad set-ups
+stop before a model loads. Each launch is a real torchrun; each costs seconds, so one launch
+proves what it can at once."""
 import json
 import os
 import subprocess
@@ -24,7 +25,8 @@ grpo.reward = lambda text, gold, strict=False: float(len(text) % 2)
 grpo.main(sys.argv[1:])
 """
 GRPO_ARGS = ["--model", "tiny", "--variant", "no-draft", "--exclude", "", "--prompts-per-step", "3",
-             "--num-generations", "2", "--max-new-tokens", "6", "--lr", "1e-3", "--save-every", "1"]
+             "--num-generations", "2", "--max-new-tokens", "6", "--lr", "1e-3", "--save-every", "1",
+             "--seed", "1"]  # seed 1: every step has a group whose rewards differ
 
 
 def torchrun(script, *args, n=2, env=None):
@@ -47,62 +49,62 @@ def metrics(run):
     return [json.loads(line) for line in open(run / "metrics.jsonl")]
 
 
-def assert_same_run(a, b):
-    """Same steps and rewards exactly; loss and grad norm, and the adapter, to float rounding."""
+def assert_same_run(a, b, step):
+    """Same steps and rewards exactly; loss and grad norm, and the adapter at `step`, to float
+    rounding."""
     ma, mb = metrics(a), metrics(b)
     exact = lambda m: (m["step"], m["reward"], m["reward_std"], m["frac_reward_zero_std"])
     assert [exact(m) for m in ma] == [exact(m) for m in mb]
     for x, y in zip(ma, mb):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-6)
         assert x["grad_norm"] == pytest.approx(y["grad_norm"], 1e-4)
-    wa, wb = (load_file(str(r / "step-2" / "adapter_model.safetensors")) for r in (a, b))
+    wa, wb = (load_file(str(r / f"step-{step}" / "adapter_model.safetensors")) for r in (a, b))
     assert wa.keys() == wb.keys()
     assert max((wa[k] - wb[k]).abs().max().item() for k in wa) <= 1e-5
 
 
-def test_grpo_two_processes_end_where_one_ends_and_resume_may_change_the_world_size(
+def test_grpo_two_processes_resume_a_one_process_run_and_end_where_one_process_ends(
         tmp_path, monkeypatch):
-    """B x G = 3 x 2 rollouts: process 0 holds group 0 and half of group 1. Two processes end with
-    one process's metrics and adapter (max abs <= 1e-5); one step on one process, then --resume on
-    two, ends there too."""
+    """B x G = 3 x 2 rollouts: process 0 holds group 0 and half of group 1. Step 1 on one process,
+    then --resume on two for steps 2-3 (each process loads the checkpoint, samples its share,
+    and the gradients are summed) ends with one process's metrics and adapter (max abs <= 1e-5)."""
     monkeypatch.setattr(grpo, "reward", lambda text, gold, strict=False: float(len(text) % 2))
-    grpo.main([*GRPO_ARGS, "--max-steps", "2", "--output-dir", str(tmp_path / "one")])
-    # the steps do learn
-    assert any(m["frac_reward_zero_std"] < 1 for m in metrics(tmp_path / "one"))
-    script = wrapper(tmp_path)
-    two = torchrun(script, *GRPO_ARGS, "--max-steps", "2", "--output-dir", tmp_path / "two")
-    assert two.returncode == 0, two.stderr[-3000:]
-    assert_same_run(tmp_path / "one", tmp_path / "two")
+    grpo.main([*GRPO_ARGS, "--max-steps", "3", "--output-dir", str(tmp_path / "one")])
+    # the steps that two processes take do learn
+    assert all(m["frac_reward_zero_std"] < 1 for m in metrics(tmp_path / "one")[1:])
     grpo.main([*GRPO_ARGS, "--max-steps", "1", "--output-dir", str(tmp_path / "switch")])
-    resumed = torchrun(script, *GRPO_ARGS, "--max-steps", "2", "--output-dir", tmp_path / "switch",
-                       "--resume")
+    resumed = torchrun(wrapper(tmp_path), *GRPO_ARGS, "--max-steps", "3",
+                       "--output-dir", tmp_path / "switch", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert_same_run(tmp_path / "one", tmp_path / "switch")
+    assert_same_run(tmp_path / "one", tmp_path / "switch", 3)
     # the adapter really moved, so the 1e-5 above is a comparison, not two untouched zero matrices
-    moved = load_file(str(tmp_path / "one" / "step-2" / "adapter_model.safetensors"))
+    moved = load_file(str(tmp_path / "one" / "step-3" / "adapter_model.safetensors"))
     assert max(v.abs().max().item() for k, v in moved.items() if "lora_B" in k) > 1e-4
 
 
-def test_evaluate_two_processes_write_one_process_records_and_summary(tmp_path):
-    # 3 chunks of 1 problem: a round with an idle process
-    common = ["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "3", "--samples", "4",
+def test_evaluate_and_drafts_on_two_processes_write_what_one_process_writes(tmp_path):
+    """One launch runs drafts.py generate, then evaluate.py (a script calling both mains, as their
+    own entry points do): the same pool, byte for byte and in the same order; the same evaluation
+    records and summary. Chunks of 2 and of 1 problem(s), 3 of each: a round with an idle
+    process."""
+    pool = ["generate", "--model", "tiny", "--limit", "5", "--num-drafts", "2",
+            "--max-new-tokens", "8", "--batch-size", "4"]
+    scores = ["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "3", "--samples", "4",
               "--k", "1,2,4", "--max-new-tokens", "8", "--batch-size", "4"]
-    one = evaluate.main([*common, "--output", str(tmp_path / "one.json")])
-    run = torchrun("evaluate.py", *common, "--output", tmp_path / "two.json")
+    drafts.main([*pool, "--out", str(tmp_path / "one.jsonl")])
+    one = evaluate.main([*scores, "--output", str(tmp_path / "one.json")])
+    script = tmp_path / "both.py"
+    script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
+                      "import drafts, evaluate, generation\n"
+                      f"generation.run_main(lambda: (drafts.main({pool!r} + ['--out', "
+                      f"{str(tmp_path / 'two.jsonl')!r}]), evaluate.main({scores!r} + "
+                      f"['--output', {str(tmp_path / 'two.json')!r}])))\n")
+    run = torchrun(str(script))
     assert run.returncode == 0, run.stderr[-3000:]
+    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
     assert json.loads((tmp_path / "two.json").read_text()) == one
     lines = lambda p: sorted((tmp_path / p).read_text().splitlines())
     assert lines("two.json.records.jsonl") == lines("one.json.records.jsonl")
-
-
-def test_drafts_two_processes_write_one_process_pool(tmp_path):
-    common = ["generate", "--model", "tiny", "--limit", "5", "--num-drafts", "2",
-              "--max-new-tokens", "8", "--batch-size", "4"]  # chunks of 2 problems, 3 chunks
-    drafts.main([*common, "--out", str(tmp_path / "one.jsonl")])
-    run = torchrun("drafts.py", *common, "--out", tmp_path / "two.jsonl")
-    assert run.returncode == 0, run.stderr[-3000:]
-    # same order too
-    assert (tmp_path / "two.jsonl").read_text() == (tmp_path / "one.jsonl").read_text()
 
 
 def test_processes_wait_for_each_other_up_to_the_timeout_they_are_given(tmp_path):
@@ -140,13 +142,10 @@ def test_run_main_tears_nccl_down_and_skips_only_gloos_teardown(monkeypatch):
     assert calls == ["barrier", "destroy", "barrier", "_exit 0"]
 
 
-def test_bad_setups_stop_before_a_model_loads(tmp_path):
-    """More processes than rollouts, and processes started with different flags (rank 0's are the
-    run's)."""
-    run = torchrun("grpo.py", *GRPO_ARGS, "--prompts-per-step", "1", "--num-generations", "1",
-                   "--output-dir", tmp_path / "few")
-    assert run.returncode != 0 and "2 processes for 1 rollouts a step" in run.stderr
-    assert "training prompts" not in run.stdout and not (tmp_path / "few").exists()
+def test_bad_setups_stop_before_a_model_loads(tmp_path, monkeypatch, capsys):
+    """Processes started with different flags (rank 0's are the run's): every process stops, none
+    waits for the others in vain (a real launch). More processes than rollouts: a check of the
+    flags and the world size alone, the same on every process (here as process 0 of 2)."""
     script = tmp_path / "differ.py"
     script.write_text(f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport grpo\n"
                       "grpo.main(sys.argv[1:] + "
@@ -154,3 +153,8 @@ def test_bad_setups_stop_before_a_model_loads(tmp_path):
     run = torchrun(str(script), *GRPO_ARGS, "--output-dir", tmp_path / "differ")
     assert run.returncode != 0 and "process 1: --lr" in run.stderr, run.stderr[-3000:]
     assert "training prompts" not in run.stdout and not (tmp_path / "differ").exists()
+    monkeypatch.setattr(grpo, "distributed", lambda flags=None: (0, 2))
+    with pytest.raises(ValueError, match="2 processes for 1 rollouts a step"):
+        grpo.main([*GRPO_ARGS, "--prompts-per-step", "1", "--num-generations", "1",
+                   "--output-dir", str(tmp_path / "few")])
+    assert "training prompts" not in capsys.readouterr().out and not (tmp_path / "few").exists()

@@ -173,3 +173,58 @@ def test_dropout_applies_to_lora_input_only():
     assert torch.equal(layer(x), layer(x))                   # evaluation: deterministic
     expected = layer.base_layer(x) + layer.lora_B(layer.lora_A(x)) * 2.0
     assert torch.allclose(layer(x), expected)
+
+
+# scales other than the paper's 2 (alpha / r = 0.5 and 8): a scale taken as 2 anywhere shows
+OTHER_SCALES = [(8, 4), (4, 32)]
+
+
+def randomize_ab(model, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            for w in (m.lora_A.weight, m.lora_B.weight):
+                w.copy_(torch.randn(w.shape, generator=g) * 0.1)
+
+
+def by_formula(layer, x, scale):
+    """W x + b + scale * B A x, from the layer's tensors."""
+    base = layer.base_layer
+    out = x @ base.weight.T + (base.bias if base.bias is not None else 0)
+    return out + scale * (x @ layer.lora_A.weight.T @ layer.lora_B.weight.T)
+
+
+@pytest.mark.parametrize("r,alpha", OTHER_SCALES)
+def test_a_layer_adds_alpha_over_r_times_b_a_x(r, alpha):
+    torch.manual_seed(0)
+    layer = LoRALinear(nn.Linear(16, 12), r=r, alpha=alpha)
+    nn.init.normal_(layer.lora_B.weight, std=0.1)
+    x = torch.randn(5, 16)
+    assert torch.allclose(layer(x), by_formula(layer, x, alpha / r), atol=1e-6)
+
+
+@pytest.mark.parametrize("r,alpha", OTHER_SCALES)
+def test_save_load_and_merge_keep_alpha_over_r(tmp_path, r, alpha):
+    """Saved at r / alpha, loaded into a fresh model and into one wrapped at another scale (as
+    --resume does): the file's alpha / r, every layer by the formula; merged, each base weight is
+    W + (alpha / r) B A, computed here from the saved tensors."""
+    model = apply_lora(tiny_model(300), r=r, alpha=alpha)
+    randomize_ab(model)
+    save_lora(model, tmp_path / "a")
+    cfg = json.load(open(tmp_path / "a" / "adapter_config.json"))
+    assert (cfg["r"], cfg["lora_alpha"]) == (r, alpha)
+    x = torch.randint(0, 300, (2, 9))
+    for fresh in (tiny_model(300), apply_lora(tiny_model(300), r=r, alpha=2 * r)):
+        load_lora(fresh, tmp_path / "a")
+        assert torch.allclose(fresh(x).logits, model(x).logits, atol=1e-6)
+        h = torch.randn(3, 64)
+        for _, m in lora_modules(fresh):
+            inputs = h if m.base_layer.in_features == 64 else torch.randn(3, 128)
+            assert torch.allclose(m(inputs), by_formula(m, inputs, alpha / r), atol=1e-6)
+    tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
+    base = {n: m.base_layer.weight.detach().clone() for n, m in lora_modules(model)}
+    merge_lora(model)
+    for name, m in lora_modules(model):
+        key = f"base_model.model.{name}"
+        delta = tensors[f"{key}.lora_B.weight"] @ tensors[f"{key}.lora_A.weight"]
+        assert torch.allclose(m.base_layer.weight, base[name] + alpha / r * delta, atol=1e-6)

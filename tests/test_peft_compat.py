@@ -19,8 +19,14 @@ def randomize(model, seed):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path):
-    ours = apply_lora(tiny_model(300), r=16, alpha=32)
+# (r, alpha): the paper's scale 2, and scales 0.5 and 8, where a scale taken as 2 anywhere shows
+SCALES = pytest.mark.parametrize("r,alpha", [(16, 32), (8, 4), (4, 32)],
+                                 ids=["r16-a32", "r8-a4", "r4-a32"])
+
+
+@SCALES
+def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path, r, alpha):
+    ours = apply_lora(tiny_model(300), r=r, alpha=alpha)
     randomize(ours, 1)
     save_lora(ours, tmp_path / "ours", base_model_name_or_path="tiny")
     theirs = peft.PeftModel.from_pretrained(tiny_model(300), str(tmp_path / "ours"))
@@ -31,8 +37,9 @@ def test_our_adapter_loaded_by_peft_gives_our_logits(tmp_path):
     assert (theirs(x).logits - tiny_model(300)(x).logits).abs().max() > 1e-3
 
 
-def test_peft_adapter_loaded_by_us_gives_peft_logits(tmp_path):
-    config = peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS,
+@SCALES
+def test_peft_adapter_loaded_by_us_gives_peft_logits(tmp_path, r, alpha):
+    config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=TARGETS,
                              task_type="CAUSAL_LM")
     theirs = peft.get_peft_model(tiny_model(300), config)
     randomize(theirs, 2)

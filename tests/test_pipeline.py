@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import pytest
 from safetensors.torch import load_file
+
+from reward import is_equiv, lenient_answer, reward
 
 
 def run(*args):
@@ -23,13 +26,24 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
     run("grpo.py", "--model", "tiny", "--variant", "mismatched-wrong", "--drafts", pool,
         "--output-dir", runs, "--max-steps", "4", "--prompts-per-step", "2",
         "--num-generations", "4", "--max-new-tokens", "16", "--lr", "5e-6", "--save-every", "2",
-        "--seed", "0")
+        "--seed", "0", "--log-completions", "1")
     metrics = [json.loads(line) for line in open(os.path.join(runs, "metrics.jsonl"))]
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     logged = {"reward", "completion_length", "step_time", "frac_reward_zero_std", "skipped_steps"}
     assert logged <= set(metrics[0])
-    assert all(0 <= m["draft_answer_rate"] <= 1 and 0 <= m["gold_answer_rate"] <= 1
-               for m in metrics)  # drafts shown
+    # each step's rewards and answer rates, recomputed from its rollouts' texts
+    gold = {r["id"]: r["answer"] for r in rows}
+    lines = [json.loads(line) for line in open(os.path.join(runs, "completions.jsonl"))]
+    for m in metrics:
+        step = [x for x in lines if x["step"] == m["step"]]
+        answers = [lenient_answer(x["completion"]) for x in step]
+        assert len(step) == 2 * 4 and [x["answer"] for x in step] == answers
+        rewards = [reward(x["completion"], gold[x["id"]]) for x in step]
+        assert [x["reward"] for x in step] == rewards
+        assert m["reward"] == pytest.approx(sum(rewards) / len(step))
+        rate = lambda key: sum(is_equiv(a, key(x)) for a, x in zip(answers, step)) / len(step)
+        assert m["draft_answer_rate"] == pytest.approx(rate(lambda x: x["draft_answer"]))
+        assert m["gold_answer_rate"] == pytest.approx(rate(lambda x: gold[x["id"]]))
     for step in (2, 4):
         files = set(os.listdir(os.path.join(runs, f"step-{step}")))
         assert {"adapter_config.json", "adapter_model.safetensors", "trainer_state.json"} <= files
@@ -43,27 +57,12 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
     assert out.rstrip().endswith("tests/test_grpo.py, learning.") and "weights are random" in out
 
 
-def test_cli_errors_name_the_problem(tmp_path):
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text('{"id": "a", "problem": "p", "answer": "1", "level": 3}\n{oops\n')
-    cases = [(["grpo.py", "--model", "tiny", "--variant", "no-draft", "--data", str(bad)],
-              "bad.jsonl:2"),
-             (["grpo.py", "--model", "tiny", "--variant", "matched-wrong"], "needs a draft pool"),
-             (["grpo.py", "--variant", "mismatched-wrogn"], "invalid choice"),
-             (["evaluate.py", "--model", "tiny", "--data", str(tmp_path / "none.jsonl")],
-              "none.jsonl")]
-    for args, needle in cases:
-        out = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=300)
-        assert out.returncode != 0 and needle in out.stderr, (args, out.stderr[-500:])
-        assert "Traceback" not in out.stderr
-
-
 def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     """`bench.py gpu --quick` is what the first lent GPU runs, in minutes it cannot spend on a
     crash: its dry run on the tiny shape goes through every section without an error and writes
-    the JSON after each (into this test's own folder)."""
+    the JSON after each (here into this test's own folder: a stale file from an earlier run proves
+    nothing)."""
     import argparse
-    import json
 
     import bench
     result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True,

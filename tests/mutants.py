@@ -1,0 +1,282 @@
+"""The suite's own mutation check: small wrong changes to the method, each of which the suite must
+catch. Not a test module (pytest does not collect it); it runs from any folder:
+
+  python tests/mutants.py              # every mutant against the whole suite; exit 1 if one lives
+  python tests/mutants.py --list       # the mutants, one a line (each checked to apply)
+  python tests/mutants.py --only NAME [NAME ...]   # some of them
+  python tests/mutants.py --fast       # each against its `first` files alone (quick iteration)
+
+For each mutant: the working tree's files (git ls-files, untracked ones included, ignored ones
+not) are copied to a temporary folder, the change is applied there (its original text must occur
+exactly once: a stale mutant is an error, not a pass), and `python -m pytest -x -q -p
+no:cacheprovider` runs over every test file, the mutant's `first` files first (they usually kill
+it within seconds; the rest still run if they do not). Before the mutants, the unmutated suite
+must pass the same way. A mutant is killed when pytest fails; the first failing test is reported.
+Each mutant is a data row, so one is re-pointed by editing its `original` and `replacement` when
+the code moves.
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import NamedTuple
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class Mutant(NamedTuple):
+    name: str
+    file: str
+    original: str
+    replacement: str
+    description: str
+    first: tuple = ()         # test files likely to kill it, run before the others
+
+
+MUTANTS = [
+    # -- sampling
+    Mutant("temperature-inverted", "generation.py",
+           "torch.softmax(logits.float() / temperature, dim=-1)",
+           "torch.softmax(logits.float() * temperature, dim=-1)",
+           "the sampler multiplies the logits by T instead of dividing",
+           ("test_sampling_flags.py",)),
+    Mutant("top-p-ignored", "generation.py", "    if top_p < 1.0:\n", "    if False:\n",
+           "the sampler never applies the nucleus", ("test_sampling_flags.py",)),
+    Mutant("top-p-one-short", "generation.py",
+           "outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p",
+           "outside = sorted_probs.cumsum(dim=-1) > top_p",
+           "the nucleus loses the token that crosses top_p", ("test_sampling_flags.py",)),
+    Mutant("grpo-temperature-dropped", "grpo.py",
+           "temperature=args.temperature, top_p=args.top_p,",
+           "temperature=1.0, top_p=args.top_p,",
+           "rollouts sample at T = 1 whatever --temperature says", ("test_sampling_flags.py",)),
+    Mutant("grpo-top-p-dropped", "grpo.py",
+           "temperature=args.temperature, top_p=args.top_p,",
+           "temperature=args.temperature, top_p=1.0,",
+           "rollouts ignore --top-p", ("test_sampling_flags.py",)),
+    Mutant("evaluate-temperature-dropped", "evaluate.py",
+           "max_new_tokens=args.max_new_tokens, temperature=args.temperature,",
+           "max_new_tokens=args.max_new_tokens, temperature=0.6 if args.temperature else 0.0,",
+           "evaluation samples at 0.6 whatever --temperature says", ("test_sampling_flags.py",)),
+    Mutant("drafts-temperature-dropped", "drafts.py",
+           "temperature=args.temperature, top_p=args.top_p,",
+           "temperature=0.8, top_p=args.top_p,",
+           "drafts sample at 0.8 whatever --temperature says", ("test_sampling_flags.py",)),
+    # -- LoRA
+    Mutant("lora-scale-2", "lora.py", "self.scaling = alpha / r", "self.scaling = 2.0",
+           "a new adapter's scale is 2 whatever r and alpha are",
+           ("test_peft_compat.py", "test_lora.py")),
+    Mutant("lora-load-scale-2", "lora.py", 'm.scaling = cfg["lora_alpha"] / cfg["r"]',
+           "m.scaling = 2.0", "a loaded adapter's scale is 2 whatever its file says",
+           ("test_peft_compat.py", "test_lora.py")),
+    Mutant("lora-merge-scale-2", "lora.py",
+           "return (self.lora_B.weight @ self.lora_A.weight) * self.scaling",
+           "return (self.lora_B.weight @ self.lora_A.weight) * 2.0",
+           "merging folds B A in at scale 2", ("test_lora.py",)),
+    # -- data order
+    Mutant("step-rows-same-prompts", "grpo.py",
+           "for pos in range((step - 1) * batch, step * batch)]", "for pos in range(0, batch)]",
+           "every step serves the same prompts", ("test_training_step.py",)),
+    Mutant("step-rows-same-order", "grpo.py", "manual_seed(seed * 100_003 + epoch)",
+           "manual_seed(seed * 100_003)", "every epoch in the same order",
+           ("test_training_step.py",)),
+    Mutant("step-rows-seed-ignored", "grpo.py", "manual_seed(seed * 100_003 + epoch)",
+           "manual_seed(epoch)", "the data order ignores --seed", ("test_training_step.py",)),
+    # -- the update
+    Mutant("clip-removed", "grpo.py", "clip_grad_norm_(params, args.max_grad_norm)",
+           'clip_grad_norm_(params, float("inf"))',
+           "no gradient clipping (the norm is still measured and logged)",
+           ("test_training_step.py",)),
+    Mutant("adamw-beta2", "grpo.py", "betas=(args.beta1, args.beta2)",
+           "betas=(args.beta1, 0.999)", "AdamW's beta2 at torch's default 0.999",
+           ("test_training_step.py",)),
+    Mutant("adamw-beta1-default", "grpo.py", '("--beta1", 0.9,', '("--beta1", 0.8,',
+           "--beta1's default is not the paper's 0.9", ("test_training_step.py",)),
+    Mutant("adamw-weight-decay", "grpo.py", "weight_decay=args.weight_decay)",
+           "weight_decay=0.0)", "no weight decay", ("test_training_step.py",)),
+    Mutant("adamw-eps", "grpo.py", "eps=1e-8,", "eps=1e-6,", "AdamW's eps 1e-6",
+           ("test_training_step.py",)),
+    Mutant("micro-batch-budget-ignored", "grpo.py",
+           "if current and (len(current) + 1) * lengths[current[0]] > budget:",
+           "if False:", "one micro-batch whatever --micro-batch-tokens says",
+           ("test_properties.py", "test_training_step.py")),
+    Mutant("micro-batch-one-over", "grpo.py",
+           "if current and (len(current) + 1) * lengths[current[0]] > budget:",
+           "if current and len(current) * lengths[current[0]] > budget:",
+           "a micro-batch may take one row more than the budget holds",
+           ("test_properties.py", "test_training_step.py")),
+    Mutant("loss-per-sequence-length", "grpo.py",
+           "return -(per_token * mask).sum() / normaliser",
+           "return -((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1)).sum() / normaliser",
+           "vanilla GRPO: each completion's loss divided by its own length, not L_max",
+           ("test_training_step.py", "test_grpo.py")),
+    Mutant("loss-normaliser-micro-batch", "grpo.py", "weights, normaliser, args.clip_eps)",
+           "weights, len(gs) * args.max_new_tokens, args.clip_eps)",
+           "each micro-batch divided by its own size again, not the batch's B G L_max",
+           ("test_training_step.py", "test_grpo.py")),
+    Mutant("loss-normaliser-constant", "grpo.py", "normaliser = B * G * args.max_new_tokens",
+           "normaliser = B * args.max_new_tokens", "the normaliser B L_max instead of B G L_max",
+           ("test_training_step.py", "test_grpo.py")),
+    Mutant("next-token-shift", "generation.py",
+           "return torch.cat([prompt.last.expand(n, -1, -1), hidden[:, :-1]], 1)",
+           "return hidden", "position t scores token t with the state that has read it",
+           ("test_training_step.py", "test_grpo.py")),
+    Mutant("advantages-std", "grpo.py", "return rewards - rewards.mean(dim=1, keepdim=True)",
+           "return (rewards - rewards.mean(dim=1, keepdim=True)) / "
+           "(rewards.std(dim=1, keepdim=True) + 1e-4)",
+           "advantages divided by the group's std (vanilla GRPO)",
+           ("test_grpo.py", "test_training_step.py")),
+    Mutant("resume-start-step", "runs.py",
+           '        print(f"resumed from {path}")\n        return step\n',
+           '        print(f"resumed from {path}")\n        return step + 1\n',
+           "--resume starts one step after its checkpoint's",
+           ("test_bad_input.py", "test_grpo.py")),
+    # -- evaluation
+    Mutant("pass-at-k-off-by-one", "evaluate.py", "for i in range(n - c + 1, n + 1):",
+           "for i in range(n - c + 2, n + 1):", "pass@k's product misses a factor",
+           ("test_summary.py", "test_evaluate.py")),
+    Mutant("summary-lenient-is-strict", "evaluate.py",
+           'correct = [sum(x[mode] for x in by_id[r["id"]][:n]) for r in problems]',
+           'correct = [sum(x["strict"] for x in by_id[r["id"]][:n]) for r in problems]',
+           "lenient pass@k counts the strict grades", ("test_summary.py",)),
+    Mutant("summary-extra-samples", "evaluate.py",
+           'correct = [sum(x[mode] for x in by_id[r["id"]][:n]) for r in problems]',
+           'correct = [sum(x[mode] for x in by_id[r["id"]]) for r in problems]',
+           "pass@k counts samples beyond the n every problem has", ("test_summary.py",)),
+    Mutant("avg-at-n-lenient", "evaluate.py",
+           'statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}',
+           'statistics.mean(x["lenient"] for x in by_id[r["id"]][:n]) for r in problems}',
+           "avg@n from the lenient grades", ("test_summary.py",)),
+    Mutant("maj-tie-latest", "evaluate.py",
+           "winner = next(clusters[i] for i in subset if counts.get(clusters[i]) == best)",
+           "winner = next(clusters[i] for i in reversed(subset) "
+           "if counts.get(clusters[i]) == best)",
+           "a tied vote goes to the latest answer, not the earliest", ("test_summary.py",)),
+    Mutant("maj-none-votes", "evaluate.py",
+           "            if clusters[i] >= 0:\n", "            if True:\n",
+           "samples without an answer vote (as one cluster)", ("test_summary.py",)),
+    # -- the answer checker
+    Mutant("normalize-raises", "reward.py",
+           r'parts = [x for x in s.split("\\approx") if x] or [""]',
+           r'parts = [x for x in s.split("\\approx") if x]',
+           "normalize raises on answers that normalise to nothing (is_equiv's catch-all hides it; "
+           "maj@k's vote calls normalize unguarded)", ("test_properties.py",)),
+]
+
+
+def files_to_copy():
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return [p for p in out.split("\0") if p and os.path.isfile(os.path.join(ROOT, p))]
+
+
+def suite_files(first=()):
+    """Every test file, `first` before the others."""
+    names = sorted(f for f in os.listdir(os.path.join(ROOT, "tests"))
+                   if re.fullmatch(r"test_.*\.py", f))
+    missing = [f for f in first if f not in names]
+    if missing:
+        raise SystemExit(f"error: no such test file(s) {missing}")
+    return [f"tests/{f}" for f in [*first, *(f for f in names if f not in first)]]
+
+
+def mutated(mutant, folder=ROOT):
+    """mutant.file's text under `folder` with the change applied; its original text must occur
+    there exactly once."""
+    with open(os.path.join(folder, mutant.file), encoding="utf-8") as f:
+        text = f.read()
+    count = text.count(mutant.original)
+    if count != 1:
+        raise SystemExit(f"error: mutant {mutant.name}: its original text occurs {count} times in "
+                         f"{mutant.file} (must be once): re-point it\n  {mutant.original!r}")
+    return text.replace(mutant.original, mutant.replacement)
+
+
+def run_suite(mutant, files, fast, timeout):
+    """(outcome, first failing test or '', seconds) with `mutant` applied (None: the code as is)."""
+    with tempfile.TemporaryDirectory(prefix="mutant-") as folder:
+        for path in files:
+            os.makedirs(os.path.dirname(os.path.join(folder, path)), exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, path), os.path.join(folder, path))
+        if mutant is not None:
+            text = mutated(mutant, folder)
+            with open(os.path.join(folder, mutant.file), "w", encoding="utf-8") as f:
+                f.write(text)
+        first = mutant.first if mutant else ()
+        targets = [f"tests/{f}" for f in first] if fast and first else suite_files(first)
+        cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *targets]
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+        start = time.time()
+        try:
+            run = subprocess.run(cmd, cwd=folder, capture_output=True, text=True, env=env,
+                                 timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return "killed", f"(timed out after {timeout} s)", time.time() - start
+        seconds = time.time() - start
+    failed = re.search(r"^(?:FAILED|ERROR) (\S+)", run.stdout, re.M)
+    if run.returncode == 0:
+        return "survived", "", seconds
+    if run.returncode in (1, 2) and failed:
+        return "killed", failed.group(1), seconds
+    tail = "\n".join((run.stdout + run.stderr).strip().splitlines()[-5:])
+    return f"error (pytest exit {run.returncode})", tail, seconds
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--list", action="store_true",
+                    help="list the mutants (each checked to apply exactly once) and exit")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run these mutants alone")
+    ap.add_argument("--fast", action="store_true",
+                    help="each mutant against its `first` test files alone (not the whole suite)")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the unmutated run (it must pass for the result to mean anything)")
+    ap.add_argument("--timeout", type=int, default=1200, help="seconds per suite run")
+    args = ap.parse_args(argv)
+    names = [m.name for m in MUTANTS]
+    if len(set(names)) != len(names):
+        raise SystemExit("error: two mutants share a name")
+    chosen = MUTANTS
+    if args.only:
+        unknown = sorted(set(args.only) - set(names))
+        if unknown:
+            raise SystemExit(f"error: no mutant named {', '.join(unknown)} (see --list)")
+        chosen = [m for m in MUTANTS if m.name in args.only]
+    for m in chosen:               # a stale mutant stops the run before any suite runs
+        mutated(m)
+        suite_files(m.first)
+    if args.list:
+        for m in chosen:
+            print(f"{m.name:30} {m.file:14} {m.description}")
+        return 0
+    files = files_to_copy()
+    scope = "each mutant's first files" if args.fast else "the whole suite"
+    start = time.time()
+    if not args.no_baseline:
+        outcome, detail, seconds = run_suite(None, files, args.fast, args.timeout)
+        print(f"{'(no mutant)':30} {'passes' if outcome == 'survived' else outcome:9} "
+              f"{seconds:6.0f} s  {detail}", flush=True)
+        if outcome != "survived":
+            print("the unmutated suite does not pass: no mutant result means anything")
+            return 2
+    rows = []
+    for m in chosen:
+        outcome, detail, seconds = run_suite(m, files, args.fast, args.timeout)
+        rows.append((m, outcome))
+        print(f"{m.name:30} {outcome:9} {seconds:6.0f} s  {detail}", flush=True)
+    killed = sum(outcome == "killed" for _, outcome in rows)
+    print(f"\n{killed} of {len(rows)} mutants killed ({scope}), "
+          f"{time.time() - start:.0f} s in all")
+    for m, outcome in rows:
+        if outcome != "killed":
+            print(f"  {outcome}: {m.name} ({m.file}: {m.description})")
+    return 0 if killed == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
