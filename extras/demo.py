@@ -1,4 +1,4 @@
-"""The README's first command: GRPO learning a toy task on a CPU in about a minute.
+"""The README's first command: GRPO learning a toy task on a CPU, in a minute or two.
 
   python -m extras.demo                            # everything under runs/demo/
   python -m extras.demo --seed 1 --out runs/demo-seed1
@@ -144,7 +144,7 @@ def build(folder, seed, recipe=RECIPE):
         torch.manual_seed(seed)
         model = MistralForCausalLM(config)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)           # one thread: the same weights on any machine, and faster
+    torch.set_num_threads(1)      # no sum whose order depends on the thread count; faster too
     try:
         teacher_forcing(model, prompts, completions, recipe)
     finally:
@@ -262,7 +262,8 @@ def report(run, base, trained, curves):
 
 
 def main(argv=None):
-    args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
+    args = Parser(prog="python -m extras.demo", description=__doc__,
+                  formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--seed", 0, "builds the toy learner, splits the sums, seeds the drafts and GRPO", SEED),
         ("--out", "runs/demo", "folder for the model (cached), data, pool, run and evaluations"),
     ).parse_args(argv)
