@@ -224,10 +224,10 @@ def run(args):
     if log:
         log.log(headline, 0)
         log.close()
-    if args.model == "tiny":                    # the README's demo ends here: say what a zero means
+    if args.model == "tiny":                    # smoke runs end here: say what a zero means
         print(f"--model tiny: {len(rows)} problems evaluated (adapter {args.adapter}). Its "
-              "weights are random, so\npass@1 = 0 and reward=0.000 are expected: the demo tests "
-              "the plumbing; tests/test_grpo.py, learning.")
+              "weights are random, so\npass@1 = 0 and reward=0.000 are expected: it tests the "
+              "plumbing; python -m extras.demo and tests/test_grpo.py, learning.")
     return summary
 
 

@@ -1,5 +1,5 @@
-"""The README's first command, as subprocesses with the same flags (smaller sizes): drafts -> GRPO
--> evaluation."""
+"""The pipeline on the random `--model tiny`, as subprocesses (the smoke run that was the README's
+first command before extras/demo.py): drafts -> GRPO -> evaluation."""
 import json
 import os
 import subprocess
