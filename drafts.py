@@ -186,25 +186,13 @@ def derangement(n, rng):
     return perm
 
 
-def build_variant(pool, variant, seed=0, length_matched=False):
+def build_variant(pool, variant, seed=0):
     """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and
     the shown draft's labels, tier and answer (draft_pred: the whole draft's, before any cut).
-    Mismatched-X shows, for problem i, the draft matched-X selected for perm[i].
-
-    length_matched (the referee's control): row i of every draft variant shows its draft cut
-    (beginning kept) to the shortest of the four draft variants' row-i drafts, in characters, so all
-    four train on identical draft-length distributions and differ only in which draft is shown."""
+    Mismatched-X shows, for problem i, the draft matched-X selected for perm[i]. The referee's
+    length-matched control: extras/pool.py's length_matched."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    if length_matched and variant != "no-draft":
-        shown = [build_variant(pool, v, seed) for v in VARIANTS[1:]]
-        rows = shown[VARIANTS.index(variant) - 1]
-        for i, row in enumerate(rows):
-            target = min(len(s[i]["draft"]) for s in shown)
-            while target and any(s[i]["draft"][target - 1].isspace() for s in shown):
-                target -= 1  # build_prompt strips drafts: cut where no variant ends in space
-            row.update(draft=row["draft"][:target], draft_chars_full=len(row["draft"]))
-        return rows
     rows = [{"id": p["id"], "problem": p["problem"], "answer": p["answer"], "level": p.get("level"),
              "subject": p.get("subject"), "draft": None, "draft_source": None} for p in pool]
     if variant == "no-draft":

@@ -279,7 +279,6 @@ class RolloutCache:
     own: torch.Tensor
     length: torch.Tensor        # [B] each prompt's length
     slot: torch.Tensor          # [1] this step's slot in the rows' own K/V
-    masks: dict = dataclasses.field(default_factory=dict)  # this step's, by sliding window
 
     def update(self, layer, key, value, width):
         """This step's K/V [R, Hkv, 1, d] into the slot; returns the own K/V of slots < width."""
@@ -290,15 +289,12 @@ class RolloutCache:
 
     def visible(self, window, width):
         """[B, 1, 1, 1, P + width]: the prompt and own keys that this step's queries see."""
-        if window not in self.masks:
-            P, device = self.prompt.shape[4], self.slot.device
-            prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)    # [B, P]
-            prompt_pos = prompt_pos.masked_fill(prompt_pos >= self.length[:, None], 2 ** 40)
-            own_pos = self.length[:, None] + torch.arange(width, device=device)         # [B, W]
-            query_pos = (self.length + self.slot)[:, None]                              # [B, 1]
-            seen = visible(torch.cat([prompt_pos, own_pos], 1), query_pos, window)
-            self.masks[window] = seen[:, None, None]
-        return self.masks[window]
+        P, device = self.prompt.shape[4], self.slot.device
+        prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)        # [B, P]
+        prompt_pos = prompt_pos.masked_fill(prompt_pos >= self.length[:, None], 2 ** 40)
+        own_pos = self.length[:, None] + torch.arange(width, device=device)             # [B, W]
+        query_pos = (self.length + self.slot)[:, None]                                  # [B, 1]
+        return visible(torch.cat([prompt_pos, own_pos], 1), query_pos, window)[:, None, None]
 
 
 @dataclasses.dataclass
@@ -346,7 +342,6 @@ def decode_one_token(model, cache, rows, width, sample, eos_token_id, pad_token_
     """Every row samples its next token, appends it, and the model runs one step on it: the same
     shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay it.
     A finished row samples on, masked: its tokens are padding."""
-    cache.masks.clear()
     token, logprob, entropy = sample(rows.logits, mix(rows.noise ^ cache.slot))
     token = token.masked_fill(rows.done, pad_token_id)
     for table, new in ((rows.tokens, token), (rows.logprobs, logprob), (rows.entropies, entropy)):

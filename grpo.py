@@ -376,8 +376,10 @@ def load_problems(args):
     if not pool:
         raise ValueError("no training problems left (levels 3-5, non-empty answer, not in "
                          "--exclude)")
-    return build_variant(pool, args.variant, seed=args.variant_seed,
-                         length_matched=args.length_matched)
+    if args.length_matched:     # the referee's control: an extra, imported when asked for
+        from extras.pool import length_matched
+        return length_matched(pool, args.variant, args.variant_seed)
+    return build_variant(pool, args.variant, seed=args.variant_seed)
 
 
 # ----------------------------------------------------------------------------- logs

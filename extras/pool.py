@@ -75,7 +75,7 @@ def cmd_stats(args):
           f"{'same subj':>9s} {'same lvl':>8s} prompt {unit} mean ± std")
     by_id = {p["id"]: p for p in pool}
     for variant in VARIANTS:
-        rows = build_variant(pool, variant, seed=args.seed, length_matched=args.length_matched)
+        rows = (length_matched if args.length_matched else build_variant)(pool, variant, args.seed)
         prompts = [build_prompt(r["problem"], r["draft"], tokenizer, args.max_prompt_tokens)
                    for r in rows]
         lengths = [len(encode_prompt(tokenizer, p)) if tokenizer else len(p) for p in prompts]
@@ -91,3 +91,20 @@ def cmd_stats(args):
         sd = statistics.pstdev(lengths) if len(lengths) > 1 else 0.0
         print(f"{variant:20s} {tiers:>16s} {wrong:>11s} {gold:>12s} {subj:>9s} {lvl:>8s} "
               f"{statistics.mean(lengths):.1f} ± {sd:.1f}")
+
+
+def length_matched(pool, variant, seed=0):
+    """The referee's control (grpo.py --length-matched): build_variant's rows, with row i of every
+    draft variant showing its draft cut (beginning kept) to the shortest of the four draft
+    variants' row-i drafts, in characters, so all four train on identical draft-length
+    distributions and differ only in which draft is shown."""
+    if variant == "no-draft":
+        return build_variant(pool, variant, seed)
+    shown = [build_variant(pool, v, seed) for v in VARIANTS[1:]]
+    rows = shown[VARIANTS.index(variant) - 1]
+    for i, row in enumerate(rows):
+        target = min(len(s[i]["draft"]) for s in shown)
+        while target and any(s[i]["draft"][target - 1].isspace() for s in shown):
+            target -= 1  # build_prompt strips drafts: cut where no variant ends in space
+        row.update(draft=row["draft"][:target], draft_chars_full=len(row["draft"]))
+    return rows

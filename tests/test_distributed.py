@@ -95,8 +95,8 @@ def test_evaluate_and_drafts_on_two_processes_write_what_one_process_writes(tmp_
     one = evaluate.main([*scores, "--output", str(tmp_path / "one.json")])
     script = tmp_path / "both.py"
     script.write_text(f"import sys\nsys.path.insert(0, {ROOT!r})\n"
-                      "import drafts, evaluate, generation\n"
-                      f"generation.run_main(lambda: (drafts.main({pool!r} + ['--out', "
+                      "import drafts, evaluate, processes\n"
+                      f"processes.run_main(lambda: (drafts.main({pool!r} + ['--out', "
                       f"{str(tmp_path / 'two.jsonl')!r}]), evaluate.main({scores!r} + "
                       f"['--output', {str(tmp_path / 'two.json')!r}])))\n")
     run = torchrun(str(script))

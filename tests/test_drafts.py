@@ -5,6 +5,7 @@ import pytest
 
 import drafts
 from drafts import build_prompt, build_variant, derangement, load_pool, select_draft
+from extras.pool import length_matched
 
 
 def d(strict, quasi, text="draft"):
@@ -194,7 +195,7 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
             dr["text"] = f"draft {k} for {i} " + "x" * ((i * 7 + k * 13) % 50)
     controls = ("matched-wrong", "mismatched-wrong", "mismatched-correct", "matched-correct")
     plain = {v: build_variant(pool, v, seed=2) for v in controls}
-    matched = {v: build_variant(pool, v, seed=2, length_matched=True) for v in controls}
+    matched = {v: length_matched(pool, v, seed=2) for v in controls}
     for i in range(len(pool)):
         lengths = {len(matched[v][i]["draft"]) for v in controls}
         assert len(lengths) == 1  # identical per row, so per variant
@@ -207,7 +208,7 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
             assert matched[v][i]["draft_source"] == plain[v][i]["draft_source"]
     cut, whole = matched["mismatched-wrong"], plain["mismatched-wrong"]
     assert any(len(cut[i]["draft"]) < len(whole[i]["draft"]) for i in range(len(pool)))
-    assert build_variant(pool, "no-draft", length_matched=True) == build_variant(pool, "no-draft")
+    assert length_matched(pool, "no-draft") == build_variant(pool, "no-draft")
 
 
 def test_training_universe_rule():
