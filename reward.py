@@ -486,8 +486,9 @@ def _equiv(p, g, depth=0):
     if choice:
         pc = re.fullmatch(r"\(?([A-Ea-e])\)?|\(([A-Ea-e])\).*", p)
         return bool(pc) and (pc.group(1) or pc.group(2)).upper() == choice.group(1).upper()
-    if not re.search(r"[\d\\^_=+*/(){}\[\],-]", g):  # a word answer: Evelyn, even, east
-        return re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
+    words = [not re.search(r"[\d\\^_=+*/(){}\[\],-]", x) for x in (p, g)]
+    if any(words):  # a word answer (Evelyn, even, east) equals only a word answer
+        return all(words) and re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
     mats = [re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", x) for x in (p, g)]
     if any(mats):  # matrices entry by entry; a column vector may be written as a tuple
         rows = [[r.split("&") for r in m[1].split("\\\\") if r] if m else None for m in mats]
