@@ -158,9 +158,16 @@ def attend(query, key, value, mask, scaling):
 
 
 def causal_attention(module, query, key, value, scaling=None, sliding_window=None, **_):
-    """Causal attention of each sequence over its own keys, query, key, value [n, *, T, d]."""
-    pos = torch.arange(key.shape[2], device=key.device)
-    return attend(query, key, value, visible(pos, pos, sliding_window), scaling), None
+    """Causal attention of each sequence over its own keys, query, key, value [n, *, T, d]: SDPA's
+    causal kernel (no mask made), the K/V heads repeated for it; with a sliding window, a mask."""
+    if sliding_window:
+        pos = torch.arange(key.shape[2], device=key.device)
+        return attend(query, key, value, visible(pos, pos, sliding_window), scaling), None
+    rep = query.shape[1] // key.shape[1]
+    out = F.scaled_dot_product_attention(query, key.repeat_interleave(rep, 1),
+                                         value.repeat_interleave(rep, 1), is_causal=True,
+                                         scale=scaling)
+    return out.transpose(1, 2), None
 
 
 def prompt_attention(module, query, key, value, kv=None, **kw):
