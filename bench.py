@@ -14,6 +14,7 @@ check that both compute the same thing.
   python bench.py ops                  # CPU: aten ops per decode step, per layer, at 32 layers
   python bench.py rollout --steps 3    # CPU: the decode engine vs the previous one
                                        #   (dynamic_generate); each prompt held once vs copied
+  python bench.py stops                # evaluate's stop strings at a look: few tokens vs all
   python bench.py sampler              # keyed exponential race vs torch.multinomial
   python bench.py merge                # bf16: how much of a LoRA update a merged base keeps
   python bench.py gap                  # the sampler-trainer log-prob gap, fp32 and bf16
@@ -633,15 +634,27 @@ def median_time(fn, runs):
     return statistics.median(times)
 
 
-def ops_per_step(fn, steps=16):
+# aten ops that only make a view or metadata: no kernel of their own on a GPU
+VIEWS = {"aten::" + name for name in (
+    "view", "reshape", "_reshape_alias", "as_strided", "transpose", "t", "expand", "slice",
+    "select", "unsqueeze", "squeeze", "permute", "_unsafe_view", "alias", "detach", "unflatten",
+    "flatten", "split", "chunk", "narrow", "unbind", "view_as", "expand_as", "contiguous",
+    "lift_fresh", "result_type", "empty", "empty_strided", "resolve_conj", "resolve_neg")}
+
+
+def ops_per_step(fn, steps=16, kernels=False):
     """aten ops of one decode step, nested calls counted: the profiler's difference between fn(1 +
-    steps) and fn(1) (the prefill and set-up cancel), over steps."""
+    steps) and fn(1) (the prefill and set-up cancel), over steps. kernels: the innermost ops alone,
+    views and metadata left out: an estimate of the kernels a GPU runs for the step (eagerly, one
+    launch each; from a CUDA graph, one replay)."""
     from torch.profiler import ProfilerActivity, profile
     counts = []
     for n in (1, 1 + steps):
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             fn(n)
-        counts.append(sum(e.name.startswith("aten::") for e in prof.events()))
+        counted = [e for e in prof.events() if e.name.startswith("aten::") and (
+            not kernels or not e.cpu_children and e.name not in VIEWS)]
+        counts.append(len(counted))
     return (counts[1] - counts[0]) / steps
 
 
@@ -662,13 +675,15 @@ def bench_ops(args):
     models = [small_model(tiny_tokenizer(), args.hidden, n).eval() for n in depths]
     result = {"device": "cpu-" + platform.machine(), "hidden": args.hidden, "layers": depths}
     for label, gen in (("ours", generate), ("before", dynamic_generate)):
-        ops = [ops_per_step(lambda n: gen(m, prompts, max_new_tokens=n, **kw)) for m in models]
-        per_layer = (ops[1] - ops[0]) / (depths[1] - depths[0])
-        result[label] = {"ops_per_step": ops, "ops_per_layer": per_layer,
-                         "ops_at_32_layers": ops[1] + per_layer * (32 - depths[1])}
-        print(f"{label}: aten ops per decode step {ops[0]:.0f} at {depths[0]} layers, "
-              f"{ops[1]:.0f} at {depths[1]}: {per_layer:.0f} per layer, "
-              f"{result[label]['ops_at_32_layers']:.0f} at 32 layers")
+        for kind in ("ops", "kernels"):
+            ops = [ops_per_step(lambda n: gen(m, prompts, max_new_tokens=n, **kw),
+                                kernels=kind == "kernels") for m in models]
+            per_layer = (ops[1] - ops[0]) / (depths[1] - depths[0])
+            result[f"{label}_{kind}"] = {"per_step": ops, "per_layer": per_layer,
+                                         "at_32_layers": ops[1] + per_layer * (32 - depths[1])}
+            print(f"{label}: {kind} per decode step {ops[0]:.0f} at {depths[0]} layers, "
+                  f"{ops[1]:.0f} at {depths[1]}: {per_layer:.0f} per layer, "
+                  f"{result[f'{label}_{kind}']['at_32_layers']:.0f} at 32 layers", flush=True)
     save("ops", result)
 
 
@@ -779,6 +794,46 @@ def bench_rollout(args):
               f"(bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
               f"{row['tokens_differing']} of {B * G * 64} tokens differ")
     save("rollout", result)
+
+
+def old_stop_look(tokenizer, stop_strings, row, first):
+    """The look before stop_finder, as the baseline: every new token's window of 12 decoded."""
+    return next((u + 1 for u in range(first, len(row))
+                 if any(s in tokenizer.decode(row[max(0, u - 11):u + 1]) for s in stop_strings)),
+                None)
+
+
+def bench_stops(args):
+    """Stop strings at the host's looks (evaluate.py's "\\n\\nProblem:", "\\nProblem:"): host
+    time a look over 64 rows of 16 new tokens each, along 4,096-token rows of MATH solutions (the
+    tiny BPE tokenizer), with evaluate.stop_finder (only tokens that hold a stop string's last
+    character are decoded) against decoding every new token's window (old_stop_look); both must
+    end every row at the same token."""
+    from evaluate import STOP_STRINGS, stop_finder
+    from extras.tiny import tokenizer as tiny_tokenizer
+    tok = tiny_tokenizer()
+    text = " ".join(r["solution"] for r in __import__("drafts").load_jsonl(
+        os.path.join(HERE, "data", "math_train.jsonl"), required=("id", "problem", "answer")))
+    ids = tok(text[:2_000_000], add_special_tokens=False)["input_ids"]
+    rows = [ids[i * 4096:(i + 1) * 4096] for i in range(64)]
+    finder = stop_finder(tok, STOP_STRINGS)
+    result = {"device": "cpu-" + platform.machine(), "rows": 64, "tokens": 4096}
+    for label, look in (("stop_finder", lambda row, first: finder(0, row, first)),
+                        ("every_window", lambda row, first: old_stop_look(tok, STOP_STRINGS, row,
+                                                                          first))):
+        t, ends = time.perf_counter(), []
+        for first in range(0, 4096, 16):            # 256 looks, each at the 16 new tokens
+            lo = max(0, first - 11)
+            ends.append([look(row[lo:first + 16], first - lo) for row in rows])
+        result[f"{label}_ms_per_look"] = 1e3 * (time.perf_counter() - t) / 256
+        result[f"{label}_ends"] = ends
+    result["same_ends"] = result.pop("stop_finder_ends") == result.pop("every_window_ends")
+    result["speedup"] = result["every_window_ms_per_look"] / result["stop_finder_ms_per_look"]
+    print(f"stop strings, a look at 64 rows x 16 new tokens: stop_finder "
+          f"{result['stop_finder_ms_per_look']:.2f} ms, every window decoded "
+          f"{result['every_window_ms_per_look']:.2f} ms ({result['speedup']:.0f}x); the same ends: "
+          f"{result['same_ends']}")
+    save("stops", result)
 
 
 def multinomial_next(logits, temperature, top_p, generator):
@@ -1405,8 +1460,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
-                    choices=["grader", "cpu", "update", "memory", "ops", "rollout", "sampler",
-                             "merge", "gap", "gpu", "memory-child"])
+                    choices=["grader", "cpu", "update", "memory", "ops", "rollout", "stops",
+                             "sampler", "merge", "gap", "gpu", "memory-child"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
@@ -1428,7 +1483,8 @@ def main():
     args = ap.parse_args()
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
                 "memory": bench_memory, "memory-child": memory_child,
-                "ops": bench_ops, "rollout": bench_rollout, "sampler": bench_sampler,
+                "ops": bench_ops, "rollout": bench_rollout, "stops": bench_stops,
+                "sampler": bench_sampler,
                 "merge": bench_merge, "gap": bench_gap, "gpu": bench_gpu}
     sections[args.section](args)
 
