@@ -782,7 +782,8 @@ def bench_rollout(args):
         flat = lambda o: [t for r in rows(o) for t in r]
         row["speedup"] = row["copied_s"] / row["shared_s"]
         row["kv_ratio"] = row["copied_kv_bytes"] / row["shared_kv_bytes"]
-        row["bound_kv_bytes"] = (B * P + B * G * 64) * kv_token  # the bound: B*P + B*G*L tokens
+        # the bound: B*P + B*G*L tokens, P padded to a multiple of 128
+        row["bound_kv_bytes"] = (B * generation.bucket(P) + B * G * 64) * kv_token
         pairs = zip(flat(outs["shared"]), flat(outs["copied"]))
         row["tokens_differing"] = sum(a != b for a, b in pairs)
         result["prompts"][P] = row
