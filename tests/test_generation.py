@@ -211,6 +211,19 @@ def test_stop_strings_cut_each_row_where_its_text_first_holds_one(tiny, monkeypa
     assert [row for group in out for row in group] == ended
 
 
+def sharpened(model_cls, config):
+    """A random model of `config`, its attention and next-token distributions sharpened as the
+    `sharp` fixture's (a slip in positions or masks changes its tokens)."""
+    torch.manual_seed(0)
+    model = model_cls(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+        model.get_output_embeddings().weight.mul_(30)
+    return model
+
+
 @pytest.mark.parametrize("family", ["qwen2", "llama"])
 def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
     """The attention seam is transformers', not a forked model file: Qwen2 (q/k/v biases, tied
@@ -224,13 +237,7 @@ def test_shared_prompts_work_for_qwen2_and_llama(tiny, family):
     config = config_cls(vocab_size=len(tiny[1]), hidden_size=64, intermediate_size=128,
                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                         tie_word_embeddings=family == "qwen2")
-    torch.manual_seed(0)
-    model = model_cls(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(8)
-        model.get_output_embeddings().weight.mul_(30)
+    model = sharpened(model_cls, config)
     ids = [tiny[1]("Problem: x")["input_ids"],
            tiny[1]("Problem: a longer problem, $x^2$")["input_ids"]]
     kw = dict(n=4, max_new_tokens=10, temperature=1.0, top_p=1.0,
@@ -473,13 +480,7 @@ def test_per_layer_sliding_windows_decode_what_transformers_decodes(tiny):
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          use_sliding_window=True, sliding_window=3, max_window_layers=1,
                          layer_types=["sliding_attention", "full_attention"])
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(8)
-        model.lm_head.weight.mul_(30)
+    model = sharpened(Qwen2ForCausalLM, config)
     ids = tok("Problem: a longer problem about $x^2$ and more")["input_ids"]
     ours = generate(model, [ids], n=1, max_new_tokens=16, temperature=0, eos_token_id=-1,
                     pad_token_id=tok.pad_token_id)[0][0]

@@ -127,11 +127,10 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     assert all(g.abs().sum() > 0 for g in a_grads)  # the gradient reached every adapter
 
 
-def test_policy_update_takes_log_probs_at_the_sampling_temperature():
-    """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi =
-    softmax(logits / 0.7)."""
-    import copy
-
+def two_groups():
+    """A tiny model with LoRA (B random: B = 0 would hide the gradient through the prompt), and
+    two groups of two completions with advantages: (model, prompts, completions, advantages,
+    zero_std)."""
     from extras.tiny import model as tiny_model
     from lora import apply_lora
     torch.manual_seed(0)
@@ -141,7 +140,15 @@ def test_policy_update_takes_log_probs_at_the_sampling_temperature():
             p.data.normal_(0, 0.1)
     prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
     advantages = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
-    zero_std = torch.zeros(2, dtype=torch.bool)
+    return model, prompts, completions, advantages, torch.zeros(2, dtype=torch.bool)
+
+
+def test_policy_update_takes_log_probs_at_the_sampling_temperature():
+    """A fork sampling at --temperature 0.7 must optimise the policy it sampled from: pi =
+    softmax(logits / 0.7)."""
+    import copy
+
+    model, prompts, completions, advantages, zero_std = two_groups()
     args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
     fast = copy.deepcopy(model)
     grpo.policy_update(fast, prompts, completions, advantages, args)
@@ -465,16 +472,7 @@ def test_truncated_importance_sampling_weighs_each_token_by_min_ratio_cap():
     (some ratios above the cap, some below); and the gaps are reported exactly."""
     import copy
 
-    from extras.tiny import model as tiny_model
-    from lora import apply_lora
-    torch.manual_seed(0)
-    model = apply_lora(tiny_model(500))
-    for name, p in model.named_parameters():
-        if "lora_B" in name:
-            p.data.normal_(0, 0.1)
-    prompts, completions = [[1, 5, 6, 7], [1, 8]], [[[20, 21, 22], [23]], [[30, 31], [32, 33, 34]]]
-    advantages = torch.tensor([[0.5, -0.5], [-0.5, 0.5]])
-    zero_std = torch.zeros(2, dtype=torch.bool)
+    model, prompts, completions, advantages, zero_std = two_groups()
     own = [[_naive_logprobs(model, p, c).tolist() for c in group]
            for p, group in zip(prompts, completions)]
     args = grpo.parse_args(["--max-new-tokens", "8", "--importance-sampling-cap", "2"])
