@@ -8,7 +8,8 @@ whose update() writes a step's K/V. What a GRPO rollout adds:
   not depend on the batch or the process;
 - a step asks nothing of the host, so a CUDA graph can replay it; every CHECK_EVERY steps the host
   looks (EOS, stop strings) and finished rows leave the batch (compact).
-Graph capture (Graphs) and compaction are layers on top of that loop, each behind a name.
+Compaction and graph capture (extras/graphs.py, on CUDA) are layers on top of that loop, each
+behind a name; each token comes with its log-probability and the entropy it was drawn with.
 
 The update's attention is here too: each prompt runs forward once (prompt_once) and its
 completions attend to its K/V (completion_states, update_attention).
