@@ -64,24 +64,23 @@ class Graphs:
             looks[line] += 1
             return first if line % 2 and looks[line] * every >= steps // 2 else None
         noise = [generation.noise_roots(0, [(0, s) for s in range(4)], model.device)]
-        runs = []
-        for graphs in (None, self):
-            looks.clear()
-            cache, rows = generation.prefill(model, [prompt], noise, steps, graphs)
-            runs.append(generation.decode_n_tokens(model, cache, rows, steps, step, halfway,
-                                                   graphs)[0])
-        eager, graphed = runs
-        diff = (eager.logits - graphed.logits).abs().max().item()
-        self.ok = torch.equal(eager.tokens, graphed.tokens) and diff <= 1e-2 * (
-            1 + eager.logits.abs().max().item())
+        try:
+            runs = []
+            for graphs in (None, self):
+                looks.clear()
+                cache, rows = generation.prefill(model, [prompt], noise, steps, graphs)
+                runs.append(generation.decode_n_tokens(model, cache, rows, steps, step, halfway,
+                                                       graphs)[0])
+            eager, graphed = runs
+            diff = (eager.logits - graphed.logits).abs().max().item()
+            self.ok = torch.equal(eager.tokens, graphed.tokens) and diff <= 1e-2 * (
+                1 + eager.logits.abs().max().item())
+            why = "decode differently from eager decoding here"
+        except Exception as e:  # a capture that fails on this machine is as good as a wrong one
+            self.ok, why = False, f"fail here ({str(e).strip().splitlines()[0][:200]})"
         if self.ok:
             print(f"CUDA graphs: {steps} decode steps replayed as eager ones ran them (the same "
                   f"tokens, logits within {diff:.1e}); one graph per shape")
         else:
-            print("warning: CUDA graphs decode differently from eager decoding here (generation."
-                  "Graphs.check): decoding eagerly for the rest of the run", file=sys.stderr)
-
-
-def cuda_graphs(enabled=True):
-    """A Graphs for a run's decoding on CUDA; None (eager) if not enabled, and on the CPU."""
-    return Graphs() if enabled and torch.cuda.is_available() else None
+            print(f"warning: CUDA graphs {why} (extras.graphs.Graphs.check): decoding eagerly "
+                  "for the rest of the run", file=sys.stderr)

@@ -429,22 +429,28 @@ def test_replayed_steps_decode_what_eager_steps_decode(sharp, monkeypatch, capsy
         assert len(captured) == again > steps            # the same shapes: nothing captured anew
 
 
+@pytest.mark.parametrize("fault", ["otherwise", "raises"])
 def test_a_graph_that_decodes_otherwise_is_caught_and_the_run_decodes_eagerly(sharp, monkeypatch,
-                                                                               capsys):
+                                                                               capsys, fault):
     """If replayed steps give other logits than eager ones (a capture bug, a kernel that differs
-    under capture), the first batch's check says so in one warning line, and the run decodes
-    eagerly: the tokens are eager decoding's."""
+    under capture), or capturing fails on this machine, the first batch's check says so in one
+    warning line, and the run decodes eagerly: the tokens are eager decoding's."""
     model, tok = sharp
     monkeypatch.setattr(generation, "WIDTH_STEP", 4)
     ids = [tok("Problem: x")["input_ids"]]
     kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1,
               pad_token_id=tok.pad_token_id)
-    with emulated_graphs(monkeypatch, corrupt=True):
+    with emulated_graphs(monkeypatch, corrupt=fault == "otherwise"):
+        if fault == "raises":
+            def fails(step, pool):
+                raise RuntimeError("operation not permitted when stream is capturing")
+            monkeypatch.setattr(extras.graphs, "capture", fails)
         graphs = extras.graphs.Graphs()
         assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw)
     assert graphs.ok is False
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("warning: CUDA graphs")
+    assert ("stream is capturing" in lines[0]) == (fault == "raises")
 
 
 def test_the_samplers_uniforms_are_fp32_whatever_the_default_dtype():
