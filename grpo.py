@@ -139,8 +139,8 @@ def policy_update(model, prompt_ids, completions, advantages, args, owned=None, 
             prompt = torch.tensor([prompt_ids[b]], device=device)                       # [1, P]
             once = prompt_once(model, prompt) if PROMPT_ONCE else None
             lengths = [len(completions[b][g]) for g in owned[b]]
-            rows = [prompt.shape[1] + n for n in lengths]                 # [prompt; completion]
-            for mb in micro_batches(rows, args.micro_batch_tokens):
+            whole = [prompt.shape[1] + n for n in lengths]          # [prompt; completion] lengths
+            for mb in micro_batches(whole, args.micro_batch_tokens):
                 if interrupt and interrupt():
                     return None
                 gs = [owned[b][k] for k in mb]

@@ -46,16 +46,16 @@ def gather(obj):
 
 def rounds(chunks, work, path, desc):
     """Deal chunks round-robin over the processes: each round, every process runs work(its chunk) ->
-    a list of rows, and process 0 appends them all to the JSONL file `path` in chunk order, the
+    a list of records, and process 0 appends them all to the JSONL file `path` in chunk order, the
     order one process would."""
     rank, world = distributed()
     for first in tqdm(range(0, len(chunks), world), desc=desc, unit="round", disable=rank > 0):
-        rows = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
+        records = gather(work(chunks[first + rank]) if first + rank < len(chunks) else [])
         if rank == 0:
-            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # once a row comes
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)  # once one comes
             with open(path, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps(row, ensure_ascii=False) + "\n"
-                             for part in rows for row in part)
+                f.writelines(json.dumps(record, ensure_ascii=False) + "\n"
+                             for part in records for record in part)
 
 
 def run_main(main):
