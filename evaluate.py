@@ -47,15 +47,17 @@ STOP_STRINGS = ("\n\nProblem:", "\nProblem:")
 
 @functools.lru_cache(maxsize=8)
 def stop_finder(tokenizer, stop_strings):
-    """generate's stop(line, tail, first) -> where a row ends in its tail: just after the first
-    token at or after `first` whose text, with the 11 tokens before it, holds a stop string; None if
-    none. Only a token whose text holds a stop string's last character can complete one: no other
-    is decoded."""
+    """generate's stop(job, tail, first) -> where a row ends in its tail: just after the first
+    token at or after `first` whose text, with the STOP_LOOKBACK tokens before it, holds a stop
+    string; None if none. Only a token whose text holds a stop string's last character can
+    complete one: no other is decoded."""
+    from generation import STOP_LOOKBACK
     texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
     enders = {i for i, text in enumerate(texts) if any(s[-1] in text for s in stop_strings)}
     holds = lambda tokens: any(s in tokenizer.decode(tokens) for s in stop_strings)
-    return lambda line, tail, first: next((u + 1 for u in range(first, len(tail)) if tail[u] in
-                                           enders and holds(tail[max(0, u - 11):u + 1])), None)
+    window = lambda tail, u: tail[max(0, u - STOP_LOOKBACK):u + 1]
+    return lambda job, tail, first: next((u + 1 for u in range(first, len(tail))
+                                          if tail[u] in enders and holds(window(tail, u))), None)
 
 
 # ----------------------------------------------------------------------------- estimators

@@ -6,17 +6,16 @@ whose update() writes a step's K/V. What a GRPO rollout adds:
   tokens with one softmax (decode_attention);
 - sample s of prompt p draws from noise hashed from (seed, p's number, s, step), so its tokens do
   not depend on the batch or the process;
-- a step asks nothing of the host, so a CUDA graph can replay it; every CHECK_EVERY steps the host
-  looks (EOS, stop strings) and finished rows leave the batch (compact).
-Compaction and graph capture (extras/graphs.py, on CUDA) are layers on top of that loop, each
-behind a name; each token comes with its log-probability and the entropy it was drawn with.
+- a step asks nothing of the host, so a CUDA graph can replay it (extras/graphs.py wraps
+  decode_one_token, on CUDA); every CHECK_EVERY steps the host looks (look_from_host): EOS, stop
+  strings, finished rows read out, and the rows still going move to smaller buffers (compact).
+Each token comes with its log-probability and the entropy of the distribution it was drawn from.
 
 The update's attention is here too: each prompt runs forward once (prompt_once) and its
 completions attend to its K/V (completion_states, update_attention).
 """
 import contextlib
 import dataclasses
-import functools
 import itertools
 import math
 import os
@@ -24,18 +23,22 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention.bias import causal_lower_right
+from transformers import AttentionInterface
 
 
 # ----------------------------------------------------------------------------- models
 def from_hub(auto, name, **kw):
-    """auto.from_pretrained(name, **kw) for a local folder or a hub id; one that does not load is an
-    error naming it."""
+    """auto.from_pretrained(name, **kw) for a local folder or a hub id; one that does not load is
+    an error naming it."""
     try:
         return auto.from_pretrained(name, **kw)
     except (OSError, ValueError) as e:
-        why = "the folder does not load" if os.path.isdir(name) else \
-            "not a folder, and it did not load from the hub"
-        raise ValueError(f"--model {name}: {why} ({str(e).strip().splitlines()[0]})") from None
+        where = "the folder does not load"
+        if not os.path.isdir(name):
+            where = "not a folder, and it did not load from the hub"
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(f"--model {name}: {where} ({first})") from None
 
 
 def load_tokenizer(name, trust_remote_code=False):
@@ -52,31 +55,50 @@ def load_tokenizer(name, trust_remote_code=False):
 
 
 def load_model(name, device=None, dtype=None, trust_remote_code=False):
-    """(model, tokenizer) from a hub id or local directory, or 'tiny'. bf16 on CUDA, fp32 on CPU by
-    default."""
+    """(model, tokenizer) from a hub id or local directory, or 'tiny'. bf16 on CUDA, fp32 on CPU
+    by default."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     tokenizer = load_tokenizer(name, trust_remote_code)
     if name == "tiny":
         import extras.tiny
-        model = extras.tiny.model(len(tokenizer)).to(device=device, dtype=dtype)
+        model = extras.tiny.model(len(tokenizer))
     else:
         from transformers import AutoModelForCausalLM
         model = from_hub(AutoModelForCausalLM, name, dtype=dtype,
-                         trust_remote_code=trust_remote_code).to(device)
+                         trust_remote_code=trust_remote_code)
+    model = model.to(device=device, dtype=dtype)
     return model.eval(), tokenizer
 
 
-def cache_bytes(model, prompt_tokens, rows, new_tokens):
-    """The most K/V bytes a rollout batch holds: each prompt's once, plus every row's own new
-    tokens."""
+def kv_shape(model):
+    """(layers, K/V heads, head size) of the model's attention."""
     c = model.config
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim
-    return per_token * model.dtype.itemsize * (prompt_tokens + rows * new_tokens)
+    return c.num_hidden_layers, c.num_key_value_heads, head_dim
+
+
+def cache_bytes(model, prompt_tokens, sequences, new_tokens):
+    """The most K/V bytes a rollout batch holds: each prompt's once, plus every sequence's own
+    new tokens."""
+    per_token = 2 * math.prod(kv_shape(model)) * model.dtype.itemsize
+    return per_token * (prompt_tokens + sequences * new_tokens)
 
 
 # ----------------------------------------------------------------------------- sampling
+class Sampling(NamedTuple):
+    temperature: float      # 0: greedy
+    top_p: float
+    eos_token_id: int       # -1: none
+    pad_token_id: int       # what a finished row writes
+
+
+class Draw(NamedTuple):
+    token: torch.Tensor     # [R] the next tokens
+    logprob: torch.Tensor   # [R] each one's log-prob under the distribution it was drawn from
+    entropy: torch.Tensor   # [R] that distribution's entropy
+
+
 def mix(x):
     """A 32-bit integer hash of an int64 tensor (values < 2**32; constants < 2**31, so no product
     overflows)."""
@@ -88,201 +110,237 @@ def mix(x):
 def noise_roots(seed, jobs, device):
     """[R] int64: the root of each (prompt number, sample) job's noise under `seed`; at step t a
     row's noise is mix(root ^ t)."""
-    job = torch.tensor([[seed & 0xFFFFFFFF, p, s] for p, s in jobs], device=device)  # [R, 3]
+    job = torch.tensor([[seed & 0xFFFFFFFF, p, s] for p, s in jobs], device=device)   # [R, 3]
     return mix(mix(mix(job[:, 0]) ^ job[:, 1]) ^ job[:, 2])
 
 
 def sample(logits, noise, temperature=1.0, top_p=1.0):
-    """logits [R, V], noise [R] (a row's at this step) -> (next tokens, their log-probabilities
-    under the distribution they were drawn from, that distribution's entropy), each [R]. gpt-fast's
-    multinomial_sample_one_no_sync (argmax p / E, E ~ Exp(1): exactly a draw from p) with E hashed
-    from (noise, token) instead of drawn, so a row's draw is its own. temperature 0 = greedy (a
-    point mass: log-probability and entropy 0); top_p keeps the smallest nucleus, renormalised."""
+    """logits [R, V], noise [R] (a row's at this step) -> a Draw. gpt-fast's
+    multinomial_sample_one_no_sync (argmax p / E, E ~ Exp(1): exactly a draw from p) with E
+    hashed from (noise, token) instead of drawn, so a row's draw is its own. temperature 0 =
+    greedy (a point mass: log-probability and entropy 0); top_p keeps the smallest nucleus,
+    renormalised."""
     if temperature == 0:
         zero = torch.zeros(len(logits), device=logits.device)
-        return logits.argmax(dim=-1), zero, zero
-    probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
+        return Draw(logits.argmax(dim=-1), zero, zero)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)                       # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
         outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
         probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
-    token = torch.arange(probs.shape[-1], device=probs.device)                             # [V]
+    vocab = torch.arange(probs.shape[-1], device=probs.device)                          # [V]
     # 23 random bits + 0.5, exact in fp32 whatever the default dtype: u in (0, 1), so E > 0
-    u = ((mix(noise[:, None] ^ token) >> 9).float() + 0.5) * 2 ** -23                   # [R, V]
-    token = (probs / -torch.log(u)).argmax(dim=-1)                                          # [R]
+    bits = mix(noise[:, None] ^ vocab) >> 9                                          # [R, V]
+    u = (bits.float() + 0.5) * 2 ** -23
+    token = (probs / -torch.log(u)).argmax(dim=-1)                                       # [R]
     probs = probs / probs.sum(dim=-1, keepdim=True)  # what the race drew from: the nucleus
     logprob = probs.gather(-1, token[:, None]).squeeze(-1).log()
-    return token, logprob, torch.special.entr(probs).sum(dim=-1)
+    entropy = torch.special.entr(probs).sum(dim=-1)
+    return Draw(token, logprob, entropy)
 
 
-# ------------------------------------------------------------------ attention, one per purpose
-# transformers calls the attention function its config names. Within attention_by_purpose every
-# call names its own (`attention=` beside its data), so a checkpointed layer that runs its forward
-# again in backward runs the same one.
+# ----------------------------------------------------------------- attention, one per pass
+# transformers calls the attention function its config names; ours, "passed", runs the one each
+# forward call passes (`attention=`), beside the data it needs (transformers hands every extra
+# keyword of a forward call to the attention function). A checkpointed layer that runs its
+# forward again in backward gets the same keywords, so the same attention.
+def passed_attention(module, query, key, value, mask, attention=None, **kw):
+    """transformers' hook: the attention the forward call passed. transformers builds no mask for
+    it: each of ours makes its own."""
+    return attention(module, query, key, value, **kw)
+
+
+AttentionInterface.register("passed", passed_attention)
+UNSUPPORTED = ("attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
+               "logits_scaling")
+
+
 @contextlib.contextmanager
-def attention_by_purpose(model):
-    """Within the block, the model's layers run the attention function each call passes as
-    `attention=` (the prompt pass, the update, a decode step), and transformers builds no mask
-    (each function makes its own). Models whose attention or head these do not reproduce stop here,
-    before any forward."""
-    from transformers import AttentionInterface
-    odd = [a for a in ("attn_logit_softcapping", "final_logit_softcapping", "logit_scale",
-                       "logits_scaling") if getattr(model.config, a, None) not in (None, 1.0)]
+def passing_attention(model):
+    """Within the block the model runs the attention each forward call passes. Models whose
+    attention or head ours do not reproduce stop here, before any forward."""
+    odd = [a for a in UNSUPPORTED if getattr(model.config, a, None) not in (None, 1.0)]
     if odd:
         raise ValueError(f"--model: {model.config.model_type} uses {', '.join(odd)}, which "
                          "generation.py's attention and the update's LM head do not apply")
-    call = lambda module, q, k, v, mask, attention=None, **kw: attention(module, q, k, v, **kw)
-    AttentionInterface.register("by_purpose", call)
-    old, model.config._attn_implementation = model.config._attn_implementation, "by_purpose"
+    own = model.config._attn_implementation
+    model.set_attn_implementation("passed")
     try:
         yield
     finally:
-        model.config._attn_implementation = old
+        model.set_attn_implementation(own)
 
 
 def visible(key_pos, query_pos, window=None):
-    """key_pos [..., K], query_pos [..., T] -> [..., T, K] bool: a query sees the keys at or before
-    its position, within the sliding window if its layer has one (no [T, K] of positions made)."""
-    k, q = key_pos[..., None, :], query_pos[..., :, None]
-    return (k <= q) & (k > q - window) if window else k <= q
+    """key_pos [..., K], query_pos [..., T] -> [..., T, K] bool: a query sees the keys at or
+    before its position, within the sliding window if its layer has one."""
+    k = key_pos[..., None, :]
+    q = query_pos[..., :, None]
+    seen = k <= q
+    return seen & (k > q - window) if window else seen
 
 
 def attend(query, key, value, mask, scaling):
-    """SDPA (a fused kernel where one applies: no [n, H, T, S] scores held) of query [n, H, T, d]
-    over key, value [n, Hkv, S, d] where mask [T, S] allows -> [n, T, H, d]. GQA without copying
-    K/V: the H / Hkv query heads that share a K/V head are folded into its query rows."""
-    (n, H, T, d), Hkv = query.shape, key.shape[1]
-    q = query.reshape(n, Hkv, H // Hkv * T, d)
-    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask.repeat(H // Hkv, 1),
+    """SDPA (a fused kernel where one applies) of query [n, H, T, d] over key, value [n, Hkv, S,
+    d] where mask [T, S] allows -> [n, T, H, d]. GQA without copying K/V: the H / Hkv query heads
+    that share a K/V head are folded into its query rows."""
+    n, H, T, d = query.shape
+    M = H // key.shape[1]                       # query heads a K/V head
+    q = query.reshape(n, -1, M * T, d)                                   # [n, Hkv, M * T, d]
+    out = F.scaled_dot_product_attention(q, key, value, attn_mask=mask.repeat(M, 1),
                                          scale=scaling)
     return out.view(n, H, T, d).transpose(1, 2)
 
 
 def causal_attention(module, query, key, value, scaling=None, sliding_window=None, **_):
     """Causal attention of each sequence over its own keys, query, key, value [n, *, T, d]: SDPA's
-    causal kernel (no mask made), the K/V heads repeated for it; with a sliding window, a mask."""
+    causal kernel (no mask made); with a sliding window, a mask."""
     if sliding_window:
         pos = torch.arange(key.shape[2], device=key.device)
         return attend(query, key, value, visible(pos, pos, sliding_window), scaling), None
-    rep = query.shape[1] // key.shape[1]
-    out = F.scaled_dot_product_attention(query, key.repeat_interleave(rep, 1),
-                                         value.repeat_interleave(rep, 1), is_causal=True,
-                                         scale=scaling)
+    out = F.scaled_dot_product_attention(query, key, value, is_causal=True, scale=scaling,
+                                         enable_gqa=True)
     return out.transpose(1, 2), None
 
 
-def prompt_attention(module, query, key, value, kv=None, **kw):
-    """The prompt pass: one prompt [1, P], causal; its K/V into `kv` by layer, once (a checkpointed
-    layer whose forward runs again in backward must not add another pair)."""
-    kv.setdefault(module.layer_idx, (key, value))
+class PromptKV:
+    """One prompt pass's K/V, by layer. update() keeps a layer's first pair: a checkpointed layer
+    that runs its forward again in backward must not add another."""
+
+    def __init__(self):
+        self.layers = {}
+
+    def update(self, layer, key, value):
+        self.layers.setdefault(layer, (key, value))
+
+    def stacked(self):
+        """[2, layers, 1, Hkv, P, d]"""
+        pairs = [torch.stack(self.layers[i]) for i in range(len(self.layers))]
+        return torch.stack(pairs, 1)
+
+
+def prompt_attention(module, query, key, value, prompt_kv=None, **kw):
+    """The prompt pass: one prompt [1, P], causal; its K/V into the prompt's cache."""
+    prompt_kv.update(module.layer_idx, key, value)
     return causal_attention(module, query, key, value, **kw)
 
 
 def update_attention(module, query, key, value, scaling=None, sliding_window=None, prompt=None,
                      **_):
     """The update: n completions of one prompt, each over [the prompt's one K/V copy; its own
-    tokens], causal. Plainly: the model's own attention over [prompt; completion], each row whole.
-    query [n, H, T, d]; key, value [n, Hkv, T, d]."""
-    kp, vp = prompt.kv[:, module.layer_idx]                                   # [1, Hkv, P, d]
-    n, P, T = len(key), kp.shape[2], key.shape[2]
-    keys = torch.cat([kp.expand(n, -1, -1, -1), key], 2)                    # [n, Hkv, P + T, d]
+    tokens], causal. Plainly: the model's own attention over [prompt; completion], each row
+    whole. query [n, H, T, d]; key, value [n, Hkv, T, d]. Lower-right causal, SDPA's flash kernel
+    on CUDA (the K/V heads shared, no mask); with a sliding window, a mask."""
+    kp, vp = prompt.kv[:, module.layer_idx]                                  # [1, Hkv, P, d]
+    n, T, P = len(key), key.shape[2], kp.shape[2]
+    keys = torch.cat([kp.expand(n, -1, -1, -1), key], 2)                  # [n, Hkv, P + T, d]
     values = torch.cat([vp.expand(n, -1, -1, -1), value], 2)
-    pos = torch.arange(P + T, device=key.device)
-    return attend(query, keys, values, visible(pos, pos[P:], sliding_window), scaling), None
+    if sliding_window:
+        pos = torch.arange(P + T, device=key.device)
+        mask = visible(pos, pos[P:], sliding_window)                               # [T, P + T]
+        return attend(query, keys, values, mask, scaling), None
+    causal = causal_lower_right(T, P + T)      # token t sees the prompt and tokens <= t
+    out = F.scaled_dot_product_attention(query, keys, values, attn_mask=causal, scale=scaling,
+                                         enable_gqa=True)
+    return out.transpose(1, 2), None
 
 
 def decode_attention(module, query, key, value, scaling=None, sliding_window=None, rollout=None,
-                     width=None, **_):
-    """A decode step: each row's one query over its prompt's K/V, held once for the prompt's G rows,
-    and over its own tokens' K/V so far (this step's written first), one softmax over both.
+                     width=None, unseen=None, **_):
+    """A decode step: each row's one query over its prompt's K/V, held once for the prompt's G
+    rows, and over its own tokens' K/V so far (this step's written first), one softmax over both.
     Plainly, for row r of prompt b: softmax(q [K_b; K_r]^T * scaling, where visible) [V_b; V_r].
-    query [R, H, 1, d]; key, value [R, Hkv, 1, d]. Products in the model's dtype, the softmax in
-    fp32, as transformers' eager attention."""
+    query [R, H, 1, d]; key, value [R, Hkv, 1, d]; unseen: the keys no query sees this step
+    (made once a step). Products in the model's dtype, the softmax accumulated in fp32."""
     kp, vp = rollout.prompt[:, module.layer_idx]                             # [B, Hkv, P, d]
     k, v = rollout.update(module.layer_idx, key, value, width)               # [B, Hkv, G, W, d]
-    (B, Hkv, G, _, d), P, M = k.shape, kp.shape[2], query.shape[1] // k.shape[1]
+    B, Hkv, G, _, d = k.shape
+    P, M = kp.shape[2], query.shape[1] // Hkv
     q = (query * scaling).view(B, G, Hkv, M, d).transpose(1, 2)              # [B, Hkv, G, M, d]
-    scores = torch.cat([(q.reshape(B, Hkv, G * M, d) @ kp.transpose(2, 3)).view(B, Hkv, G, M, P),
-                        q @ k.transpose(3, 4)], -1)                      # [B, Hkv, G, M, P + W]
-    scores = scores.masked_fill(~rollout.visible(sliding_window, width), float("-inf"))
-    probs = torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype)
-    out = (probs[..., :P].reshape(B, Hkv, G * M, P) @ vp).view(B, Hkv, G, M, d)
-    out = out + probs[..., P:] @ v                                            # [B, Hkv, G, M, d]
+    to_prompt = q.reshape(B, Hkv, G * M, d) @ kp.transpose(2, 3)             # [B, Hkv, G*M, P]
+    to_own = q @ k.transpose(3, 4)                                           # [B, Hkv, G, M, W]
+    scores = torch.cat([to_prompt.view(B, Hkv, G, M, P), to_own], -1)     # [..., P + W]
+    if sliding_window:
+        unseen = ~rollout.visible(width, sliding_window)
+    probs = torch.softmax(scores.masked_fill_(unseen, float("-inf")), -1)
+    out = probs[..., :P].reshape(B, Hkv, G * M, P) @ vp                      # [B, Hkv, G*M, d]
+    out = out.view(B, Hkv, G, M, d) + probs[..., P:] @ v                     # [B, Hkv, G, M, d]
     return out.transpose(1, 2).reshape(B * G, 1, Hkv * M, d), None
 
 
 def prompt_pass(model, ids):
-    """One prompt (token ids [1, P]) through the decoder alone: no padding, so no fully masked row
-    for a fused kernel to return NaN on. -> hidden states [1, P, H], its K/V [2, layers, 1, Hkv, P,
-    d]."""
-    kv = {}
-    hidden = model.get_decoder()(input_ids=ids, use_cache=False, attention=prompt_attention,
-                                 kv=kv).last_hidden_state
-    return hidden, torch.stack([torch.stack(kv[i]) for i in range(len(kv))], 1)
+    """One prompt (token ids [1, P]) through the decoder alone: no padding, so no fully masked
+    row for a fused kernel to return NaN on. -> hidden states [1, P, H], and its K/V [2, layers,
+    1, Hkv, P, d]."""
+    kv = PromptKV()
+    out = model.get_decoder()(input_ids=ids, use_cache=False, attention=prompt_attention,
+                              prompt_kv=kv)
+    return out.last_hidden_state, kv.stacked()
 
 
 # ---------------------------------------------------------------------- the update: the prompt once
 class Prompt(NamedTuple):
-    """A prompt's forward pass, once for all its completions. last and kv are the pass's outputs cut
-    from it (leaves): the completions read them, and their backward fills their .grad, which
-    backward_through_prompt carries through the pass (`states`, the same tensors with its graph)."""
+    """A prompt's forward pass, once for all its completions. last and kv are the pass's outputs
+    cut from it (leaves): the completions read them, and their backward fills their .grad, which
+    backward_through_prompt carries through the pass (`states`: the same tensors, with its
+    graph)."""
     last: torch.Tensor          # [1, 1, H]: the prompt's last hidden state (predicts token 0)
     kv: torch.Tensor            # [2, layers, 1, Hkv, P, d]
     states: tuple
 
 
 def prompt_once(model, ids):
-    """The prompt's forward pass (ids [1, P]) once, as a Prompt (within attention_by_purpose)."""
+    """The prompt's forward pass (ids [1, P]) once, as a Prompt (within passing_attention)."""
     hidden, kv = prompt_pass(model, ids)
     states = (hidden[:, -1:], kv)
-    return Prompt(*(s.detach().requires_grad_(s.requires_grad) for s in states), states)
+    leaves = [s.detach().requires_grad_(s.requires_grad) for s in states]
+    return Prompt(*leaves, states)
 
 
 def completion_states(model, prompt, ids):
-    """ids [n, T]: completions of `prompt` (padded at the end) -> hidden states [n, T, H], position
-    t predicting token t: the prompt's last state, then each completion's own up to T - 1 (the
-    next-token shift, here alone). Each row attends to the prompt's one copy of K/V."""
+    """ids [n, T]: completions of `prompt` (padded at the end) -> hidden states [n, T, H],
+    position t predicting token t: the prompt's last state, then each completion's own up to
+    T - 1 (the next-token shift, here alone). Each row attends to the prompt's one copy of K/V
+    (update_attention)."""
     (n, T), P = ids.shape, prompt.kv.shape[4]
     position = torch.arange(P, P + T, device=ids.device).expand(n, -1)
-    hidden = model.get_decoder()(input_ids=ids, position_ids=position, use_cache=False,
-                                 attention=update_attention, prompt=prompt).last_hidden_state
-    return torch.cat([prompt.last.expand(n, -1, -1), hidden[:, :-1]], 1)
+    out = model.get_decoder()(input_ids=ids, position_ids=position, use_cache=False,
+                              attention=update_attention, prompt=prompt)
+    return torch.cat([prompt.last.expand(n, -1, -1), out.last_hidden_state[:, :-1]], 1)
 
 
 def backward_through_prompt(prompt):
     """The gradient the completions left on the prompt's last state and K/V, back through its
     forward pass, once."""
-    grads = [(s, leaf.grad) for s, leaf in zip(prompt.states, prompt[:2]) if leaf.grad is not None]
+    leaves = prompt.last, prompt.kv
+    grads = [(s, leaf.grad) for s, leaf in zip(prompt.states, leaves) if leaf.grad is not None]
     if grads:
         torch.autograd.backward(*zip(*grads))
 
 
 # ----------------------------------------------------------------------------- rollouts
-# decode steps between two looks from the host: EOS and stop strings, the end, compaction
-CHECK_EVERY = 16
-# a step reads its rows' own K/V up to the next multiple of WIDTH_STEP, and the prompts' K/V padded
-# to one: few shapes, so each shape's CUDA graph is reused
+CHECK_EVERY = 16        # decode steps between two looks from the host
+# a step reads its rows' own K/V up to the next multiple of WIDTH_STEP, and the prompts' K/V
+# padded to one: few shapes, so each shape's CUDA graph is reused
 WIDTH_STEP = 128
-COMPACT_AT = 0.5  # at a look, finished rows leave once that shrinks the batch to this share
+COMPACT_AT = 0.5        # at a look, finished rows leave once that shrinks the batch to this share
+STOP_LOOKBACK = 11      # a stop string (<= 11 characters) may begin this many tokens back
 
 
 def bucket(n):
     return WIDTH_STEP * -(-n // WIDTH_STEP)
 
 
-def buffer(graphs, name, shape, dtype, device):
-    """A zeroed tensor of `shape`; with graphs, a view of a buffer kept for the run (Graphs.buffer),
-    so that graphs captured in one batch replay on the same addresses in the next."""
-    if graphs:
-        return graphs.buffer(name, shape, dtype, device)
+def zeros(name, shape, dtype, device):
+    """A rollout buffer; extras.graphs.Graphs.buffer gives ones kept for the run instead."""
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
 @dataclasses.dataclass
 class RolloutCache:
     """The K/V of a batch of B prompts x G rows (row b * G + g): each prompt's once, `prompt`
-    [2, layers, B, Hkv, P, d] (P padded: slots past a prompt's length are not seen), and each row's
-    own tokens, `own` [2, layers, B, Hkv, G, L, d], which update() writes at `slot`."""
+    [2, layers, B, Hkv, P, d] (P padded: slots past a prompt's length are not seen), and each
+    row's own tokens, `own` [2, layers, B, Hkv, G, L, d], which update() writes at `slot`."""
     prompt: torch.Tensor
     own: torch.Tensor
     length: torch.Tensor        # [B] each prompt's length
@@ -295,139 +353,185 @@ class RolloutCache:
         own = self.own[:, layer].index_copy_(4, self.slot, new)
         return own[0, ..., :width, :], own[1, ..., :width, :]
 
-    def visible(self, window, width):
+    def visible(self, width, window=None):
         """[B, 1, 1, 1, P + width]: the prompt and own keys that this step's queries see."""
         P, device = self.prompt.shape[4], self.slot.device
-        prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)        # [B, P]
+        prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)     # [B, P]
         prompt_pos = prompt_pos.masked_fill(prompt_pos >= self.length[:, None], 2 ** 40)
-        own_pos = self.length[:, None] + torch.arange(width, device=device)             # [B, W]
-        query_pos = (self.length + self.slot)[:, None]                                  # [B, 1]
-        return visible(torch.cat([prompt_pos, own_pos], 1), query_pos, window)[:, None, None]
+        own_pos = self.length[:, None] + torch.arange(width, device=device)          # [B, W]
+        query_pos = (self.length + self.slot)[:, None]                               # [B, 1]
+        key_pos = torch.cat([prompt_pos, own_pos], 1)
+        return visible(key_pos, query_pos, window)[:, None, None]
 
 
 @dataclasses.dataclass
 class Rows:
-    """The rows being decoded, in the cache's order (row b * G + g of prompt b)."""
+    """The rows being decoded, in the cache's order (row b * G + g of prompt b), and what each has
+    drawn so far."""
     noise: torch.Tensor         # [R] the root of a row's noise
-    line: torch.Tensor          # [R] its line in `tokens` (compaction moves rows, not lines)
     done: torch.Tensor          # [R] finished: EOS, a stop string, or a filler evening out groups
     logits: torch.Tensor        # [R, V] its next token's
-    # by line: every row's new tokens, their log-probs and the entropies they were drawn with
-    tokens: torch.Tensor        # [lines, L]
-    logprobs: torch.Tensor      # [lines, L]
-    entropies: torch.Tensor     # [lines, L]
+    tokens: torch.Tensor        # [R, L] its new tokens
+    logprobs: torch.Tensor      # [R, L] their log-probs where drawn
+    entropies: torch.Tensor     # [R, L] that distribution's entropy
+    job: list                   # [R] on the host: (prompt in the batch, sample), None: a filler
+
+    def write(self, slot, draw, token):
+        """A step's draws into column `slot` of the tables."""
+        self.tokens.index_copy_(1, slot, token[:, None])
+        self.logprobs.index_copy_(1, slot, draw.logprob[:, None])
+        self.entropies.index_copy_(1, slot, draw.entropy[:, None])
 
 
-def prefill(model, prompts, noise, max_new_tokens, graphs=None):
-    """Each prompt (token-id lists) through the model alone, its K/V into the batch's buffers once.
-    noise: per prompt its rows' noise roots, up to G; a prompt with fewer fills its group with done
-    copies of its last row. -> (RolloutCache, Rows), ready for the first decode step."""
-    c, device, B, G = model.config, model.device, len(prompts), max(map(len, noise))
-    d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    kv = (2, c.num_hidden_layers, B, c.num_key_value_heads)
-    empty = lambda name, shape, dtype=model.dtype: buffer(graphs, name, shape, dtype, device)
+TENSORS = [f.name for f in dataclasses.fields(Rows) if f.name != "job"]
+
+
+class Drawn(NamedTuple):
+    """A finished row, read out to the host."""
+    tokens: list                # its new tokens, EOS kept
+    logprobs: list
+    entropies: list
+
+
+def prefill(model, prompts, noise, max_new_tokens, new=zeros):
+    """Each prompt (token-id lists) through the model alone, its K/V into the batch's buffers
+    once. noise: per prompt its rows' noise roots, up to G; a prompt with fewer fills its group
+    with done copies of its last row. new(name, shape, dtype, device) makes each buffer.
+    -> (RolloutCache, Rows), ready for the first decode step."""
+    B, G, L = len(prompts), max(map(len, noise)), max_new_tokens
+    R, device, dtype = B * G, model.device, model.dtype
+    layers, Hkv, d = kv_shape(model)
     P = bucket(max(map(len, prompts)))
-    cache = RolloutCache(empty("prompt", kv + (P, d)), empty("own", kv + (G, max_new_tokens, d)),
-                         empty("length", (B,), torch.long), empty("slot", (1,), torch.long).zero_())
-    rows = Rows(empty("noise", (B * G,), torch.long), empty("line", (B * G,), torch.long),
-                empty("done", (B * G,), torch.bool), empty("logits", (B * G, c.vocab_size)),
-                empty("tokens", (B * G, max_new_tokens), torch.long),
-                *(empty(name, (B * G, max_new_tokens), torch.float32)
-                  for name in ("logprobs", "entropies")))
+    kv = (2, layers, B, Hkv)
+    cache = RolloutCache(prompt=new("prompt", kv + (P, d), dtype, device),
+                         own=new("own", kv + (G, L, d), dtype, device),
+                         length=new("length", (B,), torch.long, device),
+                         slot=new("slot", (1,), torch.long, device).zero_())
+    vocab = model.config.vocab_size
+    rows = Rows(noise=new("noise", (R,), torch.long, device),
+                done=new("done", (R,), torch.bool, device),
+                logits=new("logits", (R, vocab), dtype, device),
+                tokens=new("tokens", (R, L), torch.long, device),
+                logprobs=new("logprobs", (R, L), torch.float32, device),
+                entropies=new("entropies", (R, L), torch.float32, device),
+                job=[])
     for b, (ids, roots) in enumerate(zip(prompts, noise)):
         hidden, kv = prompt_pass(model, torch.tensor([ids], device=device))
         cache.prompt[:, :, b, :, :len(ids)] = kv[:, :, 0]
+        cache.length[b] = len(ids)
         group = slice(b * G, b * G + G)
         rows.logits[group] = model.get_output_embeddings()(hidden[0, -1])
         rows.noise[group] = roots[torch.arange(G).clamp(max=len(roots) - 1)]
         rows.done[group] = torch.arange(G, device=device) >= len(roots)
-        cache.length[b] = len(ids)
-    rows.line.copy_(torch.arange(B * G))
+        rows.job += [(b, g) if g < len(roots) else None for g in range(G)]
     return cache, rows
 
 
-def decode_one_token(model, cache, rows, width, sample, eos_token_id, pad_token_id):
-    """Every row samples its next token, appends it, and the model runs one step on it: the same
-    shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay it.
-    A finished row samples on, masked: its tokens are padding."""
-    token, logprob, entropy = sample(rows.logits, mix(rows.noise ^ cache.slot))
-    token = token.masked_fill(rows.done, pad_token_id)
-    for table, new in ((rows.tokens, token), (rows.logprobs, logprob), (rows.entropies, entropy)):
-        table.index_put_((rows.line, cache.slot), new)
-    rows.done |= token == eos_token_id
+def decode_one_token(model, cache, rows, width, sampling):
+    """Every row draws its next token, appends it, and the model runs one step on it: the same
+    shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay
+    it. A finished row draws on, masked: its tokens are padding."""
+    draw = sample(rows.logits, mix(rows.noise ^ cache.slot), sampling.temperature,
+                  sampling.top_p)
+    token = draw.token.masked_fill(rows.done, sampling.pad_token_id)                     # [R]
+    rows.write(cache.slot, draw, token)
+    rows.done |= token == sampling.eos_token_id
     G = len(token) // len(cache.length)
-    position = cache.length.repeat_interleave(G) + cache.slot                              # [R]
-    logits = model(input_ids=token[:, None], position_ids=position[:, None], use_cache=False,
-                   attention=decode_attention, rollout=cache, width=width).logits[:, -1]
-    rows.logits.copy_(logits)
+    position = cache.length.repeat_interleave(G) + cache.slot                            # [R]
+    unseen = ~cache.visible(width)                  # the keys no query sees, once a step
+    out = model(input_ids=token[:, None], position_ids=position[:, None], use_cache=False,
+                attention=decode_attention, rollout=cache, width=width, unseen=unseen)
+    rows.logits.copy_(out.logits[:, -1])
     cache.slot += 1
 
 
-def decode_n_tokens(model, cache, rows, max_new_tokens, step, stop=None, graphs=None,
-                    interrupt=None):
-    """The loop: step (decode_one_token with its sampler) up to max_new_tokens times, replayed from
-    a CUDA graph of its shape with graphs. Every CHECK_EVERY steps the host looks: EOS, and
-    stop(line, tail, first) -> where a row's stop string ends in its tail, whose new tokens start
-    at `first`; then finished rows leave the batch if that shrinks it. -> (rows, {line: end}), or
-    None as soon as interrupt() says so at a look (a stop signal: the batch is dropped)."""
-    ends, going = {}, rows.line[~rows.done].tolist()   # lines going at the last look
+def decode_n_tokens(model, cache, rows, max_new_tokens, sampling, decode=decode_one_token,
+                    stop=None, interrupt=None, new=zeros):
+    """Up to max_new_tokens steps of `decode` (decode_one_token, or a CUDA graph's replay of it);
+    every CHECK_EVERY steps, and at the end, the host looks (look_from_host) and the rows still
+    going may move to smaller buffers (compact). -> {job: Drawn} for every row but the fillers,
+    or None as soon as interrupt() says so at a look (a stop signal: the batch is dropped)."""
+    drawn = {}
     for t in range(max_new_tokens):
         width = min(max_new_tokens, bucket(t + 1))
-        run = functools.partial(step, model, cache, rows, width)
-        graphs.replay(run, cache, width) if graphs else run()
+        decode(model, cache, rows, width, sampling)
         if (t + 1) % CHECK_EVERY and t + 1 < max_new_tokens:
             continue
         if interrupt and interrupt():
             return None
-        if stop:  # the new tokens of the rows that were going, and the 11 before them
-            first = t - t % CHECK_EVERY
-            lo = max(0, first - 11)
-            for line, tail in zip(going, rows.tokens[going, lo:t + 1].tolist()):
-                end = stop(line, tail, first - lo)
-                ends.update({line: lo + end} if end else {})
-            rows.done |= torch.isin(rows.line, torch.tensor(list(ends), device=rows.line.device))
-        alive = (~rows.done).tolist()
-        going = [line for line, a in zip(rows.line.tolist(), alive) if a]
-        if not going:
+        going = look_from_host(rows, t + 1, stop, drawn)
+        if not any(going):
             break
-        cache, rows = compact(cache, rows, alive, t + 1, graphs) or (cache, rows)
-    return rows, ends
+        cache, rows = compact(cache, rows, going, t + 1, new)
+    return drawn
 
 
-def compact(cache, rows, alive, written, graphs=None):
-    """The rows still going, each prompt's padded with its finished ones to G' (a power of two), in
-    buffers of their size, so later steps compute for them alone; None unless that shrinks the
-    batch to COMPACT_AT of its rows. alive: [R] bools read at a look; written: own slots so far."""
+def look_from_host(rows, written, stop, drawn):
+    """After `written` steps: the rows going whose tail holds a stop string (stop(job, tail,
+    first) -> where it ends in the tail, whose new tokens start at `first`) end there; every row
+    that has ended, by EOS or a stop string, and every row at the end of its table is read out
+    into drawn[job]. -> [R] bools: the rows still going."""
+    done = rows.done.tolist()
+    unread = [r for r, job in enumerate(rows.job) if job is not None and job not in drawn]
+    ends = {}
+    if stop:    # the tokens since the last look, and STOP_LOOKBACK before them
+        start = (written - 1) // CHECK_EVERY * CHECK_EVERY
+        lo = max(0, start - STOP_LOOKBACK)
+        tails = rows.tokens[unread, lo:written].tolist()
+        for r, tail in zip(unread, tails):
+            end = stop(rows.job[r], tail, start - lo)
+            if end:
+                ends[r] = lo + end
+                done[r] = True
+        rows.done[list(ends)] = True
+    full = written == rows.tokens.shape[1]
+    for r in unread:
+        if done[r] or full:
+            drawn[rows.job[r]] = read_out(rows, r, ends.get(r, written))
+    return [not (d or full) for d in done]
+
+
+def read_out(rows, r, end):
+    """Row r's draws up to `end` or its EOS (kept), to the host."""
+    tokens = rows.tokens[r, :end].tolist()
+    return Drawn(tokens, rows.logprobs[r, :end].tolist(), rows.entropies[r, :end].tolist())
+
+
+def compact(cache, rows, going, written, new=zeros):
+    """The rows still going, each prompt's padded with its finished ones to G' (a power of two),
+    in buffers of their size, so later steps compute for them alone; the same cache and rows
+    unless that shrinks the batch to COMPACT_AT of its rows. going: [R] bools read at a look;
+    written: own slots so far."""
     _, layers, B, Hkv, G, L, d = cache.own.shape
-    going = [sum(alive[b * G:b * G + G]) for b in range(B)]
-    keep = [b for b in range(B) if going[b]]
-    G2 = min(G, 2 ** math.ceil(math.log2(max(going))))
+    counts = [sum(going[b * G:b * G + G]) for b in range(B)]
+    keep = [b for b in range(B) if counts[b]]
+    G2 = min(G, 2 ** math.ceil(math.log2(max(counts))))
     if len(keep) * G2 > COMPACT_AT * B * G:
-        return None
-    pick = torch.tensor([sorted(range(b * G, b * G + G), key=lambda r: not alive[r])[:G2]
-                         for b in keep], device=rows.done.device)  # [B', G']: going rows first
+        return cache, rows
+    picked = [sorted(range(b * G, b * G + G), key=lambda r: not going[r])[:G2] for b in keep]
+    pick = torch.tensor(picked, device=rows.done.device)     # [B', G']: going rows first
     kept = torch.tensor(keep, device=pick.device)
-    moved = lambda name, x, shape: buffer(graphs, name, shape, x.dtype, x.device)
     B2, P = len(keep), cache.prompt.shape[4]
-    new = RolloutCache(moved("prompt", cache.prompt, (2, layers, B2, Hkv, P, d)),
-                       moved("own", cache.own, (2, layers, B2, Hkv, G2, L, d)),
-                       moved("length", cache.length, kept.shape).copy_(cache.length[kept]),
-                       cache.slot)
-    # With graphs a new buffer is the front of its old one: layer by layer in storage order, each
-    # old layer is read before a smaller new one is written over it
+    moved = lambda name, x, shape: new(name, shape, x.dtype, x.device)
+    compacted = RolloutCache(prompt=moved("prompt", cache.prompt, (2, layers, B2, Hkv, P, d)),
+                             own=moved("own", cache.own, (2, layers, B2, Hkv, G2, L, d)),
+                             length=moved("length", cache.length, (B2,)),
+                             slot=cache.slot)
+    compacted.length.copy_(cache.length[kept])
+    # With graphs a new buffer is the front of its old one: layer by layer in storage order,
+    # each old layer is read before a smaller new one is written over it
     for part, layer in itertools.product(range(2), range(layers)):
-        new.prompt[part, layer] = cache.prompt[part, layer, kept]
-        own = cache.own[part, layer][pick // G, :, pick % G, :written]  # [B', G', Hkv, written, d]
-        new.own[part, layer, ..., :written, :] = own.transpose(1, 2)
-    tables = {name: getattr(rows, name) for name in ("tokens", "logprobs", "entropies")}
-    kept_rows = {f.name: getattr(rows, f.name)[pick.view(-1)] for f in dataclasses.fields(Rows)
-                 if f.name not in tables}
-    return new, Rows(**{name: moved(name, x, x.shape).copy_(x) for name, x in kept_rows.items()},
-                     **tables)
+        compacted.prompt[part, layer] = cache.prompt[part, layer, kept]
+        own = cache.own[part, layer][pick // G, :, pick % G, :written]  # [B', G', Hkv, n, d]
+        compacted.own[part, layer, ..., :written, :] = own.transpose(1, 2)
+    rows_kept = {name: getattr(rows, name)[pick.view(-1)] for name in TENSORS}
+    rows = Rows(**{name: moved(name, x, x.shape).copy_(x) for name, x in rows_kept.items()},
+                job=[rows.job[r] for r in pick.view(-1).tolist()])
+    return compacted, rows
 
 
 def cuda_graphs(enabled=True):
-    """A run's CUDA graphs (extras/graphs.py: a speed layer over decode_one_token, imported only on
+    """A run's CUDA graphs (extras/graphs.py: decode_one_token replayed, imported only on
     CUDA); None: decode eagerly, as on the CPU."""
     if not (enabled and torch.cuda.is_available()):
         return None
@@ -442,42 +546,46 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
              batch_size=64, graphs=None, logprobs=False, interrupt=None):
     """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
     Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
-    prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default): the
-    same tokens whichever rows share its batch or process, up to float rounding of the logits.
-    Stops at EOS, max_new_tokens, or where stop(line, tail, first) says (decode_n_tokens). Decodes
-    B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step replays a
-    CUDA graph. logprobs: each completion is (tokens, their log-probabilities under the distribution
-    each was drawn from, its entropy), three lists, read back with the tokens. Returns None if
-    interrupt() says so at one of the host's looks (a stop signal)."""
+    prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default):
+    the same tokens whichever rows share its batch or process, up to float rounding of the
+    logits. Stops at EOS, max_new_tokens, or where stop(job, tail, first) says (look_from_host).
+    Decodes B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step
+    replays a CUDA graph. logprobs: each completion is a Drawn (tokens, their log-probabilities
+    under the distribution each was drawn from, its entropies). Returns None if interrupt() says
+    so at one of the host's looks (a stop signal)."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
     numbers = range(len(prompt_ids)) if prompt_numbers is None else prompt_numbers
     eos = -1 if eos_token_id is None else eos_token_id
-    step = functools.partial(decode_one_token, eos_token_id=eos, pad_token_id=pad_token_id,
-                             sample=functools.partial(sample, temperature=temperature, top_p=top_p))
+    sampling = Sampling(temperature, top_p, eos, pad_token_id)
     # a batch: B prompts x G rows <= batch_size (a prompt with more samples is split)
     G = min(batch_size, max([1, *map(len, samples)]))
     jobs = [(p, list(s[i:i + G])) for p, s in enumerate(samples) for i in range(0, len(s), G)]
-    batches = [jobs[i:i + batch_size // G] for i in range(0, len(jobs), batch_size // G)]
+    per_batch = batch_size // G
+    batches = [jobs[i:i + per_batch] for i in range(0, len(jobs), per_batch)]
     results = [[] for _ in prompt_ids]
-    with attention_by_purpose(model):
+    with passing_attention(model):
+        if graphs and graphs.ok is None and batches:
+            graphs.check(model, prompt_ids[batches[0][0][0]], sampling)
+        use = graphs if graphs and graphs.ok else None
+        decode = use or decode_one_token        # a CUDA graph's replay, or the step itself
+        new = use.buffer if use else zeros      # with graphs, buffers kept for the run
         for batch in batches:
             noise = [noise_roots(seed, [(numbers[p], s) for s in group], model.device)
                      for p, group in batch]
-            if graphs and graphs.ok is None:
-                graphs.check(model, prompt_ids[batch[0][0]], step)
-            use = graphs if graphs and graphs.ok else None
-            cache, rows = prefill(model, [prompt_ids[p] for p, _ in batch], noise, max_new_tokens,
-                                  use)
-            decoded = decode_n_tokens(model, cache, rows, max_new_tokens, step, stop, use,
-                                      interrupt)
-            if decoded is None:
+            prompts = [prompt_ids[p] for p, _ in batch]
+            cache, rows = prefill(model, prompts, noise, max_new_tokens, new)
+            drawn = decode_n_tokens(model, cache, rows, max_new_tokens, sampling, decode, stop,
+                                    interrupt, new)
+            if drawn is None:
                 return None
-            rows, ends = decoded
-            G, tokens = len(rows.tokens) // len(batch), rows.tokens.tolist()
-            drawn = list(zip(rows.logprobs.tolist(), rows.entropies.tolist())) if logprobs else []
             for b, (p, group) in enumerate(batch):
-                for line in range(b * G, b * G + len(group)):
-                    row = tokens[line][:ends.get(line, max_new_tokens)]
-                    row = row[:row.index(eos) + 1] if eos in row else row
-                    results[p].append((row, *(x[:len(row)] for x in drawn[line])) if drawn else row)
+                for g in range(len(group)):
+                    row = cut_at_eos(drawn[b, g], eos)
+                    results[p].append(row if logprobs else row.tokens)
     return results
+
+
+def cut_at_eos(drawn, eos):
+    """A row's draws up to its first EOS, kept."""
+    end = drawn.tokens.index(eos) + 1 if eos in drawn.tokens else len(drawn.tokens)
+    return Drawn(*(x[:end] for x in drawn))

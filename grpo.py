@@ -34,7 +34,6 @@ from drafts import (
 )
 from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
 from generation import (
-    attention_by_purpose,
     backward_through_prompt,
     cache_bytes,
     causal_attention,
@@ -42,6 +41,7 @@ from generation import (
     cuda_graphs,
     generate,
     load_model,
+    passing_attention,
     prompt_once,
 )
 from lora import DEFAULT_TARGETS, apply_lora, merged
@@ -134,7 +134,7 @@ def policy_update(model, prompt_ids, completions, advantages, args, owned=None, 
     B, G, device = len(prompt_ids), len(completions[0]), model.device
     owned, loss_sum, gaps = owned or [range(G)] * B, 0.0, []
     normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
-    with attention_by_purpose(model):   # in backward too: checkpointed layers rerun their forward
+    with passing_attention(model):   # in backward too: checkpointed layers rerun their forward
         for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
             prompt = torch.tensor([prompt_ids[b]], device=device)                       # [1, P]
             once = prompt_once(model, prompt) if PROMPT_ONCE else None

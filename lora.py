@@ -3,7 +3,9 @@ SGLang).
 
 y = W x + (alpha / r) * B(A(dropout(x))), A: [r, in] Kaiming-uniform(a=sqrt5), B: [out, r] zeros:
 equals the base at init. Adapter weights live in fp32 (PEFT's autocast_adapter_dtype) beside a bf16
-base. Saved keys are PEFT's: `base_model.model.<module path>.lora_A.weight`.
+base, and are applied in the input's dtype (cast down, r x in: no fp32 copy of the input per
+adapter), as Unsloth, the author's trainer, and autocast apply them. Saved keys are PEFT's:
+`base_model.model.<module path>.lora_A.weight`.
 """
 import json
 import math
@@ -12,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -40,8 +43,9 @@ class LoRALinear(nn.Module):
         out = self.base_layer(x)
         if self.merged:
             return out
-        x = x.to(self.lora_A.weight.dtype)
-        return out + (self.lora_B(self.lora_A(self.dropout(x))) * self.scaling).to(out.dtype)
+        A = self.lora_A.weight.to(x.dtype)                              # [r, in]
+        B = self.lora_B.weight.to(x.dtype)                              # [out, r]
+        return out + F.linear(F.linear(self.dropout(x), A), B) * self.scaling
 
 
 def lora_modules(model):

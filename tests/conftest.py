@@ -31,3 +31,11 @@ def sharp(tiny):
                 p.mul_(8)
         model.lm_head.weight.mul_(30)
     return model, tiny[1]
+
+
+@pytest.fixture
+def standin(monkeypatch):
+    """CUDA graphs on the CPU under tests/standin.py's stand-in; the graphs captured, in order."""
+    from standin import cuda_graphs_on_the_cpu
+    with cuda_graphs_on_the_cpu(monkeypatch) as captured:
+        yield captured

@@ -171,7 +171,12 @@ def test_finished_rows_leave_the_batch_without_changing_a_token(sharp, monkeypat
     at many different steps."""
     model, tok = sharp
     calls, compact = [], generation.compact
-    monkeypatch.setattr(generation, "compact", lambda *a: calls.append(compact(*a)) or calls[-1])
+
+    def recording(cache, *a):           # whether each look's compaction shrank the batch
+        out = compact(cache, *a)
+        calls.append(out[0] is not cache)
+        return out
+    monkeypatch.setattr(generation, "compact", recording)
     for name, value in (("CHECK_EVERY", 3), ("WIDTH_STEP", 3), ("COMPACT_AT", 0.75)):
         monkeypatch.setattr(generation, name, value)
     ids = [tok("Problem: x")["input_ids"],
@@ -258,8 +263,9 @@ def test_decode_attention_equals_attention_over_the_concatenation(window):
                                     torch.randn(2, 1, B, Hkv, G, L, d), length, torch.tensor([t]))
     q, k, v = (torch.randn(B * G, h, 1, d) for h in (H, Hkv, Hkv))
     layer = type("Layer", (), {"layer_idx": 0})()
+    unseen = ~cache.visible(L)                  # made once a step, for every layer
     out, _ = generation.decode_attention(layer, q, k, v, scaling=d ** -0.5, sliding_window=window,
-                                         rollout=cache, width=L)               # [R, 1, H, d]
+                                         rollout=cache, width=L, unseen=unseen)   # [R, 1, H, d]
     assert torch.equal(cache.own[:, 0, :, :, :, t], torch.stack([k, v]).view(2, B, G, Hkv, d)
                        .transpose(2, 3))                          # this step's K/V, in slot t
     for r in range(B * G):
@@ -357,100 +363,159 @@ def test_compaction_happens_only_when_it_shrinks_the_batch(tiny):
     before, at every look); groups with 3, 1, 1 and 0 going become 3 x 4 rows, the going rows
     first, in their order."""
     B, G = 4, 16
-    with generation.attention_by_purpose(tiny[0]), torch.no_grad():
+    with generation.passing_attention(tiny[0]), torch.no_grad():
         cache, rows = generation.prefill(tiny[0], [[1, 5, 6]] * B, [torch.arange(G)] * B, 8)
-    alive = [True] * G + ([True] + [False] * (G - 1)) * 3
-    assert generation.compact(cache, rows, alive, 1) is None
-    alive = [g < 3 for g in range(G)] + [g == 5 for g in range(G)] * 2 + [False] * G
-    rows.done.copy_(~torch.tensor(alive))
-    cache, rows = generation.compact(cache, rows, alive, 1)
+    going = [True] * G + ([True] + [False] * (G - 1)) * 3
+    assert generation.compact(cache, rows, going, 1) == (cache, rows)
+    going = [g < 3 for g in range(G)] + [g == 5 for g in range(G)] * 2 + [False] * G
+    rows.done.copy_(~torch.tensor(going))
+    cache, rows = generation.compact(cache, rows, going, 1)
     assert cache.own.shape[2] == 3 and cache.own.shape[4] == 4
-    assert rows.line.tolist() == [0, 1, 2, 3, 21, 16, 17, 18, 37, 32, 33, 34]
+    assert rows.job == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 5), (1, 0), (1, 1), (1, 2), (2, 5),
+                        (2, 0), (2, 1), (2, 2)]
     assert rows.done.tolist() == [False] * 3 + [True] + [False, True, True, True] * 2
 
 
-class ReplayedStep:
-    """A CUDA graph emulated on the CPU: capture runs the step once (the warm-up, a real step) and
-    keeps it as bound then (its cache, rows and width); replay runs that again. Like a real graph's
-    kernels it reads its buffers as they are at replay, and none of the host's objects made since
-    its capture."""
-    def __init__(self, step, corrupt=False):
-        self.step, self.corrupt = step, corrupt
-
-    def replay(self):
-        self.step()
-        if self.corrupt:                      # a graph that computes something else than eager
-            self.step.args[2].logits.neg_()
+def uneven_prompts(tok):
+    """5 prompts of 3 padded lengths (WIDTH_STEP 4): batches of 12 rows split them 3 + 2."""
+    words = ["x", "a longer one than x", "y y y", "zz", "what is 2 + 2 and then 3 + 3"]
+    return [tok(f"Problem: {w}")["input_ids"] for w in words]
 
 
-@contextlib.contextmanager
-def emulated_graphs(monkeypatch, corrupt=False):
-    """extras.graphs.Graphs on the CPU, its captures emulated (ReplayedStep); yields the list of the
-    steps captured."""
-    captured = []
-
-    def capture(step, pool):
-        step()
-        captured.append(step)
-        return ReplayedStep(step, corrupt)
-    monkeypatch.setattr(extras.graphs, "capture", capture)
-    monkeypatch.setattr(torch.cuda, "graph_pool_handle", lambda: "pool")
-    yield captured
+def ending_apart(model, tok, ids, **kw):
+    """A token that rows sample at many different steps: an EOS that ends them apart."""
+    free = [row for group in generate(model, ids, eos_token_id=-1, **kw) for row in group]
+    return max({t for row in free for t in row},
+               key=lambda t: len({row.index(t) for row in free if t in row}))
 
 
-def test_replayed_steps_decode_what_eager_steps_decode(sharp, monkeypatch, capsys):
-    """CUDA graphs, their capture emulated: the run first checks them against eager decoding (one
-    line says so), then every batch decodes from replayed steps on buffers kept for the run; the
-    tokens are eager decoding's, across width changes, compaction (rows ending at EOS) and batches
-    that split prompts, and a second call with the same shapes captures nothing new."""
+def test_replayed_graphs_decode_what_eager_steps_decode(sharp, monkeypatch, standin, capsys):
+    """CUDA graphs under the stand-in (a replay re-runs only the ops its capture recorded, on the
+    tensors it recorded): the run first checks them against eager decoding (one line says so),
+    then decodes from replayed graphs the tokens eager decoding draws, across batches of uneven
+    sizes within a step (5 prompts x 4 rows in batches of 12: 3 prompts, then 2), steps with
+    other seeds, prompts whose lengths change the padded length, rows ending at EOS at different
+    steps (compaction at different times), and torchrun's shares (each process some samples of
+    a prompt). A key seen before is replayed, not captured again."""
     model, tok = sharp
     for name, value in (("CHECK_EVERY", 3), ("WIDTH_STEP", 4)):
         monkeypatch.setattr(generation, name, value)
-    ids = [tok("Problem: x")["input_ids"], tok("Problem: a much longer problem")["input_ids"]]
-    kw = dict(n=4, max_new_tokens=20, temperature=1.0, pad_token_id=tok.pad_token_id, seed=3,
-              batch_size=6)
-    free = [row for group in generate(model, ids, eos_token_id=-1, **kw) for row in group]
-    eos = max({t for row in free for t in row},
-              key=lambda t: len({row.index(t) for row in free if t in row}))
-    with emulated_graphs(monkeypatch) as captured:
-        graphs = extras.graphs.Graphs()
-        assert generate(model, ids, eos_token_id=eos, graphs=graphs, **kw) == \
-            generate(model, ids, eos_token_id=eos, **kw)
-        assert graphs.ok and "CUDA graphs" in capsys.readouterr().out
-        shapes = len(graphs.captured)
-        others = [tok(text)["input_ids"] for text in ("Problem: y", "Problem: a longer problem 2")]
-        steps = len(captured)
-        assert generate(model, others, eos_token_id=-1, graphs=graphs, **kw) == \
-            generate(model, others, eos_token_id=-1, **kw)
-        assert len(graphs.captured) >= shapes > 1
-        again = len(captured)
-        generate(model, others, eos_token_id=-1, graphs=graphs, seed=4, **{
-            k: v for k, v in kw.items() if k != "seed"})
-        assert len(captured) == again > steps            # the same shapes: nothing captured anew
+    ids = uneven_prompts(tok)
+    kw = dict(n=4, max_new_tokens=24, temperature=1.0, pad_token_id=tok.pad_token_id,
+              batch_size=12)
+    eos = ending_apart(model, tok, ids, seed=1, **kw)
+    graphs = extras.graphs.Graphs()
+    for seed in (1, 2, 3):
+        eager = generate(model, ids, eos_token_id=eos, seed=seed, **kw)
+        assert generate(model, ids, eos_token_id=eos, seed=seed, graphs=graphs, **kw) == eager
+        assert len({len(row) for group in eager for row in group}) > 2
+    assert graphs.ok and "CUDA graphs" in capsys.readouterr().out
+    assert sum(graph.replays for graph in standin) > 5 * len(standin)    # replayed, mostly
+    shares = [[[0, 3], [1]], [[1, 2], [0, 2, 3]]]                 # two processes' samples
+    for share in shares:
+        n = dict(kw, n=share + [range(4)] * 3)
+        assert generate(model, ids, eos_token_id=eos, seed=4, graphs=graphs, **n) == \
+            generate(model, ids, eos_token_id=eos, seed=4, **n)
+    captured = len(standin)
+    generate(model, ids, eos_token_id=eos, seed=1, graphs=graphs, **kw)
+    assert len(standin) == captured                              # every key seen: replayed
 
 
-@pytest.mark.parametrize("fault", ["otherwise", "raises"])
-def test_a_graph_that_decodes_otherwise_is_caught_and_the_run_decodes_eagerly(sharp, monkeypatch,
-                                                                               capsys, fault):
-    """If replayed steps give other logits than eager ones (a capture bug, a kernel that differs
-    under capture), or capturing fails on this machine, the first batch's check says so in one
-    warning line, and the run decodes eagerly: the tokens are eager decoding's."""
+def test_a_lora_change_between_steps_reaches_replayed_graphs(sharp, monkeypatch, standin):
+    """Rollouts run with the LoRA merged into the base weights in place: after a training step
+    moves B, the graphs captured before replay the new weights (eager decoding's tokens, not the
+    first step's)."""
+    from lora import apply_lora, lora_modules, merged
+    model, tok = copy.deepcopy(sharp[0]), sharp[1]
+    apply_lora(model, r=4, alpha=8)
+    monkeypatch.setattr(generation, "WIDTH_STEP", 4)
+    ids = uneven_prompts(tok)[:2]
+    kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1, seed=1)
+    graphs = extras.graphs.Graphs()
+    with merged(model):
+        first = generate(model, ids, graphs=graphs, **kw)
+    with torch.no_grad():
+        for _, m in lora_modules(model):
+            m.lora_B.weight.normal_(std=0.5)
+    with merged(model):
+        assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw) != first
+
+
+def test_the_stand_in_catches_a_stale_address_and_a_host_sync(sharp, monkeypatch, standin,
+                                                              capsys):
+    """The stand-in is as strict as a GPU. A weight replaced by a new tensor, not updated in
+    place, is not seen by a replayed graph (it reads the old one): other tokens. A host sync in
+    a decode step fails its capture, as on CUDA: one warning line, and the run goes on eagerly
+    with eager decoding's tokens."""
+    model, tok = copy.deepcopy(sharp[0]), sharp[1]
+    monkeypatch.setattr(generation, "WIDTH_STEP", 4)
+    ids = uneven_prompts(tok)[:2]
+    kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1, seed=1)
+    graphs = extras.graphs.Graphs()
+    generate(model, ids, graphs=graphs, **kw)
+    layer = model.model.layers[0].mlp.down_proj
+    layer.weight = torch.nn.Parameter(layer.weight * 3)            # a new tensor
+    assert generate(model, ids, graphs=graphs, **kw) != generate(model, ids, **kw)
+    real = generation.decode_one_token
+
+    def syncing(model, cache, rows, *args):
+        real(model, cache, rows, *args)
+        if rows.done.all():                                          # bool(): the host waits
+            pass
+    monkeypatch.setattr(generation, "decode_one_token", syncing)
+    capsys.readouterr()
+    graphs = extras.graphs.Graphs()
+    assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert graphs.ok is False and len(lines) == 1 and "Tensor.__bool__" in lines[0]
+
+
+@pytest.mark.parametrize("fault", ["otherwise", "check fails", "mid-run"])
+def test_a_graph_that_fails_or_decodes_otherwise_leaves_the_run_decoding_eagerly(
+        sharp, monkeypatch, standin, capsys, fault):
+    """A replayed graph that computes something else than eager (a capture bug, a kernel that
+    differs under capture) is caught by the first batch's check; a capture that fails, in the
+    check or later at a new key (an OOM), is caught where it happens. Each time: one warning
+    line, graphs off in stats(), and the run decodes eagerly from there: eager decoding's
+    tokens."""
     model, tok = sharp
     monkeypatch.setattr(generation, "WIDTH_STEP", 4)
-    ids = [tok("Problem: x")["input_ids"]]
-    kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1,
-              pad_token_id=tok.pad_token_id)
-    with emulated_graphs(monkeypatch, corrupt=fault == "otherwise"):
-        if fault == "raises":
-            def fails(step, pool):
-                raise RuntimeError("operation not permitted when stream is capturing")
-            monkeypatch.setattr(extras.graphs, "capture", fails)
-        graphs = extras.graphs.Graphs()
-        assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw)
-    assert graphs.ok is False
+    ids = uneven_prompts(tok)[:2]
+    kw = dict(n=4, max_new_tokens=12, temperature=1.0, eos_token_id=-1, seed=1)
+    capture, keys = extras.graphs.capture, []
+
+    def faulty(step, pool):
+        graph = capture(step, pool)
+        keys.append(1)
+        if fault == "otherwise":                        # replays, then flips the logits
+            replay = graph.replay
+            graph.replay = lambda: replay() or step.args[2].logits.neg_()
+        if fault == "check fails" or (fault == "mid-run" and len(keys) > 12):
+            raise RuntimeError("CUDA out of memory")
+        return graph
+    monkeypatch.setattr(extras.graphs, "capture", faulty)
+    graphs = extras.graphs.Graphs()
+    many = dict(kw, max_new_tokens=40)                  # new widths after the check's
+    assert generate(model, ids, graphs=graphs, **many) == generate(model, ids, **many)
     lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("warning: CUDA graphs")
-    assert ("stream is capturing" in lines[0]) == (fault == "raises")
+    assert graphs.ok is False and graphs.stats()["cuda_graphs"] is False and len(lines) == 1
+    assert lines[0].startswith("warning: CUDA graphs")
+    assert ("out of memory" in lines[0]) == (fault != "otherwise")
+
+
+def test_graphs_are_bounded_and_counted(sharp, monkeypatch, standin):
+    """At most MAX_GRAPHS graphs are kept (the least recently replayed is dropped); stats() counts
+    the kept ones and every capture; the tokens stay eager decoding's."""
+    model, tok = sharp
+    monkeypatch.setattr(generation, "WIDTH_STEP", 4)
+    monkeypatch.setattr(extras.graphs, "MAX_GRAPHS", 3)
+    ids = uneven_prompts(tok)[:2]
+    kw = dict(n=4, max_new_tokens=24, temperature=1.0, eos_token_id=-1, seed=1)
+    graphs = extras.graphs.Graphs()
+    assert generate(model, ids, graphs=graphs, **kw) == generate(model, ids, **kw)
+    stats = graphs.stats()
+    assert stats["graphs"] == 3 < stats["graph_captures"] == len(standin)
+    assert stats["cuda_graphs"] is True
 
 
 def test_the_samplers_uniforms_are_fp32_whatever_the_default_dtype():
@@ -527,12 +592,12 @@ def test_the_prompt_pass_keeps_one_kv_pair_per_layer_through_backward(monkeypatc
     model.train()
     sizes, real = [], generation.prompt_attention
 
-    def recording(module, q, k, v, kv=None, **kw):
-        out = real(module, q, k, v, kv=kv, **kw)
-        sizes.append(len(kv))
+    def recording(module, q, k, v, prompt_kv=None, **kw):
+        out = real(module, q, k, v, prompt_kv=prompt_kv, **kw)
+        sizes.append(len(prompt_kv.layers))
         return out
     monkeypatch.setattr(generation, "prompt_attention", recording)
-    with generation.attention_by_purpose(model):
+    with generation.passing_attention(model):
         prompt = generation.prompt_once(model, torch.tensor([[1, 5, 6, 7, 8]]))
         (prompt.kv.square().sum() + prompt.last.sum()).backward()
         generation.backward_through_prompt(prompt)

