@@ -14,6 +14,7 @@ import argparse
 import functools
 import math
 import os
+import sys
 import time
 from typing import NamedTuple
 
@@ -47,9 +48,10 @@ from generation import (
 from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
 from reward import is_equiv, lenient_answer, reward
-from runs import RunLog, checkpoint_or_stop, drop_step, start_or_resume, stop_signals
+from runs import RunLog, drop_step, save_if_due, start_or_resume, stop_signals, stopped
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
+NO_GRAPHS = {"cuda_graphs": False, "graphs": 0, "graph_captures": 0, "graph_mb": 0.0}
 
 
 # ----------------------------------------------------------------------------- config
@@ -87,6 +89,7 @@ def parse_args(argv=None):
         ("--rollout-batch-size", 64, "sequences decoded together", COUNT),
         ("--micro-batch-tokens", 16384, "padded tokens per forward/backward in the update", COUNT),
         ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
+        ("--deterministic", False, "deterministic kernels only (CUDA: slower; see README)"),
         ("--report-to", "none", "an experiment tracker as well", ("none", "wandb", "tensorboard")),
         ("--run-name", None, "the tracker's name for the run (default: the output folder's)"),
         ("--log-completions", 10, "every N steps, all rollouts to completions.jsonl; 0: off", SEED),
@@ -102,21 +105,36 @@ def group_advantages(rewards):
     return rewards - rewards.mean(dim=1, keepdim=True)     # Dr. GRPO: no division by the group std
 
 
-def dr_grpo_loss(logprobs, old_logprobs, advantages, mask, normaliser, clip_eps=0.2):
-    """-(1 / normaliser) * sum mask * min(rho * A, clip(rho) * A).  logprobs, old, mask [N, T];
-    A [N]."""
-    ratio = torch.exp(logprobs - old_logprobs)                                # [N, T], 1 on-policy
-    adv = advantages[:, None]                                                              # [N, 1]
-    per_token = torch.min(ratio * adv, ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv)      # [N, T]
-    return -(per_token * mask).sum() / normaliser
+def dr_grpo_loss(logprobs, old_logprobs, advantages, weights, normaliser, clip_eps=0.2):
+    """-(1 / normaliser) * sum over tokens of weights * min(rho * A, clip(rho) * A).
+    logprobs, old_logprobs, weights [N, T] (weights: 0 off a completion); advantages [N]."""
+    ratio = torch.exp(logprobs - old_logprobs)                  # [N, T], 1 on-policy
+    adv = advantages[:, None]                                   # [N, 1]
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1 - clip_eps, 1 + clip_eps) * adv
+    per_token = torch.min(unclipped, clipped)                   # [N, T]
+    return -(per_token * weights).sum() / normaliser  # Dr. GRPO: a constant, not the lengths
 
 
 # ----------------------------------------------------------------------------- the update
+class Group(NamedTuple):
+    """One prompt's completions that this process learns from."""
+    prompt: list                # its token ids
+    completions: list           # [n] token-id lists
+    advantages: torch.Tensor    # [n]
+    sampled: list               # [n] per token, its log-prob under the sampler; None: not known
+
+
+class MicroBatch(NamedTuple):
+    ids: torch.Tensor           # [n, T] completions, padded at the end
+    mask: torch.Tensor          # [n, T] True on their tokens
+    advantages: torch.Tensor    # [n]
+    sampled: torch.Tensor       # [n, T] the sampler's log-probs of the tokens; None: not known
+
+
 class Update(NamedTuple):
-    loss: float            # this process's share of the step's loss
-    # per completion token run forward: log pi (the trainer's) - log pi_sampler (what the rollouts
-    # were drawn from: the LoRA merged into the base weights), when the sampler's were given
-    gaps: torch.Tensor
+    loss: float                 # this process's share of the step's loss
+    gaps: torch.Tensor          # per token run forward: log pi - log pi_sampler (if known)
 
 
 # the update runs each prompt forward once for all its completions, which attend to its K/V;
@@ -124,80 +142,90 @@ class Update(NamedTuple):
 PROMPT_ONCE = True
 
 
-def policy_update(model, prompt_ids, completions, advantages, args, owned=None, sampled=None,
-                  interrupt=None):
-    """Accumulate the Dr. GRPO gradient of B prompts x G completions (of group b, this process's
-    samples owned[b]): micro-batch by micro-batch, forward [prompt; completion], log-probs, loss,
-    backward. One update per batch: rho = 1, PPO clipping never acts, old logprobs = detached.
-    sampled: [B][G] the sampler's log-probs of the completions' tokens, for the gaps. None if
-    interrupt() says so before a micro-batch (a stop signal)."""
-    B, G, device = len(prompt_ids), len(completions[0]), model.device
-    owned, loss_sum, gaps = owned or [range(G)] * B, 0.0, []
-    normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
+def learning_groups(prompt_ids, completions, advantages, owned=None, sampled=None):
+    """The Groups this process learns from: per prompt b, its completions g in owned[b] (all of
+    them on one process), unless their advantages are all 0 (equal rewards teach nothing)."""
+    owned = owned or [range(len(group)) for group in completions]
+    groups = []
+    for b, mine in enumerate(owned):
+        if not (mine and advantages[b].any()):              # Dr. GRPO: A = 0 gives no gradient
+            continue
+        logprobs = [sampled[b][g] for g in mine] if sampled else None
+        group = Group(prompt=prompt_ids[b], completions=[completions[b][g] for g in mine],
+                      advantages=advantages[b, list(mine)], sampled=logprobs)
+        groups.append(group)
+    return groups
+
+
+def policy_update(model, groups, normaliser, temperature=1.0, micro_batch_tokens=16384,
+                  clip_eps=0.2, cap=0.0, interrupt=None):
+    """Accumulate the Dr. GRPO gradient of the groups, micro-batch by micro-batch: forward
+    [prompt; completion], log-probs, loss, backward. One update per batch: rho = 1, PPO clipping
+    never acts, the old log-probs are the new ones detached. None if interrupt() says so before
+    a micro-batch (a stop signal)."""
+    loss_sum, gaps = 0.0, []
     with passing_attention(model):   # in backward too: checkpointed layers rerun their forward
-        for b in (b for b in range(B) if advantages[b].any() and owned[b]):  # equal rewards: A = 0
-            prompt = torch.tensor([prompt_ids[b]], device=device)                       # [1, P]
+        for group in groups:
+            prompt = torch.tensor([group.prompt], device=model.device)                # [1, P]
             once = prompt_once(model, prompt) if PROMPT_ONCE else None
-            lengths = [len(completions[b][g]) for g in owned[b]]
-            whole = [prompt.shape[1] + n for n in lengths]          # [prompt; completion] lengths
-            for mb in micro_batches(whole, args.micro_batch_tokens):
+            for mb in micro_batches(group, micro_batch_tokens, model.device):
                 if interrupt and interrupt():
                     return None
-                gs = [owned[b][k] for k in mb]
-                ids = pad_sequence([torch.tensor(completions[b][g]) for g in gs], True).to(device)
-                mask = torch.arange(ids.shape[1], device=device) < torch.tensor(
-                    [lengths[k] for k in mb], device=device)[:, None]                    # [n, T]
                 if once:    # each completion attends to the prompt's one K/V copy
-                    hidden = completion_states(model, once, ids)                       # [n, T, H]
+                    hidden = completion_states(model, once, mb.ids)                   # [n, T, H]
                 else:       # plainly: [prompt; completion] through the model, each row whole
-                    hidden = whole_row_states(model, prompt, ids)                      # [n, T, H]
-                logprobs = completion_logprobs(model, hidden, ids, mask, args.temperature)  # [n, T]
-                weights = mask.float()                           # each token's term in the loss
-                if sampled:  # log pi - log pi_sampler, token by token
-                    gap = logprobs.detach() - pad_sequence(
-                        [torch.tensor(sampled[b][g]) for g in gs], True).to(device)     # [n, T]
-                    gaps.append(gap[mask].cpu())
-                    if args.importance_sampling_cap:  # not in the recipe: truncated IS
-                        weights = weights * gap.exp().clamp(max=args.importance_sampling_cap)
-                loss = dr_grpo_loss(logprobs, logprobs.detach(), advantages[b, gs].to(device),
-                                    weights, normaliser, args.clip_eps)
+                    hidden = whole_row_states(model, prompt, mb.ids)                  # [n, T, H]
+                logprobs = completion_logprobs(model, hidden, mb.ids, mb.mask, temperature)
+                gap = sampler_gap(logprobs, mb.sampled, mb.mask)                          # [n, T]
+                weights = token_weights(mb.mask, gap, cap)                                # [n, T]
+                loss = dr_grpo_loss(logprobs, logprobs.detach(), mb.advantages, weights,
+                                    normaliser, clip_eps)
                 loss.backward()
                 loss_sum += loss.item()
-            if once:        # the micro-batches' gradient on the prompt's K/V, through its pass once
+                gaps += [] if gap is None else [gap[mb.mask].cpu()]
+            if once:        # the micro-batches' gradient on the prompt's K/V, through its pass
                 backward_through_prompt(once)
     return Update(loss_sum, torch.cat(gaps) if gaps else torch.zeros(0))
 
 
-def whole_row_states(model, prompt, ids):
-    """completion_states the plain way: each row [prompt; completion] through the decoder whole;
-    the hidden states at the positions that predict the completion's tokens [n, T, H]."""
-    whole = torch.cat([prompt.expand(len(ids), -1), ids], 1)                          # [n, P + T]
-    hidden = model.get_decoder()(input_ids=whole, use_cache=False, attention=causal_attention)
-    return hidden.last_hidden_state[:, prompt.shape[1] - 1:-1]
+def sampler_gap(logprobs, sampled, mask):
+    """log pi - log pi_sampler [n, T], token by token (0 off the completions): how far the
+    trainer's policy is from what the rollouts were drawn from. None if the sampler's are not
+    known."""
+    if sampled is None:
+        return None
+    return (logprobs.detach() - sampled) * mask
 
 
-def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
-    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0
-    where mask is 0, at the sampling temperature: pi = softmax(logits / T), the policy the rollouts
-    were drawn from. Plainly: log_softmax(lm_head(hidden) / T)[targets]; here the LM head runs only
-    where mask is 1, a chunk at a time, recomputed in backward, so the [N, T, V] logits never exist
-    in fp32."""
-    sel = mask.bool()                                                                      # [N, T]
-    h, y = hidden[sel], targets[sel]                                                 # [K, H], [K]
-    weight = model.get_output_embeddings().weight                                          # [V, H]
-    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature,
-                        use_reentrant=False) for i in range(0, len(y), chunk)]
-    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)               # [N, T]
-    out[sel] = torch.cat(parts) if parts else out[sel]
-    return out
+def token_weights(mask, gap, cap):
+    """Each token's weight in the loss [n, T]: 1 on the completions (the recipe). With cap > 0
+    (not in the recipe): truncated importance sampling, min(pi / pi_sampler, cap)."""
+    weights = mask.float()
+    if cap and gap is not None:
+        weights = weights * gap.exp().clamp(max=cap)
+    return weights
 
 
-def _token_logprobs(weight, hidden, targets, temperature):
-    logp = torch.log_softmax((hidden @ weight.T).float() / temperature, dim=-1)  # [K, V], a chunk
-    return logp.gather(-1, targets[:, None]).squeeze(-1)                                    # [K]
+def micro_batches(group, budget, device):
+    """The group's completions as MicroBatches: (rows x longest [prompt; completion] row) within
+    `budget` tokens, longest first."""
+    whole = [len(group.prompt) + len(c) for c in group.completions]
+    for rows in pack(whole, budget):
+        ids = pad([group.completions[i] for i in rows], device)                       # [n, T]
+        lengths = torch.tensor([len(group.completions[i]) for i in rows], device=device)
+        mask = torch.arange(ids.shape[1], device=device) < lengths[:, None]           # [n, T]
+        sampled = None
+        if group.sampled:
+            sampled = pad([group.sampled[i] for i in rows], device)                   # [n, T]
+        yield MicroBatch(ids, mask, group.advantages[rows].to(device), sampled)
 
 
-def micro_batches(lengths, budget):
+def pad(rows, device):
+    """Lists of numbers -> [n, longest] tensor, padded with 0 at the end."""
+    return pad_sequence([torch.tensor(row) for row in rows], batch_first=True).to(device)
+
+
+def pack(lengths, budget):
     """Indices grouped longest-first so that (rows x longest row) stays under the token budget."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current = [], []
@@ -209,107 +237,186 @@ def micro_batches(lengths, budget):
     return batches + ([current] if current else [])
 
 
+def whole_row_states(model, prompt, ids):
+    """completion_states the plain way: each row [prompt; completion] through the decoder whole;
+    the hidden states at the positions that predict the completion's tokens [n, T, H]."""
+    whole = torch.cat([prompt.expand(len(ids), -1), ids], 1)                         # [n, P + T]
+    out = model.get_decoder()(input_ids=whole, use_cache=False, attention=causal_attention)
+    return out.last_hidden_state[:, prompt.shape[1] - 1:-1]
+
+
+def completion_logprobs(model, hidden, targets, mask, temperature=1.0, chunk=1024):
+    """hidden [N, T, H] (position t predicts targets[:, t]) -> log pi(targets) [N, T] in fp32, 0
+    where mask is 0, at the sampling temperature: pi = softmax(logits / T), the policy the
+    rollouts were drawn from. Plainly: log_softmax(lm_head(hidden) / T)[targets]; here the LM head
+    runs only where mask is 1, a chunk at a time, recomputed in backward, so the [N, T, V] logits
+    never exist in fp32."""
+    sel = mask.bool()                                                                 # [N, T]
+    h, y = hidden[sel], targets[sel]                                            # [K, H], [K]
+    weight = model.get_output_embeddings().weight                                     # [V, H]
+    parts = [checkpoint(_token_logprobs, weight, h[i:i + chunk], y[i:i + chunk], temperature,
+                        use_reentrant=False) for i in range(0, len(y), chunk)]
+    out = torch.zeros(sel.shape, dtype=torch.float32, device=hidden.device)          # [N, T]
+    out[sel] = torch.cat(parts) if parts else out[sel]
+    return out
+
+
+def _token_logprobs(weight, hidden, targets, temperature):
+    logits = (hidden @ weight.T).float() / temperature                         # [K, V], a chunk
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None]).squeeze(-1)     # [K]
+
+
 # ----------------------------------------------------------------------------- the rollouts
 class Rollouts(NamedTuple):
-    completions: list      # [B][G] token ids, EOS kept
-    logprobs: list         # [B][G] per token, its log-prob under the distribution it was drawn from
-    entropies: list        # [B][G] per token, that distribution's entropy
-    texts: list            # [B][G] the completions decoded
-    rewards: torch.Tensor  # [B, G]
-    answers: list          # [B][G] each completion's answer (reward.lenient_answer)
+    """A step's rollouts, graded; each field [B][G]."""
+    completions: list      # token ids, EOS kept
+    logprobs: list         # per token, its log-prob under the distribution it was drawn from
+    entropies: list        # per token, that distribution's entropy
+    texts: list            # the completions decoded
+    rewards: list          # 0/1
+    answers: list          # each completion's answer (reward.lenient_answer)
 
 
-def sample_rollouts(model, tokenizer, prompt_ids, problems, step, args, owned, reward_fn,
-                    graphs=None, interrupt=None):
-    """The step's B x G rollouts, graded: this process's share (all of them on one process),
-    sampled with the LoRA merged into the base weights (base-model speed; the exact base weights
-    come back after), then every process's share gathered. Sample g of prompt b draws from noise
-    hashed from (seed, step, b, g): the same tokens on any number of processes. None, on every
-    process, if interrupt() stopped the sampling on any (a stop signal)."""
-    B, G, L = args.prompts_per_step, args.num_generations, args.max_new_tokens
+def sample_rollouts(model, tokenizer, prompt_ids, golds, owned, seed, max_new_tokens,
+                    temperature=1.0, top_p=1.0, batch_size=64, reward_fn=reward, graphs=None,
+                    interrupt=None):
+    """The step's rollouts, graded: this process's samples of each prompt, owned[b] (all of them
+    on one process), drawn with the LoRA merged into the base weights (base-model speed; the
+    exact base weights come back after), then every process's gathered. Sample g of prompt b
+    draws from noise hashed from (seed, b, g): the same tokens on any number of processes. None,
+    on every process, if interrupt() stopped the sampling on any (a stop signal)."""
     model.eval()
-    batch_rows = min(B * G, args.rollout_batch_size)
-    with merged(model, spare=cache_bytes(model, B * args.max_prompt_tokens, batch_rows, L)):
-        completions = generate(model, prompt_ids, n=owned, max_new_tokens=L,
-                               temperature=args.temperature, top_p=args.top_p,
-                               eos_token_id=tokenizer.eos_token_id,
-                               pad_token_id=tokenizer.pad_token_id,
-                               seed=args.seed * 1_000_003 + step,
-                               batch_size=args.rollout_batch_size, graphs=graphs, logprobs=True,
-                               interrupt=interrupt)
-    share = None          # this process's, graded; None if a stop signal interrupted it
-    if completions is not None:
-        # tokens, their log-probs, entropies: 3 x [B][G]
-        drawn = [[[c[i] for c in group] for group in completions] for i in range(3)]
-        decode = lambda c: tokenizer.decode(c, skip_special_tokens=True)
-        texts = [[decode(c) for c in group] for group in drawn[0]]
-        rewards = [[reward_fn(t, p["answer"]) for t in group] for group, p in zip(texts, problems)]
-        share = (*drawn, texts, rewards, [[lenient_answer(t) for t in group] for group in texts])
-    shares = gather(share)                      # every process's, in sample order
+    rows = sum(map(len, owned))
+    spare = cache_bytes(model, sum(map(len, prompt_ids)), min(rows, batch_size), max_new_tokens)
+    with merged(model, spare=spare):
+        drawn = generate(model, prompt_ids, n=owned, max_new_tokens=max_new_tokens,
+                         temperature=temperature, top_p=top_p,
+                         eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, seed=seed,
+                         batch_size=batch_size, graphs=graphs, logprobs=True,
+                         interrupt=interrupt)
+    mine = None if drawn is None else grade(drawn, golds, tokenizer, reward_fn)
+    shares = gather(mine)                       # every process's, in rank order
     if None in shares:
         return None
-    fields = [[sum((share[i][b] for share in shares), []) for b in range(B)] for i in range(6)]
-    fields[4] = torch.tensor(fields[4], dtype=torch.float32)
-    return Rollouts(*fields)
+    return join(shares)
+
+
+def grade(drawn, golds, tokenizer, reward_fn):
+    """This process's draws [B][n] (generation.Drawn), decoded and graded: Rollouts."""
+    completions = [[d.tokens for d in group] for group in drawn]
+    texts = [[tokenizer.decode(c, skip_special_tokens=True) for c in group]
+             for group in completions]
+    rewards = [[reward_fn(text, gold) for text in group] for group, gold in zip(texts, golds)]
+    return Rollouts(completions=completions,
+                    logprobs=[[d.logprobs for d in group] for group in drawn],
+                    entropies=[[d.entropies for d in group] for group in drawn],
+                    texts=texts,
+                    rewards=rewards,
+                    answers=[[lenient_answer(text) for text in group] for group in texts])
+
+
+def join(shares):
+    """Every process's Rollouts as one: group b's samples in sample order (each process holds
+    a contiguous share)."""
+    B = len(shares[0].completions)
+    field = lambda name: [sum((getattr(s, name)[b] for s in shares), []) for b in range(B)]
+    return Rollouts(*(field(name) for name in Rollouts._fields))
 
 
 # ----------------------------------------------------------------------------- the loop
 def train(args, problems, model, tokenizer, reward_fn=None):
     """Run args.max_steps Dr. GRPO steps over the training problems; reward_fn(completion_text,
     gold) -> float (reward.py's lenient training reward by default)."""
-    reward_fn, B, G = reward_fn or reward, args.prompts_per_step, args.num_generations
-    # torchrun: each process samples and updates its own share of the B x G rollouts, and the LoRA
-    # gradients are summed over processes (sum_over_processes); one process: all of them, as is
-    owned = my_share(B, G)
+    reward_fn = reward_fn or reward
+    B, G = args.prompts_per_step, args.num_generations
+    normaliser = B * G * args.max_new_tokens  # Dr. GRPO: B*G*L_max, not the completions' lengths
+    # torchrun: each process samples and learns from its own share of the B x G rollouts, and
+    # the LoRA gradients are summed over processes; one process: all of them
+    owned = owned_samples(B, G)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
                                   weight_decay=args.weight_decay)
     for p in params:
-        p.grad = torch.zeros_like(p)  # each step steps the optimizer, even if advantages are all 0
-    enable_checkpointing(model)      # recompute layer activations in backward: memory for compute
-    graphs = cuda_graphs(not args.no_cuda_graphs)   # on CUDA: decode steps replayed, checked first
+        p.grad = torch.zeros_like(p)  # each step steps the optimizer, even if advantages are 0
+    enable_checkpointing(model)      # recompute layer activations in backward: memory for time
+    graphs = cuda_graphs(not args.no_cuda_graphs)   # on CUDA: decode steps replayed, checked
     start = start_or_resume(args, model, optimizer)
-    log = RunLog(args, start)  # metrics.jsonl, completions.jsonl, tracker; process 0
-    skips = 0                                 # non-finite steps in a row
-    # Slurm's time limit or preemption: noted in `signals`; a step stops at once if its optimizer
-    # step has not begun (it is redone on --resume), else it ends; then a checkpoint
+    log = RunLog(args, start)  # metrics.jsonl, completions.jsonl, a tracker; process 0
+    skips = 0                  # non-finite steps in a row
+    # Slurm's time limit or preemption: a signal is noted in `signals`; a step stops at once if
+    # its optimizer step has not begun (it is redone on --resume), else it ends; a checkpoint
     with stop_signals() as signals:
         stopping = lambda: bool(signals)
-        for step in log.steps:
+        for step in range(start + 1, args.max_steps + 1):
             # ---- rollouts
             t0 = time.time()
             batch = step_problems(problems, step, B, args.seed)                     # B problems
-            prompt_ids = [encode_prompt(tokenizer, build_prompt(
-                p["problem"], p["draft"], tokenizer, args.max_prompt_tokens)) for p in batch]
-            rollouts = sample_rollouts(model, tokenizer, prompt_ids, batch, step, args, owned,
+            prompt_ids = [training_prompt(tokenizer, p, args.max_prompt_tokens) for p in batch]
+            golds = [p["answer"] for p in batch]
+            rollouts = sample_rollouts(model, tokenizer, prompt_ids, golds, owned,
+                                       rollout_seed(args.seed, step), args.max_new_tokens,
+                                       args.temperature, args.top_p, args.rollout_batch_size,
                                        reward_fn, graphs, stopping)                # B x G, graded
-            if rollouts is None:                     # a stop signal came (to any process)
-                drop_step(args, step, model, optimizer, signals)
-            advantages = group_advantages(rollouts.rewards)                                # [B, G]
+            if rollouts is None:     # a stop signal, to any process: the step changed nothing
+                sys.exit(drop_step(args, step, model, optimizer, signals))  # 128 + the signal
+            rewards = torch.tensor(rollouts.rewards)                                      # [B, G]
+            advantages = group_advantages(rewards)                                        # [B, G]
             # ---- the update
             t1 = time.time()
             model.train()
             optimizer.zero_grad(set_to_none=False)
-            update = policy_update(model, prompt_ids, rollouts.completions, advantages, args, owned,
-                                   rollouts.logprobs, stopping)
-            if any(gather(bool(signals))):  # all processes drop the step: nothing has changed yet
-                drop_step(args, step, model, optimizer, signals)
-            update = sum_over_processes(params, update)   # torchrun: the gradient of all B x G
+            groups = learning_groups(prompt_ids, rollouts.completions, advantages, owned,
+                                     rollouts.logprobs)
+            update = policy_update(model, groups, normaliser, args.temperature,
+                                   args.micro_batch_tokens, args.clip_eps,
+                                   args.importance_sampling_cap, stopping)
+            if any(gather(bool(signals))):   # every process drops the step: nothing changed yet
+                sys.exit(drop_step(args, step, model, optimizer, signals))
+            update = sum_over_processes(params, update)     # torchrun: the gradient of all B x G
             grad_norm = torch.nn.utils.clip_grad_norm_(params, args.max_grad_norm).item()
             skipped = not math.isfinite(grad_norm + update.loss)  # NaN/inf: no step, nothing kept
             if not skipped:
                 optimizer.step()
-            times, epoch = (t0, t1, time.time()), step * B / len(problems)
-            log.step(step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
-                                 times, args, epoch), completion_lines(step, batch, rollouts, args))
+            # ---- logs, checkpoints
+            times = (t0, t1, time.time())
+            epoch = step * B / len(problems)
+            record = step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
+                                 times, args, epoch, graphs)
+            log.step(record, completion_lines(step, batch, rollouts, args))
             skips = skips + 1 if skipped else 0
             if skips == MAX_SKIPS:
                 raise FloatingPointError(f"step {step}: {skips} steps in a row had a non-finite "
                                          "loss or gradient norm (skipped); try a lower --lr, and "
                                          "check the data and the model's dtype")
-            checkpoint_or_stop(args, step, model, optimizer, signals)
+            stop = any(gather(bool(signals)))    # every process stops after the same step
+            save_if_due(args, step, model, optimizer, stop)   # --save-every, the last, a stop
+            if stop:
+                sys.exit(stopped(signals, step))     # 128 + the signal: the job requeues
     log.close()
     return model
+
+
+def training_prompt(tokenizer, problem, max_prompt_tokens):
+    """A training prompt's token ids: the template with the row's draft, cut to fit."""
+    text = build_prompt(problem["problem"], problem["draft"], tokenizer, max_prompt_tokens)
+    return encode_prompt(tokenizer, text)
+
+
+def rollout_seed(seed, step):
+    """The noise seed of a step's rollouts: its number and the run's seed alone (so --resume
+    redoes a step exactly)."""
+    return seed * 1_000_003 + step
+
+
+def use_deterministic_kernels():
+    """--deterministic: every kernel deterministic (one that is not is an error naming it), so a
+    run is repeatable on one GPU: cuBLAS with a fixed workspace (before CUDA starts), SDPA's
+    flash kernel in its deterministic backward, its memory-efficient one (non-deterministic in
+    backward) off."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
 
 
 def enable_checkpointing(model):
@@ -319,12 +426,12 @@ def enable_checkpointing(model):
 
 
 # ----------------------------------------------------------------------------- processes
-def my_share(B, G):
-    """Under torchrun each process samples and updates a contiguous share of the step's B x G
+def owned_samples(B, G):
+    """Under torchrun each process samples and learns from a contiguous part of the step's B x G
     rollouts (a group may span two processes): per group b, this process's sample numbers."""
     rank, world = distributed()
-    share = range(rank * B * G // world, (rank + 1) * B * G // world)       # rollouts b * G + g
-    return [[g for g in range(G) if b * G + g in share] for b in range(B)]
+    first, end = rank * B * G // world, (rank + 1) * B * G // world      # rollouts b * G + g
+    return [[g for g in range(G) if first <= b * G + g < end] for b in range(B)]
 
 
 def sum_over_processes(params, update):
@@ -335,8 +442,8 @@ def sum_over_processes(params, update):
         return update
     for p in params:
         dist.all_reduce(p.grad)
-    shares = gather(update)
-    return Update(sum(u.loss for u in shares), torch.cat([u.gaps for u in shares]))
+    updates = gather(update)
+    return Update(sum(u.loss for u in updates), torch.cat([u.gaps for u in updates]))
 
 
 # ----------------------------------------------------------------------------- data order
@@ -384,17 +491,20 @@ def load_problems(args):
 
 # ----------------------------------------------------------------------------- logs
 def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, args,
-                epoch):
+                epoch, graphs=None):
     """A step's line in metrics.jsonl."""
-    rewards, (B, G) = rollouts.rewards, rollouts.rewards.shape
+    rewards = torch.tensor(rollouts.rewards)                                          # [B, G]
+    B, G = rewards.shape
+    drafts = "draft_pred" in batch[0]
     rate = lambda key: sum(is_equiv(a, p[key]) for group, p in zip(rollouts.answers, batch)
-                           for a in group) / (B * G) if "draft_pred" in batch[0] else None
+                           for a in group) / (B * G) if drafts else None
     lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
                            dtype=torch.float32)                                         # [B*G]
-    zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()          # [B] no learning signal
+    zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()        # [B] no learning signal
     entropies = torch.tensor([e for group in rollouts.entropies for row in group for e in row])
     gap, ratio = update.gaps.abs(), update.gaps.exp()        # over the tokens the update ran
     stat = lambda x, f: f(x).item() if len(x) else None
+    t0, t1, t2 = times
     return {"step": step,
             "reward": rewards.mean().item(),
             "reward_std": rewards.std().nan_to_num().item(),
@@ -415,9 +525,10 @@ def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, t
             "skipped": skipped,
             "draft_answer_rate": rate("draft_pred"),     # rollouts answering as the draft did
             "gold_answer_rate": rate("answer"),
-            "rollout_time": times[1] - times[0],
-            "update_time": times[2] - times[1],
-            "step_time": times[2] - times[0]}
+            "rollout_time": t1 - t0,
+            "update_time": t2 - t1,
+            "step_time": t2 - t0,
+            **(graphs.stats() if graphs else NO_GRAPHS)}   # whether decoding replays graphs
 
 
 def completion_lines(step, batch, rollouts, args):
@@ -429,7 +540,7 @@ def completion_lines(step, batch, rollouts, args):
              "draft_source": p.get("draft_source"), "draft_answer": p.get("draft_pred"),
              "completion": text, "reward": value, "answer": answer, "logprob": mean(logprobs),
              "entropy": mean(entropies)}
-            for p, *group in zip(batch, rollouts.texts, rollouts.rewards.tolist(), rollouts.answers,
+            for p, *group in zip(batch, rollouts.texts, rollouts.rewards, rollouts.answers,
                                  rollouts.logprobs, rollouts.entropies)
             for text, value, answer, logprobs, entropies in zip(*group)]
 
@@ -444,6 +555,8 @@ def main(argv=None):
         raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process "
                          "per rollout")
     problems = load_problems(args)              # fail on bad data before loading a 7B model
+    if args.deterministic:
+        use_deterministic_kernels()
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)                # LoRA A init
     apply_lora(model, args.lora_r, args.lora_alpha, args.lora_dropout, DEFAULT_TARGETS)

@@ -118,8 +118,8 @@ def start_or_resume(args, model, optimizer):
 def stop_signals():
     """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption)
     are noted in the list it yields, not fatal: the loop drops the step it is in if that step has
-    not reached its optimizer step (drop_step), else ends it (checkpoint_or_stop); either way a
-    checkpoint is on disk and the run exits with 128 + the signal's number."""
+    not reached its optimizer step (drop_step), else ends it; either way a checkpoint is on disk
+    and the run exits with 128 + the signal's number."""
     got, names = [], (signal.SIGTERM, signal.SIGUSR1)
     old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
     try:
@@ -129,34 +129,31 @@ def stop_signals():
             signal.signal(s, handler)
 
 
-def checkpoint_or_stop(args, step, model, optimizer, signals):
-    """A checkpoint every --save-every steps, at the last, and when a stop signal came (to any
-    process); then the stop."""
-    stop = any(gather(bool(signals)))                   # every process stops after the same step
-    if distributed()[0] == 0 and (step % args.save_every == 0 or step == args.max_steps or stop):
+def save_if_due(args, step, model, optimizer, stop):
+    """A checkpoint (by process 0) every --save-every steps, at the last, and at a stop."""
+    due = step % args.save_every == 0 or step == args.max_steps or stop
+    if due and distributed()[0] == 0:
         save_checkpoint(args, step, model, optimizer)
-    if stop:
-        exit_on(signals, step)
 
 
 def drop_step(args, step, model, optimizer, signals):
-    """A stop signal came before `step` changed the weights or AdamW's state (its optimizer step):
-    the step is dropped whole, the state after the step before is checkpointed unless it is on
-    disk, and the run stops. --resume redoes the step exactly: its problems and its noise depend on
-    its number alone."""
+    """A stop signal came before `step` changed the weights or AdamW's state (its optimizer
+    step): the step is dropped whole, and the state after the step before is checkpointed unless
+    it is on disk. -> the exit status (stopped). --resume redoes the step exactly: its problems
+    and its noise depend on its number alone."""
     done = step - 1
     if distributed()[0] == 0 and done and done not in _checkpoints(args.output_dir):
         save_checkpoint(args, done, model, optimizer)
-    exit_on(signals, done)
+    return stopped(signals, done)
 
 
-def exit_on(signals, step):
-    """Every process waits for the checkpoint to be on disk, then exits with 128 + the signal's
-    number, as if killed by it, so that the job script requeues."""
+def stopped(signals, step):
+    """Every process waits for the checkpoint to be on disk. -> 128 + the signal's number, the
+    exit status of a process killed by it, so that the job script requeues."""
     gather(None)
     number = (signals or [signal.SIGTERM])[0]
     print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
-    raise SystemExit(128 + number)
+    return 128 + number
 
 
 # ----------------------------------------------------------------------------- logs
@@ -191,13 +188,13 @@ class RunLog:
                       for name in ("metrics", "completions")]
         kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
         self.skipped = sum(r.get("skipped", False) for r in kept[0])
-        self.tracker = None
+        self.tracker, self.graphs_said = None, False
         if self.writes and args.report_to != "none":
             from extras.trackers import tracker  # an optional extra, imported when asked for
             self.tracker = tracker(args.report_to, args.output_dir, args.run_name, vars(args),
                                    start)
-        self.steps = tqdm(range(start + 1, args.max_steps + 1), desc=f"grpo {args.variant}",
-                          unit="step", initial=start, total=args.max_steps, disable=not self.writes)
+        self.bar = tqdm(desc=f"grpo {args.variant}", unit="step", initial=start,
+                        total=args.max_steps, disable=not self.writes)
 
     def step(self, record, lines):
         self.skipped += record["skipped"]
@@ -209,9 +206,15 @@ class RunLog:
         if self.tracker:
             self.tracker.log({TRL_NAMES.get(k, k): v for k, v in record.items()}, record["step"],
                              lines)
-        self.steps.set_postfix(reward=f"{record['reward']:.3f}",
-                               len=f"{record['completion_length']:.0f}")
+        self.bar.set_postfix(reward=f"{record['reward']:.3f}",
+                             len=f"{record['completion_length']:.0f}", refresh=False)
+        self.bar.update()
+        if self.writes and record.get("graphs") and not self.graphs_said:
+            print(f"\nafter step {record['step']}: {record['graphs']} CUDA graphs kept "
+                  f"({record['graph_captures']} captured), {record['graph_mb']:.0f} MB")
+            self.graphs_said = True
 
     def close(self):
+        self.bar.close()
         if self.tracker:
             self.tracker.close()

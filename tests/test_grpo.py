@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+import generation
 import grpo
 import runs
 from grpo import completion_logprobs, dr_grpo_loss, group_advantages
@@ -111,11 +112,10 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
     rewards = torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
     advantages, zero_std = group_advantages(rewards), rewards.std(dim=1) == 0
     # micro-batches
-    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", str(budget)])
     fast = copy.deepcopy(model)
     if grad_ckpt:
         grpo.enable_checkpointing(fast)
-    loss = grpo.policy_update(fast, prompts, completions, advantages, args).loss
+    loss = update(fast, prompts, completions, advantages, 16, micro_batch_tokens=budget).loss
     ref = _naive_update_grads(model, prompts, completions, advantages, zero_std, 16)
     lengths = torch.tensor([[len(c) for c in group] for group in completions], dtype=torch.float32)
     # rho = 1: -sum A|o|/(BGL)
@@ -125,6 +125,14 @@ def test_policy_update_gradient_equals_one_forward_per_sequence(sliding_window, 
             assert torch.allclose(p.grad, ref[name], rtol=1e-4, atol=1e-7), name
     a_grads = [p.grad for name, p in fast.named_parameters() if "lora_A" in name]
     assert all(g.abs().sum() > 0 for g in a_grads)  # the gradient reached every adapter
+
+
+def update(model, prompts, completions, advantages, max_new_tokens, sampled=None, **kw):
+    """grpo.policy_update on B prompts x G completions, every one this process's; normaliser
+    B * G * max_new_tokens."""
+    groups = grpo.learning_groups(prompts, completions, advantages, sampled=sampled)
+    normaliser = len(prompts) * len(completions[0]) * max_new_tokens
+    return grpo.policy_update(model, groups, normaliser, **kw)
 
 
 def two_groups():
@@ -149,9 +157,8 @@ def test_policy_update_takes_log_probs_at_the_sampling_temperature():
     import copy
 
     model, prompts, completions, advantages, zero_std = two_groups()
-    args = grpo.parse_args(["--max-new-tokens", "8", "--temperature", "0.7"])
     fast = copy.deepcopy(model)
-    grpo.policy_update(fast, prompts, completions, advantages, args)
+    update(fast, prompts, completions, advantages, 8, temperature=0.7)
     at_07 = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages, zero_std,
                                 max_new_tokens=8, temperature=0.7)
     at_1 = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8, 1.0)
@@ -315,7 +322,6 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     for p in model.parameters():
         p.grad = torch.zeros_like(p) if p.requires_grad else None
     # several micro-batches
-    args = grpo.parse_args(["--max-new-tokens", "16", "--micro-batch-tokens", "20"])
     completions = [[[20, 21], [22], [23, 24, 25]], [[30], [31, 32], [33]]]
     advantages = torch.tensor([[1.0, -1.0, 0.0], [0.5, -0.5, 0.0]])
     tensors = lambda: sum(isinstance(o, torch.Tensor) for o in gc.get_objects())
@@ -323,7 +329,8 @@ def test_policy_update_leaves_no_tensor_behind_without_the_cycle_collector():
     gc.disable()
     try:
         before = tensors()
-        grpo.policy_update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages, args)
+        update(model, [[1, 5, 6, 7], [1, 8, 9]], completions, advantages, 16,
+               micro_batch_tokens=20)
         assert tensors() == before
     finally:
         gc.enable()
@@ -399,7 +406,7 @@ def test_metrics_count_rollouts_answering_the_drafts_answer_and_the_gold(tmp_pat
              ["\\boxed{5}", "\\boxed{5}", "\\boxed{6}", "5?"]]
     monkeypatch.setattr(grpo, "step_problems", lambda rows, *a: rows)
     token_ids = lambda text: tok(text, add_special_tokens=False)["input_ids"]
-    drawn = lambda ids: (ids, [-1.0] * len(ids), [0.5] * len(ids))  # tokens, log-probs, entropies
+    drawn = lambda ids: generation.Drawn(ids, [-1.0] * len(ids), [0.5] * len(ids))
     monkeypatch.setattr(grpo, "generate",
                         lambda *a, **kw: [[drawn(token_ids(t)) for t in group] for group in texts])
     grpo.train(args, rows, model, tok)
@@ -475,11 +482,10 @@ def test_truncated_importance_sampling_weighs_each_token_by_min_ratio_cap():
     model, prompts, completions, advantages, zero_std = two_groups()
     own = [[_naive_logprobs(model, p, c).tolist() for c in group]
            for p, group in zip(prompts, completions)]
-    args = grpo.parse_args(["--max-new-tokens", "8", "--importance-sampling-cap", "2"])
     recipe = _naive_update_grads(copy.deepcopy(model), prompts, completions, advantages,
                                  zero_std, 8)
     at_zero_gap = copy.deepcopy(model)
-    gaps = grpo.policy_update(at_zero_gap, prompts, completions, advantages, args, sampled=own).gaps
+    gaps = update(at_zero_gap, prompts, completions, advantages, 8, own, cap=2.0).gaps
     assert gaps.abs().max() < 1e-5 and len(gaps) == 9
     for name, p in at_zero_gap.named_parameters():
         if p.requires_grad:
@@ -491,7 +497,7 @@ def test_truncated_importance_sampling_weighs_each_token_by_min_ratio_cap():
     weights = [[[min(math.exp(o), 2.0) for o in os] for os in group] for group in offsets]
     assert {w == 2.0 for group in weights for ws in group for w in ws} == {True, False}
     reweighted = copy.deepcopy(model)
-    gaps = grpo.policy_update(reweighted, prompts, completions, advantages, args, sampled=sampled)
+    gaps = update(reweighted, prompts, completions, advantages, 8, sampled, cap=2.0)
     ref = _naive_update_grads(model, prompts, completions, advantages, zero_std, 8,
                               weights=weights)
     for name, p in reweighted.named_parameters():

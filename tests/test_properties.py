@@ -72,7 +72,7 @@ def test_is_equiv_is_symmetric(a, b):
 def test_micro_batches_cover_every_row_once_within_the_budget(lengths, budget):
     """rows x longest row <= budget (a row longer than the budget goes alone), each row in one
     micro-batch; rows that all fit together make one."""
-    batches = grpo.micro_batches(lengths, budget)
+    batches = grpo.pack(lengths, budget)
     assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
     for b in batches:
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= budget, (b, budget)

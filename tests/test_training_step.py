@@ -60,7 +60,7 @@ def fixed_rollouts(monkeypatch, tok):
     def generate(model, prompt_ids, **kw):
         weights = {k: v.detach().clone() for k, v in lora_parameters(model).items()}
         asked.append(([list(p) for p in prompt_ids], weights))
-        drawn = lambda ids: (ids, [-1.0] * len(ids), [1.0] * len(ids))  # log-probs, entropies
+        drawn = lambda ids: generation.Drawn(ids, [-1.0] * len(ids), [1.0] * len(ids))
         return [[drawn(ids) for ids in group] for group in scripted_ids(tok, len(asked) - 1)]
     monkeypatch.setattr(grpo, "generate", generate)
     return asked
