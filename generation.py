@@ -57,8 +57,10 @@ def load_tokenizer(name, trust_remote_code=False):
 def load_model(name, device=None, dtype=None, trust_remote_code=False):
     """(model, tokenizer) from a hub id or local directory, or 'tiny'. bf16 on CUDA, fp32 on CPU
     by default."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    cuda = torch.cuda.is_available()
+    device = device or ("cuda" if cuda else "cpu")
+    on_cuda = device.startswith("cuda")
+    dtype = dtype or (torch.bfloat16 if on_cuda else torch.float32)
     tokenizer = load_tokenizer(name, trust_remote_code)
     if name == "tiny":
         import extras.tiny
@@ -126,17 +128,19 @@ def sample(logits, noise, temperature=1.0, top_p=1.0):
     probs = torch.softmax(logits.float() / temperature, dim=-1)                       # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p
-        probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+        before = sorted_probs.cumsum(dim=-1) - sorted_probs   # the mass ahead of each token
+        outside = before > top_p
+        nucleus = sorted_probs.masked_fill(outside, 0.0)
+        probs = probs.scatter(-1, order, nucleus)
     vocab = torch.arange(probs.shape[-1], device=probs.device)                          # [V]
     # 23 random bits + 0.5, exact in fp32 whatever the default dtype: u in (0, 1), so E > 0
     bits = mix(noise[:, None] ^ vocab) >> 9                                          # [R, V]
     u = (bits.float() + 0.5) * 2 ** -23
     token = (probs / -torch.log(u)).argmax(dim=-1)                                       # [R]
     probs = probs / probs.sum(dim=-1, keepdim=True)  # what the race drew from: the nucleus
-    logprob = probs.gather(-1, token[:, None]).squeeze(-1).log()
-    entropy = torch.special.entr(probs).sum(dim=-1)
-    return Draw(token, logprob, entropy)
+    chosen = probs.gather(-1, token[:, None]).squeeze(-1)                                # [R]
+    entropy = torch.special.entr(probs).sum(dim=-1)                                      # [R]
+    return Draw(token, chosen.log(), entropy)
 
 
 # ----------------------------------------------------------------- attention, one per pass
@@ -349,25 +353,27 @@ class RolloutCache:
     def update(self, layer, key, value, width):
         """This step's K/V [R, Hkv, 1, d] into the slot; returns the own K/V of slots < width."""
         B, Hkv, G, L, d = self.own.shape[2:]
-        new = torch.stack([key, value]).view(2, B, G, Hkv, 1, d).transpose(2, 3)
+        new = torch.stack([key, value])                                   # [2, R, Hkv, 1, d]
+        new = new.view(2, B, G, Hkv, 1, d).transpose(2, 3)              # [2, B, Hkv, G, 1, d]
         own = self.own[:, layer].index_copy_(4, self.slot, new)
         return own[0, ..., :width, :], own[1, ..., :width, :]
 
     def visible(self, width, window=None):
         """[B, 1, 1, 1, P + width]: the prompt and own keys that this step's queries see."""
-        P, device = self.prompt.shape[4], self.slot.device
-        prompt_pos = torch.arange(P, device=device).expand(len(self.length), -1)     # [B, P]
-        prompt_pos = prompt_pos.masked_fill(prompt_pos >= self.length[:, None], 2 ** 40)
-        own_pos = self.length[:, None] + torch.arange(width, device=device)          # [B, W]
-        query_pos = (self.length + self.slot)[:, None]                               # [B, 1]
+        B, P, device = len(self.length), self.prompt.shape[4], self.slot.device
+        prompt_pos = torch.arange(P, device=device).expand(B, -1)                    # [B, P]
+        past_end = prompt_pos >= self.length[:, None]
+        prompt_pos = prompt_pos.masked_fill(past_end, 2 ** 40)         # padding: never seen
+        own_pos = self.length[:, None] + torch.arange(width, device=device)           # [B, W]
+        query_pos = (self.length + self.slot)[:, None]                                # [B, 1]
         key_pos = torch.cat([prompt_pos, own_pos], 1)
         return visible(key_pos, query_pos, window)[:, None, None]
 
 
 @dataclasses.dataclass
 class Rows:
-    """The rows being decoded, in the cache's order (row b * G + g of prompt b), and what each has
-    drawn so far."""
+    """The rows being decoded, in the cache's order (row b * G + g of prompt b), and what each
+    has drawn so far."""
     noise: torch.Tensor         # [R] the root of a row's noise
     done: torch.Tensor          # [R] finished: EOS, a stop string, or a filler evening out groups
     logits: torch.Tensor        # [R, V] its next token's
@@ -399,29 +405,31 @@ def prefill(model, prompts, noise, max_new_tokens, new=zeros):
     with done copies of its last row. new(name, shape, dtype, device) makes each buffer.
     -> (RolloutCache, Rows), ready for the first decode step."""
     B, G, L = len(prompts), max(map(len, noise)), max_new_tokens
-    R, device, dtype = B * G, model.device, model.dtype
+    R, device = B * G, model.device
+    empty = lambda name, shape, dtype=model.dtype: new(name, shape, dtype, device)
     layers, Hkv, d = kv_shape(model)
     P = bucket(max(map(len, prompts)))
-    kv = (2, layers, B, Hkv)
-    cache = RolloutCache(prompt=new("prompt", kv + (P, d), dtype, device),
-                         own=new("own", kv + (G, L, d), dtype, device),
-                         length=new("length", (B,), torch.long, device),
-                         slot=new("slot", (1,), torch.long, device).zero_())
+    cache = RolloutCache(prompt=empty("prompt", (2, layers, B, Hkv, P, d)),
+                         own=empty("own", (2, layers, B, Hkv, G, L, d)),
+                         length=empty("length", (B,), torch.long),
+                         slot=empty("slot", (1,), torch.long).zero_())
     vocab = model.config.vocab_size
-    rows = Rows(noise=new("noise", (R,), torch.long, device),
-                done=new("done", (R,), torch.bool, device),
-                logits=new("logits", (R, vocab), dtype, device),
-                tokens=new("tokens", (R, L), torch.long, device),
-                logprobs=new("logprobs", (R, L), torch.float32, device),
-                entropies=new("entropies", (R, L), torch.float32, device),
+    rows = Rows(noise=empty("noise", (R,), torch.long),
+                done=empty("done", (R,), torch.bool),
+                logits=empty("logits", (R, vocab)),
+                tokens=empty("tokens", (R, L), torch.long),
+                logprobs=empty("logprobs", (R, L), torch.float32),
+                entropies=empty("entropies", (R, L), torch.float32),
                 job=[])
+    head = model.get_output_embeddings()
     for b, (ids, roots) in enumerate(zip(prompts, noise)):
         hidden, kv = prompt_pass(model, torch.tensor([ids], device=device))
         cache.prompt[:, :, b, :, :len(ids)] = kv[:, :, 0]
         cache.length[b] = len(ids)
         group = slice(b * G, b * G + G)
-        rows.logits[group] = model.get_output_embeddings()(hidden[0, -1])
-        rows.noise[group] = roots[torch.arange(G).clamp(max=len(roots) - 1)]
+        rows.logits[group] = head(hidden[0, -1])
+        last = torch.arange(G).clamp(max=len(roots) - 1)      # fillers: the last row again
+        rows.noise[group] = roots[last]
         rows.done[group] = torch.arange(G, device=device) >= len(roots)
         rows.job += [(b, g) if g < len(roots) else None for g in range(G)]
     return cache, rows
@@ -431,26 +439,31 @@ def decode_one_token(model, cache, rows, width, sampling):
     """Every row draws its next token, appends it, and the model runs one step on it: the same
     shapes at every step of a width and nothing asked of the host, so a CUDA graph can replay
     it. A finished row draws on, masked: its tokens are padding."""
-    draw = sample(rows.logits, mix(rows.noise ^ cache.slot), sampling.temperature,
-                  sampling.top_p)
+    noise = mix(rows.noise ^ cache.slot)                                                 # [R]
+    draw = sample(rows.logits, noise, sampling.temperature, sampling.top_p)
     token = draw.token.masked_fill(rows.done, sampling.pad_token_id)                     # [R]
     rows.write(cache.slot, draw, token)
     rows.done |= token == sampling.eos_token_id
     G = len(token) // len(cache.length)
     position = cache.length.repeat_interleave(G) + cache.slot                            # [R]
     unseen = ~cache.visible(width)                  # the keys no query sees, once a step
-    out = model(input_ids=token[:, None], position_ids=position[:, None], use_cache=False,
-                attention=decode_attention, rollout=cache, width=width, unseen=unseen)
+    out = model(input_ids=token[:, None],
+                position_ids=position[:, None],
+                use_cache=False,
+                attention=decode_attention,
+                rollout=cache,
+                width=width,
+                unseen=unseen)
     rows.logits.copy_(out.logits[:, -1])
     cache.slot += 1
 
 
 def decode_n_tokens(model, cache, rows, max_new_tokens, sampling, decode=decode_one_token,
                     stop=None, interrupt=None, new=zeros):
-    """Up to max_new_tokens steps of `decode` (decode_one_token, or a CUDA graph's replay of it);
-    every CHECK_EVERY steps, and at the end, the host looks (look_from_host) and the rows still
-    going may move to smaller buffers (compact). -> {job: Drawn} for every row but the fillers,
-    or None as soon as interrupt() says so at a look (a stop signal: the batch is dropped)."""
+    """Up to max_new_tokens steps of `decode` (decode_one_token, or a CUDA graph's replay of
+    it); every CHECK_EVERY steps, and at the end, the host looks (look_from_host) and the rows
+    still going may move to smaller buffers (compact). -> {job: Drawn} for every row but the
+    fillers, or None as soon as interrupt() says so at a look (a stop signal)."""
     drawn = {}
     for t in range(max_new_tokens):
         width = min(max_new_tokens, bucket(t + 1))
@@ -467,15 +480,15 @@ def decode_n_tokens(model, cache, rows, max_new_tokens, sampling, decode=decode_
 
 
 def look_from_host(rows, written, stop, drawn):
-    """After `written` steps: the rows going whose tail holds a stop string (stop(job, tail,
-    first) -> where it ends in the tail, whose new tokens start at `first`) end there; every row
-    that has ended, by EOS or a stop string, and every row at the end of its table is read out
-    into drawn[job]. -> [R] bools: the rows still going."""
+    """After `written` steps: a row not read out yet whose new tokens hold a stop string (stop(job,
+    tail, first) -> where it ends in the tail, whose new tokens start at `first`) ends there;
+    every row that has ended, and every row once its table is full, is read out into drawn[job].
+    -> [R] bools: the rows still going."""
     done = rows.done.tolist()
     unread = [r for r, job in enumerate(rows.job) if job is not None and job not in drawn]
-    ends = {}
-    if stop:    # the tokens since the last look, and STOP_LOOKBACK before them
-        start = (written - 1) // CHECK_EVERY * CHECK_EVERY
+    ends = {}                   # row -> where its stop string ends
+    if stop:
+        start = (written - 1) // CHECK_EVERY * CHECK_EVERY       # the last look's
         lo = max(0, start - STOP_LOOKBACK)
         tails = rows.tokens[unread, lo:written].tolist()
         for r, tail in zip(unread, tails):
@@ -492,9 +505,10 @@ def look_from_host(rows, written, stop, drawn):
 
 
 def read_out(rows, r, end):
-    """Row r's draws up to `end` or its EOS (kept), to the host."""
+    """Row r's draws up to `end`, to the host."""
     tokens = rows.tokens[r, :end].tolist()
-    return Drawn(tokens, rows.logprobs[r, :end].tolist(), rows.entropies[r, :end].tolist())
+    logprobs = rows.logprobs[r, :end].tolist()
+    return Drawn(tokens, logprobs, rows.entropies[r, :end].tolist())
 
 
 def compact(cache, rows, going, written, new=zeros):
@@ -508,14 +522,16 @@ def compact(cache, rows, going, written, new=zeros):
     G2 = min(G, 2 ** math.ceil(math.log2(max(counts))))
     if len(keep) * G2 > COMPACT_AT * B * G:
         return cache, rows
-    picked = [sorted(range(b * G, b * G + G), key=lambda r: not going[r])[:G2] for b in keep]
-    pick = torch.tensor(picked, device=rows.done.device)     # [B', G']: going rows first
-    kept = torch.tensor(keep, device=pick.device)
+    first = lambda r: not going[r]                      # going rows first, in their order
+    picked = [sorted(range(b * G, b * G + G), key=first)[:G2] for b in keep]
+    device = rows.done.device
+    pick = torch.tensor(picked, device=device)                                       # [B', G']
+    kept = torch.tensor(keep, device=device)                                            # [B']
     B2, P = len(keep), cache.prompt.shape[4]
-    moved = lambda name, x, shape: new(name, shape, x.dtype, x.device)
-    compacted = RolloutCache(prompt=moved("prompt", cache.prompt, (2, layers, B2, Hkv, P, d)),
-                             own=moved("own", cache.own, (2, layers, B2, Hkv, G2, L, d)),
-                             length=moved("length", cache.length, (B2,)),
+    like = lambda name, x, shape: new(name, shape, x.dtype, device)
+    compacted = RolloutCache(prompt=like("prompt", cache.prompt, (2, layers, B2, Hkv, P, d)),
+                             own=like("own", cache.own, (2, layers, B2, Hkv, G2, L, d)),
+                             length=like("length", cache.length, (B2,)),
                              slot=cache.slot)
     compacted.length.copy_(cache.length[kept])
     # With graphs a new buffer is the front of its old one: layer by layer in storage order,
@@ -525,9 +541,9 @@ def compact(cache, rows, going, written, new=zeros):
         own = cache.own[part, layer][pick // G, :, pick % G, :written]  # [B', G', Hkv, n, d]
         compacted.own[part, layer, ..., :written, :] = own.transpose(1, 2)
     rows_kept = {name: getattr(rows, name)[pick.view(-1)] for name in TENSORS}
-    rows = Rows(**{name: moved(name, x, x.shape).copy_(x) for name, x in rows_kept.items()},
-                job=[rows.job[r] for r in pick.view(-1).tolist()])
-    return compacted, rows
+    moved = {name: like(name, x, x.shape).copy_(x) for name, x in rows_kept.items()}
+    jobs = [rows.job[r] for r in pick.view(-1).tolist()]
+    return compacted, Rows(**moved, job=jobs)
 
 
 def cuda_graphs(enabled=True):
@@ -544,17 +560,18 @@ def cuda_graphs(enabled=True):
 def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p=1.0,
              eos_token_id=None, pad_token_id=0, seed=0, prompt_numbers=None, stop=None,
              batch_size=64, graphs=None, logprobs=False, interrupt=None):
-    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample numbers.
-    Returns, per prompt, its completions (token-id lists, EOS kept) in sample order. Sample s of
-    prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by default):
-    the same tokens whichever rows share its batch or process, up to float rounding of the
-    logits. Stops at EOS, max_new_tokens, or where stop(job, tail, first) says (look_from_host).
-    Decodes B prompts x G rows <= batch_size at a time; with graphs (cuda_graphs()), each step
-    replays a CUDA graph. logprobs: each completion is a Drawn (tokens, their log-probabilities
-    under the distribution each was drawn from, its entropies). Returns None if interrupt() says
-    so at one of the host's looks (a stop signal)."""
+    """prompt_ids: token-id lists; n: samples per prompt, or per prompt a list of sample
+    numbers. Returns, per prompt, its completions (token-id lists, EOS kept) in sample order.
+    Sample s of prompt p draws from noise hashed from (seed, prompt_numbers[p], s) (0, 1, ... by
+    default): the same tokens whichever rows share its batch or process, up to float rounding
+    of the logits. Stops at EOS, max_new_tokens, or where stop(job, tail, first) says
+    (look_from_host). Decodes B prompts x G rows <= batch_size at a time; with graphs
+    (cuda_graphs()), each step replays a CUDA graph. logprobs: each completion is a Drawn
+    (tokens, their log-probabilities under the distribution each was drawn from, its
+    entropies). Returns None if interrupt() says so at one of the host's looks (a stop
+    signal)."""
     samples = [range(n)] * len(prompt_ids) if isinstance(n, int) else n
-    numbers = range(len(prompt_ids)) if prompt_numbers is None else prompt_numbers
+    numbers = prompt_numbers or range(len(prompt_ids))
     eos = -1 if eos_token_id is None else eos_token_id
     sampling = Sampling(temperature, top_p, eos, pad_token_id)
     # a batch: B prompts x G rows <= batch_size (a prompt with more samples is split)
@@ -565,7 +582,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096, temperature=1.0, top_p
     results = [[] for _ in prompt_ids]
     with passing_attention(model):
         if graphs and graphs.ok is None and batches:
-            graphs.check(model, prompt_ids[batches[0][0][0]], sampling)
+            first = prompt_ids[batches[0][0][0]]
+            graphs.check(model, first, sampling)
         use = graphs if graphs and graphs.ok else None
         decode = use or decode_one_token        # a CUDA graph's replay, or the step itself
         new = use.buffer if use else zeros      # with graphs, buffers kept for the run

@@ -47,11 +47,10 @@ from generation import (
 )
 from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
-from reward import is_equiv, lenient_answer, reward
+from reward import lenient_answer, reward
 from runs import RunLog, drop_step, save_if_due, start_or_resume, stop_signals, stopped
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
-NO_GRAPHS = {"cuda_graphs": False, "graphs": 0, "graph_captures": 0, "graph_mb": 0.0}
 
 
 # ----------------------------------------------------------------------------- config
@@ -381,9 +380,8 @@ def train(args, problems, model, tokenizer, reward_fn=None):
             # ---- logs, checkpoints
             times = (t0, t1, time.time())
             epoch = step * B / len(problems)
-            record = step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped,
-                                 times, args, epoch, graphs)
-            log.step(record, completion_lines(step, batch, rollouts, args))
+            log.step(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, epoch,
+                     graphs)
             skips = skips + 1 if skipped else 0
             if skips == MAX_SKIPS:
                 raise FloatingPointError(f"step {step}: {skips} steps in a row had a non-finite "
@@ -487,62 +485,6 @@ def load_problems(args):
         from extras.pool import length_matched
         return length_matched(pool, args.variant, args.variant_seed)
     return build_variant(pool, args.variant, seed=args.variant_seed)
-
-
-# ----------------------------------------------------------------------------- logs
-def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, args,
-                epoch, graphs=None):
-    """A step's line in metrics.jsonl."""
-    rewards = torch.tensor(rollouts.rewards)                                          # [B, G]
-    B, G = rewards.shape
-    drafts = "draft_pred" in batch[0]
-    rate = lambda key: sum(is_equiv(a, p[key]) for group, p in zip(rollouts.answers, batch)
-                           for a in group) / (B * G) if drafts else None
-    lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
-                           dtype=torch.float32)                                         # [B*G]
-    zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()        # [B] no learning signal
-    entropies = torch.tensor([e for group in rollouts.entropies for row in group for e in row])
-    gap, ratio = update.gaps.abs(), update.gaps.exp()        # over the tokens the update ran
-    stat = lambda x, f: f(x).item() if len(x) else None
-    t0, t1, t2 = times
-    return {"step": step,
-            "reward": rewards.mean().item(),
-            "reward_std": rewards.std().nan_to_num().item(),
-            "frac_reward_zero_std": zero_std.mean().item(),
-            "completion_length": lengths.mean().item(),
-            "clipped_ratio": (lengths >= args.max_new_tokens).float().mean().item(),
-            "prompt_length": sum(map(len, prompt_ids)) / B,
-            "loss": update.loss,
-            "grad_norm": grad_norm,
-            "entropy": stat(entropies, torch.mean),  # the sampler's, per token of every rollout
-            "logp_diff_mean": stat(gap, torch.mean),  # |log pi - log pi_sampler|
-            "logp_diff_max": stat(gap, torch.max),
-            "ratio_min": stat(ratio, torch.min),      # pi / pi_sampler
-            "ratio_mean": stat(ratio, torch.mean),
-            "ratio_max": stat(ratio, torch.max),
-            "lr": args.lr,
-            "epoch": epoch,
-            "skipped": skipped,
-            "draft_answer_rate": rate("draft_pred"),     # rollouts answering as the draft did
-            "gold_answer_rate": rate("answer"),
-            "rollout_time": t1 - t0,
-            "update_time": t2 - t1,
-            "step_time": t2 - t0,
-            **(graphs.stats() if graphs else NO_GRAPHS)}   # whether decoding replays graphs
-
-
-def completion_lines(step, batch, rollouts, args):
-    """completions.jsonl's lines: every rollout of every --log-completions-th step."""
-    if not args.log_completions or step % args.log_completions:
-        return []
-    mean = lambda xs: sum(xs) / max(1, len(xs))
-    return [{"step": step, "id": p["id"], "variant": args.variant,
-             "draft_source": p.get("draft_source"), "draft_answer": p.get("draft_pred"),
-             "completion": text, "reward": value, "answer": answer, "logprob": mean(logprobs),
-             "entropy": mean(entropies)}
-            for p, *group in zip(batch, rollouts.texts, rollouts.rewards, rollouts.answers,
-                                 rollouts.logprobs, rollouts.entropies)
-            for text, value, answer, logprobs, entropies in zip(*group)]
 
 
 def main(argv=None):

@@ -10,12 +10,14 @@ import re
 import shutil
 import signal
 
+import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from drafts import load_json, read_resumable
 from lora import load_lora, save_lora
 from processes import distributed, gather
+from reward import is_equiv
 
 # ----------------------------------------------------------------------------- checkpoints
 KEEP_OPTIMIZER = 2   # the newest checkpoints with AdamW's state: a damaged one has one before it
@@ -177,13 +179,72 @@ def keep_upto(path, step):
     return records
 
 
+def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, args,
+                epoch, graphs=None):
+    """A step's line in metrics.jsonl: its rollouts (grpo.Rollouts), its update (grpo.Update),
+    its times (start, update's start, end) and whether decoding replays CUDA graphs."""
+    rewards = torch.tensor(rollouts.rewards)                                          # [B, G]
+    B, G = rewards.shape
+    drafts = "draft_pred" in batch[0]
+    rate = lambda key: sum(is_equiv(a, p[key]) for group, p in zip(rollouts.answers, batch)
+                           for a in group) / (B * G) if drafts else None
+    lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
+                           dtype=torch.float32)                                         # [B*G]
+    zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()        # [B] no learning signal
+    entropies = torch.tensor([e for group in rollouts.entropies for row in group for e in row])
+    gap, ratio = update.gaps.abs(), update.gaps.exp()        # over the tokens the update ran
+    stat = lambda x, f: f(x).item() if len(x) else None
+    t0, t1, t2 = times
+    return {"step": step,
+            "reward": rewards.mean().item(),
+            "reward_std": rewards.std().nan_to_num().item(),
+            "frac_reward_zero_std": zero_std.mean().item(),
+            "completion_length": lengths.mean().item(),
+            "clipped_ratio": (lengths >= args.max_new_tokens).float().mean().item(),
+            "prompt_length": sum(map(len, prompt_ids)) / B,
+            "loss": update.loss,
+            "grad_norm": grad_norm,
+            "entropy": stat(entropies, torch.mean),  # the sampler's, per token of every rollout
+            "logp_diff_mean": stat(gap, torch.mean),  # |log pi - log pi_sampler|
+            "logp_diff_max": stat(gap, torch.max),
+            "ratio_min": stat(ratio, torch.min),      # pi / pi_sampler
+            "ratio_mean": stat(ratio, torch.mean),
+            "ratio_max": stat(ratio, torch.max),
+            "lr": args.lr,
+            "epoch": epoch,
+            "skipped": skipped,
+            "draft_answer_rate": rate("draft_pred"),     # rollouts answering as the draft did
+            "gold_answer_rate": rate("answer"),
+            "rollout_time": t1 - t0,
+            "update_time": t2 - t1,
+            "step_time": t2 - t0,
+            **(graphs.stats() if graphs else NO_GRAPHS)}   # whether decoding replays graphs
+
+
+def completion_lines(step, batch, rollouts, args):
+    """completions.jsonl's lines: every rollout of every --log-completions-th step."""
+    if not args.log_completions or step % args.log_completions:
+        return []
+    mean = lambda xs: sum(xs) / max(1, len(xs))
+    return [{"step": step, "id": p["id"], "variant": args.variant,
+             "draft_source": p.get("draft_source"), "draft_answer": p.get("draft_pred"),
+             "completion": text, "reward": value, "answer": answer, "logprob": mean(logprobs),
+             "entropy": mean(entropies)}
+            for p, *group in zip(batch, rollouts.texts, rollouts.rewards, rollouts.answers,
+                                 rollouts.logprobs, rollouts.entropies)
+            for text, value, answer, logprobs, entropies in zip(*group)]
+
+
+NO_GRAPHS = {"cuda_graphs": False, "graphs": 0, "graph_captures": 0, "graph_mb": 0.0}
+
+
 class RunLog:
     """What a run writes besides checkpoints (process 0 alone): metrics.jsonl, a line per step, with
     the count of skipped steps; completions.jsonl; the tracker's records (--report-to); the
     progress bar. A resumed run keeps the lines up to its checkpoint and continues the tracker's."""
 
     def __init__(self, args, start):
-        self.writes = distributed()[0] == 0
+        self.args, self.writes = args, distributed()[0] == 0
         self.paths = [os.path.join(args.output_dir, f"{name}.jsonl")
                       for name in ("metrics", "completions")]
         kept = [keep_upto(path, start) if self.writes else [] for path in self.paths]
@@ -196,7 +257,13 @@ class RunLog:
         self.bar = tqdm(desc=f"grpo {args.variant}", unit="step", initial=start,
                         total=args.max_steps, disable=not self.writes)
 
-    def step(self, record, lines):
+    def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times, epoch,
+             graphs=None):
+        """A step's line in metrics.jsonl (step_record), its rollouts in completions.jsonl every
+        --log-completions steps, the tracker, the progress bar."""
+        record = step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times,
+                             self.args, epoch, graphs)
+        lines = completion_lines(step, batch, rollouts, self.args)
         self.skipped += record["skipped"]
         record["skipped_steps"] = self.skipped
         for path, written in zip(self.paths, ([record], lines)):

@@ -53,7 +53,7 @@ def train_script(tmp_path, hook):
     """A grpo.py entry point, as run_main runs it, with `hook` (Python lines) run first."""
     script = tmp_path / "train.py"
     script.write_text(f"import os, signal, sys\nsys.path.insert(0, {ROOT!r})\n"
-                      "import processes, grpo\n"
+                      "import processes, grpo, runs\n"
                       f"sys.path.insert(0, {os.path.join(ROOT, 'tests')!r})\n"
                       "import test_bad_input\n" + hook +
                       "processes.run_main(lambda: grpo.main(sys.argv[1:]))\n")
@@ -90,11 +90,11 @@ def test_sigterm_after_the_optimizer_step_ends_the_step_and_checkpoints_it(tmp_p
     ends, step-3 is written, exit 143; --resume continues bit for bit."""
     monkeypatch.setattr(grpo, "reward", rewards())
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "whole")])
-    hook = ("record = grpo.step_record\n"
+    hook = ("record = runs.step_record\n"
             "def signalled(step, *a):\n"
             "    os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None\n"
             "    return record(step, *a)\n"
-            "grpo.step_record = signalled\n"
+            "runs.step_record = signalled\n"
             "grpo.reward = test_bad_input.rewards()\n")
     run = run_cut(tmp_path, hook)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
@@ -200,7 +200,8 @@ def test_evaluate_exits_at_once_on_sigterm_and_a_rerun_draws_only_what_is_missin
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     records = tmp_path / "r.json.records.jsonl"
-    while not records.exists() and proc.poll() is None:
+    written = lambda: records.exists() and records.read_text().endswith("\n")  # a round, whole
+    while not written() and proc.poll() is None:
         time.sleep(0.05)
     sent = time.time()
     proc.send_signal(signal.SIGTERM)
