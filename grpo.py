@@ -32,7 +32,7 @@ from drafts import (
     load_pool,
     training_problems,
 )
-from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
+from extras.cli import COUNT, FRACTION, GROUP, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
 from generation import (
     attention_by_purpose,
     backward_through_prompt,
@@ -47,7 +47,14 @@ from generation import (
 from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
 from reward import is_equiv, lenient_answer, reward
-from runs import RunLog, checkpoint_or_stop, drop_step, start_or_resume, stop_signals
+from runs import (
+    RunLog,
+    check_run_folder,
+    checkpoint_or_stop,
+    drop_step,
+    start_or_resume,
+    stop_signals,
+)
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
@@ -64,7 +71,7 @@ def parse_args(argv=None):
         ("--output-dir", None, "checkpoints step-N/, logs (default runs/VARIANT-seedSEED)"),
         ("--max-steps", 2000, "optimizer steps (paper: 2,000 of the 2,222-step epoch)", COUNT),
         ("--prompts-per-step", 4, "B: prompts per optimizer step (paper: 4)", COUNT),
-        ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", COUNT),
+        ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", GROUP),
         ("--max-new-tokens", 4096, "L_max: rollout cap, loss normaliser (paper: 4096)", COUNT),
         ("--max-prompt-tokens", 3072, "prompt budget; only the draft is cut (paper: 3072)", COUNT),
         ("--temperature", 1.0, "rollout temperature (paper: 1.0)", POSITIVE),
@@ -437,12 +444,11 @@ def completion_lines(step, batch, rollouts, args):
 def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")   # shapes vary
     args = parse_args(argv)
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir}: a file, not a folder")
     rank, world = distributed(vars(args))  # torchrun; every set-up error here comes before a model
     if world > (rollouts := args.prompts_per_step * args.num_generations):
         raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process "
                          "per rollout")
+    check_run_folder(args)                      # a run there already, --resume's flags
     problems = load_problems(args)              # fail on bad data before loading a 7B model
     model, tokenizer = load_model(args.model)
     torch.manual_seed(args.seed)                # LoRA A init
