@@ -200,9 +200,10 @@ def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(t
     """The README's Slurm script, three times over one run (save-every 1), each time signalled two
     steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
     script, torchrun and its workers at once; under torchrun, SIGTERM to the workers alone
-    (torchrun then exits 1); on one process, SIGTERM to it alone (exit 143). Each time the script
-    requeues the job, which the run's `stopped` file says why; then --resume, on one process,
-    logs each step once and ends where an uninterrupted run ends."""
+    (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the script alone, which
+    passes it on as SIGTERM (SIGTERM to one process alone: tests/test_bad_input.py). Each time
+    the script requeues the job, and the run's `stopped` file says why; then --resume, on one
+    process, logs each step once and ends where an uninterrupted run ends."""
     monkeypatch.setattr(grpo, "reward", lambda text, gold, strict=False: float(len(text) % 2))
     flags = [*GRPO_ARGS, "--max-steps", "12"]
     grpo.main([*flags, "--output-dir", str(tmp_path / "whole")])
@@ -212,7 +213,7 @@ def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(t
     run = tmp_path / "runs" / "no-draft-seed1"
     newest = lambda: max(runs._checkpoints(run), default=0) if run.exists() else 0
     for n, (launcher, who) in enumerate([(torchrun, "all"), (torchrun, "workers"),
-                                         (sys.executable, "grpo.py")], 1):
+                                         (sys.executable, "script")], 1):
         start = newest()
         job = slurm_job(tmp_path, f"{launcher} {script} {shlex.join(flags)}")
         try:
@@ -221,10 +222,10 @@ def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(t
             assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
             top = children(job.pid)                    # torchrun, or grpo.py on one process
             workers = [c for pid in top for c in children(pid)]
-            signalled = {"all": [job.pid, *top, *workers], "workers": workers, "grpo.py": top}
-            assert len(signalled[who]) == {"all": 4, "workers": 2, "grpo.py": 1}[who]
+            signalled = {"all": [job.pid, *top, *workers], "workers": workers, "script": [job.pid]}
+            assert len(top) == 1 and len(workers) == (2 if launcher == torchrun else 0)
             for pid in signalled[who]:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGUSR1 if who == "script" else signal.SIGTERM)
             assert job.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()[-3000:]
         finally:
             for pid in [job.pid, *children(job.pid)]:
