@@ -21,7 +21,9 @@ check that both compute the same thing.
   python bench.py gpu --quick          # GPU, <= 5 minutes: the first-GPU checks (bench_gpu)
   python bench.py gpu                  # GPU: Mathstral-7B-shaped random model: decode tok/s vs HF
                                        #   and roofline, prefill, training steps, peak memory
-Each section prints a table and writes bench/results/<section>-<device>.json.
+Each section prints a table and writes its JSON, <section>-<device>[-tags].json, to
+bench/latest/ (not committed; --out DIR: to DIR). --record writes bench/results/, the README's
+figures: run at the README's settings, so that a run at others never overwrites them.
 """
 import argparse
 import contextlib
@@ -33,12 +35,14 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS = os.path.join(HERE, "bench", "results")   # the README's figures, committed: --record
+LATEST = os.path.join(HERE, "bench", "latest")     # any other run's (not committed)
 
 
 def save(section, result, folder=None):
-    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole, then renamed
-    into place."""
-    folder = folder or os.path.join(HERE, "bench", "results")
+    """<folder>/<section>-<device>[-tags].json (bench/latest/ by default), written whole, then
+    renamed into place."""
+    folder = folder or LATEST
     os.makedirs(folder, exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
     tag = f"-h{result['hidden']}" if "hidden" in result else ""
@@ -105,7 +109,7 @@ def bench_grader(args):
           f"max {result['adversarial_max_ms']:.1f} ms")
     for c in disagreements[:20]:
         print("  disagrees:", c)
-    save("grader", result)
+    save("grader", result, args.out)
 
 
 # ------------------------------------------------------------ CPU: training step and generation
@@ -213,7 +217,7 @@ def bench_cpu(args):
                      f"{result[f'trl_step_s_{label}']:.2f} s "
                      f"-> {result[f'step_speedup_vs_trl_{label}']:.2f}x")
         print(line)
-    save("cpu", result)
+    save("cpu", result, args.out)
 
 
 def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_token_id):
@@ -294,7 +298,7 @@ def bench_update(args):
           f"prompt once {result['prompt_once_s']:.3f} s, whole sequences "
           f"{result['full_sequence_s']:.3f} s -> {result['speedup']:.2f}x; "
           f"gradients agree to {diff:.1e}")
-    save("update", result)
+    save("update", result, args.out)
 
 
 def bench_memory(args):
@@ -313,7 +317,7 @@ def bench_memory(args):
         result[label] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"update micro-batch, {label}: peak RSS +{result[label]['rss_growth_MB']:.0f} MB, "
               f"{result[label]['seconds']:.1f} s", flush=True)
-    save("memory", result)
+    save("memory", result, args.out)
 
 
 def memory_child(args):
@@ -684,7 +688,7 @@ def bench_ops(args):
             print(f"{label}: {kind} per decode step {ops[0]:.0f} at {depths[0]} layers, "
                   f"{ops[1]:.0f} at {depths[1]}: {per_layer:.0f} per layer, "
                   f"{result[f'{label}_{kind}']['at_32_layers']:.0f} at 32 layers", flush=True)
-    save("ops", result)
+    save("ops", result, args.out)
 
 
 def bench_rollout(args):
@@ -794,7 +798,7 @@ def bench_rollout(args):
               f"vs {row['copied_kv_bytes'] / 2**20:.1f} MiB "
               f"(bound {row['bound_kv_bytes'] / 2**20:.1f} MiB); "
               f"{row['tokens_differing']} of {B * G * 64} tokens differ")
-    save("rollout", result)
+    save("rollout", result, args.out)
 
 
 def old_stop_look(tokenizer, stop_strings, row, first):
@@ -834,7 +838,7 @@ def bench_stops(args):
           f"{result['stop_finder_ms_per_look']:.2f} ms, every window decoded "
           f"{result['every_window_ms_per_look']:.2f} ms ({result['speedup']:.0f}x); the same ends: "
           f"{result['same_ends']}")
-    save("stops", result)
+    save("stops", result, args.out)
 
 
 def multinomial_next(logits, temperature, top_p, generator):
@@ -885,7 +889,7 @@ def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
           f"{out['multinomial_max_gap_top20']:.4f} (multinomial) of their probabilities "
           f"(the likeliest: p = {out['top_token_prob']:.3f})")
     if args.section == "sampler":  # inside `bench.py gpu` it goes into gpu's JSON
-        save("sampler", {**out, "device": "cpu-" + platform.machine()})
+        save("sampler", {**out, "device": "cpu-" + platform.machine()}, args.out)
     return out
 
 
@@ -922,7 +926,7 @@ def bench_merge(args):
             print(f"bf16, {k} steps, {signs} signs: merged keeps {100 * share['merged']:.1f} %, "
                   f"unmerged + bf16 add {100 * share['unmerged_bf16_add']:.1f} %, "
                   f"fp32 add {100 * share['fp32_add']:.1f} % of the adapter's effect")
-    save("merge", result)
+    save("merge", result, args.out)
 
 
 def bench_gap(args):
@@ -971,7 +975,7 @@ def bench_gap(args):
                       f"{run['logp_diff_max']:.2e}; ratio {run['ratio_min']:.4f} / "
                       f"{run['ratio_mean']:.4f} / {run['ratio_max']:.4f}; above 2: "
                       f"{100 * run['above_cap_2']:.2f} % of tokens", flush=True)
-    save("gap", result)
+    save("gap", result, args.out)
 
 
 TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -1457,7 +1461,7 @@ def bench_gpu_long(args, model, rand, device, result, folder, bandwidth, weight_
     return result
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
@@ -1478,10 +1482,13 @@ def main():
                     help="gpu: model shape")
     ap.add_argument("--quick", action="store_true",
                     help="gpu: the first-GPU sections only (<= 5 minutes)")
+    ap.add_argument("--record", action="store_true",
+                    help="write bench/results/, the README's figures (run at its settings)")
     ap.add_argument("--out", default=None,
-                    help="gpu: its JSON's folder (bench/results; for --shape tiny, /tmp)")
+                    help="the JSON's folder (default bench/latest/; --record: bench/results/)")
     ap.add_argument("--mode", default="prompt_once", help="memory-child: prompt_once|whole_rows")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    args.out = args.out or (RESULTS if args.record else LATEST)
     sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
                 "memory": bench_memory, "memory-child": memory_child,
                 "ops": bench_ops, "rollout": bench_rollout, "stops": bench_stops,

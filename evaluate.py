@@ -148,7 +148,7 @@ def summarize(rows, records, ks):
 def run(args):
     from extras.trackers import tracker
     from generation import cuda_graphs, generate, load_model  # torch: only here
-    from lora import load_lora, merge_lora
+    from lora import adapter_config, load_lora, merge_lora
     from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
     n, ks = args.samples, args.k or [1]
@@ -158,6 +158,15 @@ def run(args):
     output_path(args.output, "--output")
     if args.adapter and not os.path.isdir(args.adapter):
         raise FileNotFoundError(f"--adapter {args.adapter}: no such folder")
+    # the base model: --model, else the adapter's (as PEFT's loaders take it), else Mathstral's
+    base = args.adapter and adapter_config(args.adapter).get("base_model_name_or_path")
+    name = lambda model: os.path.basename(os.path.normpath(model)).lower()  # hub id or folder
+    if args.model and base and name(args.model) != name(base):
+        raise ValueError(f"--model {args.model} is not --adapter {args.adapter}'s base model "
+                         f"{base} (its adapter_config.json's base_model_name_or_path): leave "
+                         f"--model out to load that, or if the two are one, write {args.model} "
+                         "there")
+    args.model = args.model or base or "mistralai/Mathstral-7B-v0.1"
     rows = load_jsonl(args.data)[:args.limit]
     if not rows:
         raise ValueError(f"{args.data}: no problems")
@@ -240,7 +249,8 @@ def main(argv=None):
         tool = importlib.import_module(f"extras.{'stats' if argv[0] == 'compare' else 'plot'}")
         return tool.main(argv[1:])
     args = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).flags(
-        ("--model", "mistralai/Mathstral-7B-v0.1", "base model: hub id, local dir, or 'tiny'"),
+        ("--model", None, "base model: hub id, local dir, or 'tiny' (default: the one --adapter "
+         "names, else mistralai/Mathstral-7B-v0.1)"),
         ("--adapter", None, "a PEFT-format LoRA directory (ours, PEFT's, Unsloth's)"),
         ("--data", os.path.join(DATA, "math500.jsonl"), "problems JSONL (math500, aime2025, ...)"),
         ("--output", "results.json", "summary JSON; per-sample records go to OUTPUT.records.jsonl"),

@@ -33,7 +33,7 @@ from drafts import (
     load_pool,
     training_problems,
 )
-from extras.cli import COUNT, FRACTION, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
+from extras.cli import COUNT, FRACTION, GROUP, NONNEGATIVE, POSITIVE, SEED, UNIT, Parser
 from generation import (
     backward_through_prompt,
     cache_bytes,
@@ -48,7 +48,15 @@ from generation import (
 from lora import DEFAULT_TARGETS, apply_lora, merged
 from processes import distributed, gather, run_main
 from reward import lenient_answer, reward
-from runs import RunLog, drop_step, save_if_due, start_or_resume, stop_signals, stopped
+from runs import (
+    RunLog,
+    check_run_folder,
+    drop_step,
+    save_if_due,
+    start_or_resume,
+    stop_signals,
+    stopped,
+)
 
 MAX_SKIPS = 5            # consecutive non-finite steps that stop a run
 
@@ -65,7 +73,7 @@ def parse_args(argv=None):
         ("--output-dir", None, "checkpoints step-N/, logs (default runs/VARIANT-seedSEED)"),
         ("--max-steps", 2000, "optimizer steps (paper: 2,000 of the 2,222-step epoch)", COUNT),
         ("--prompts-per-step", 4, "B: prompts per optimizer step (paper: 4)", COUNT),
-        ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", COUNT),
+        ("--num-generations", 16, "G: rollouts per prompt (paper: 16)", GROUP),
         ("--max-new-tokens", 4096, "L_max: rollout cap, loss normaliser (paper: 4096)", COUNT),
         ("--max-prompt-tokens", 3072, "prompt budget; only the draft is cut (paper: 3072)", COUNT),
         ("--temperature", 1.0, "rollout temperature (paper: 1.0)", POSITIVE),
@@ -390,7 +398,7 @@ def train(args, problems, model, tokenizer, reward_fn=None):
             stop = any(gather(bool(signals)))    # every process stops after the same step
             save_if_due(args, step, model, optimizer, stop)   # --save-every, the last, a stop
             if stop:
-                sys.exit(stopped(signals, step))     # 128 + the signal: the job requeues
+                sys.exit(stopped(args, signals, step))     # 128 + the signal: the job requeues
     log.close()
     return model
 
@@ -490,12 +498,11 @@ def load_problems(args):
 def main(argv=None):
     os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")   # shapes vary
     args = parse_args(argv)
-    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
-        raise ValueError(f"--output-dir {args.output_dir}: a file, not a folder")
     rank, world = distributed(vars(args))  # torchrun; every set-up error here comes before a model
     if world > (rollouts := args.prompts_per_step * args.num_generations):
         raise ValueError(f"{world} processes for {rollouts} rollouts a step: at most one process "
                          "per rollout")
+    check_run_folder(args)                      # a run there already, --resume's flags
     problems = load_problems(args)              # fail on bad data before loading a 7B model
     if args.deterministic:
         use_deterministic_kernels()

@@ -97,12 +97,11 @@ def save_lora(model, directory, base_model_name_or_path=None):
               os.path.join(directory, "adapter_model.safetensors"), metadata={"format": "pt"})
 
 
-def load_lora(model, directory):
-    """Load a PEFT-format LoRA directory (ours, PEFT's or Unsloth's) into model; wraps it first if
-    needed."""
+def adapter_config(directory):
+    """A PEFT-format LoRA directory's adapter_config.json, read before any weights: both files
+    there, and settings that load_lora implements."""
     config_path = os.path.join(directory, "adapter_config.json")
-    weights_path = os.path.join(directory, "adapter_model.safetensors")
-    for path in (config_path, weights_path):
+    for path in (config_path, os.path.join(directory, "adapter_model.safetensors")):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"load_lora: {path} not found")
     with open(config_path) as f:
@@ -114,6 +113,14 @@ def load_lora(model, directory):
     if cfg.get("peft_type", "LORA") != "LORA" or cfg.get("bias", "none") != "none" or unsupported:
         raise ValueError(f"{config_path}: unsupported adapter settings "
                          f"{unsupported or cfg.get('peft_type')}")
+    return cfg
+
+
+def load_lora(model, directory):
+    """Load a PEFT-format LoRA directory (ours, PEFT's or Unsloth's) into model; wraps it first if
+    needed."""
+    cfg = adapter_config(directory)
+    weights_path = os.path.join(directory, "adapter_model.safetensors")
     tensors = load_file(weights_path)
     tensors = {k.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B."): v
                for k, v in tensors.items()}

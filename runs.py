@@ -24,6 +24,7 @@ KEEP_OPTIMIZER = 2   # the newest checkpoints with AdamW's state: a damaged one 
 FREE = {"resume", "output_dir", "max_steps", "save_every", "rollout_batch_size",
         "micro_batch_tokens", "no_cuda_graphs", "model", "data", "drafts", "exclude", "report_to",
         "run_name", "log_completions"}                  # flags a resumed run may change
+STOPPED = "stopped"  # in --output-dir: why the run stopped on a signal (stopped), till it goes on
 
 
 @contextlib.contextmanager
@@ -66,16 +67,42 @@ def _checkpoints(output_dir):
                   if (m := re.fullmatch(r"step-(\d+)", d)) and complete(d))
 
 
+def check_run_folder(args):
+    """The checks of --output-dir and --resume that need no model, so grpo.main makes them before
+    one loads: a file is not a folder; a folder that holds a run needs --resume; --resume's newest
+    checkpoint must have been trained with these flags (its trainer_state.json says; FREE lists
+    the flags a resume may change)."""
+    if os.path.exists(args.output_dir) and not os.path.isdir(args.output_dir):
+        raise ValueError(f"--output-dir {args.output_dir}: a file, not a folder")
+    if not os.path.isdir(args.output_dir):
+        return
+    metrics = os.path.join(args.output_dir, "metrics.jsonl")
+    if (_checkpoints(args.output_dir) or os.path.exists(metrics)) and not args.resume:
+        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another "
+                         "--output-dir")
+    for step in reversed(_checkpoints(args.output_dir) if args.resume else []):
+        path = os.path.join(args.output_dir, f"step-{step}")
+        try:                            # one that does not read back: the one before it
+            saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
+        except Exception:
+            continue
+        differ = [f"--{k.replace('_', '-')} {saved[k]}" for k in saved
+                  if k in vars(args) and k not in FREE and saved[k] != vars(args)[k]]
+        if differ:
+            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same "
+                             "flags")
+        return
+
+
 def resume(args, model, optimizer):
-    """Load the newest checkpoint that reads back whole (adapter, AdamW's state, trainer state);
-    return its step (0 if none). A damaged one (a disk or copy fault) is passed over, saying so,
-    for the one before it; one trained with other flags is an error naming them."""
+    """Load the newest checkpoint that reads back whole (the adapter and AdamW's state); return its
+    step (0 if none). A damaged one (a disk or copy fault) is passed over, saying so, for the one
+    before it. Its flags: check_run_folder's."""
     for step in reversed(_checkpoints(args.output_dir)):
         path = os.path.join(args.output_dir, f"step-{step}")
         if not os.path.exists(os.path.join(path, "optimizer.safetensors")):
             continue                                   # older checkpoints keep the adapter alone
         try:
-            saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
             load_lora(model, path)
             state = {}
             for key, value in load_file(os.path.join(path, "optimizer.safetensors")).items():
@@ -88,11 +115,6 @@ def resume(args, model, optimizer):
             print(f"warning: {path} does not read back ({str(e).strip().splitlines()[0]}); "
                   "trying the one before")
             continue
-        differ = [f"--{k.replace('_', '-')} {saved[k]}" for k in saved
-                  if k in vars(args) and k not in FREE and saved[k] != vars(args)[k]]
-        if differ:
-            raise ValueError(f"{path} was trained with {', '.join(differ)}: resume with the same "
-                             "flags")
         print(f"resumed from {path}")
         return step
     print(f"--resume: no checkpoint in {args.output_dir}, starting from step 0")
@@ -101,17 +123,18 @@ def resume(args, model, optimizer):
 
 def start_or_resume(args, model, optimizer):
     """The step to start after: 0 for a new run (in a folder that holds none: nothing is
-    overwritten by accident), else --resume's checkpoint, the same on every process."""
+    overwritten by accident), else --resume's checkpoint, the same on every process. The checks
+    are check_run_folder's (made again here for train()'s callers other than grpo.main); a stop's
+    marker (stopped) goes, as the run goes on."""
+    check_run_folder(args)
     os.makedirs(args.output_dir, exist_ok=True)
-    metrics = os.path.join(args.output_dir, "metrics.jsonl")
-    ran = _checkpoints(args.output_dir) or os.path.exists(metrics)
-    if ran and not args.resume:
-        raise ValueError(f"{args.output_dir} already holds a run: pass --resume, or another "
-                         "--output-dir")
     start = resume(args, model, optimizer) if args.resume else 0
     if len(set(starts := gather(start))) > 1:
         raise ValueError(f"processes resumed from steps {starts}: --output-dir must be one folder "
                          "that all nodes share")
+    if distributed()[0] == 0:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(args.output_dir, STOPPED))
     return start
 
 
@@ -121,7 +144,7 @@ def stop_signals():
     """Within the block SIGTERM and SIGUSR1 (Slurm's warning before a time limit, or a preemption)
     are noted in the list it yields, not fatal: the loop drops the step it is in if that step has
     not reached its optimizer step (drop_step), else ends it; either way a checkpoint is on disk
-    and the run exits with 128 + the signal's number."""
+    and the run exits with 128 + the signal's number (stopped)."""
     got, names = [], (signal.SIGTERM, signal.SIGUSR1)
     old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
     try:
@@ -146,15 +169,21 @@ def drop_step(args, step, model, optimizer, signals):
     done = step - 1
     if distributed()[0] == 0 and done and done not in _checkpoints(args.output_dir):
         save_checkpoint(args, done, model, optimizer)
-    return stopped(signals, done)
+    return stopped(args, signals, done)
 
 
-def stopped(signals, step):
-    """Every process waits for the checkpoint to be on disk. -> 128 + the signal's number, the
-    exit status of a process killed by it, so that the job script requeues."""
-    gather(None)
+def stopped(args, signals, step):
+    """Process 0 writes why the run stopped into --output-dir/stopped; every process waits for
+    that and the checkpoint to be on disk. -> 128 + the signal's number, the exit status of a
+    process killed by it. The job script requeues on either: under torchrun only the file tells,
+    since torchrun exits 1 whatever its processes exit with."""
     number = (signals or [signal.SIGTERM])[0]
-    print(f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume")
+    message = f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume"
+    if distributed()[0] == 0:
+        with writing(args.output_dir), open(os.path.join(args.output_dir, STOPPED), "w") as f:
+            f.write(message + "\n")
+    gather(None)
+    print(message)
     return 128 + number
 
 

@@ -44,6 +44,9 @@ def number(kind, ok, rule):
 
 COUNT = number(int, lambda x: x >= 1, ">= 1")
 SEED = number(int, lambda x: x >= 0, ">= 0")
+# grpo --num-generations: an advantage is a reward minus its group's mean, 0 in a group of one
+GROUP = number(int, lambda x: x >= 2, ">= 2 (advantages are relative to a group: G = 1 learns "
+               "nothing)")
 POSITIVE = number(float, lambda x: x > 0, "> 0")
 NONNEGATIVE = number(float, lambda x: x >= 0, ">= 0")
 FRACTION = number(float, lambda x: 0 < x <= 1, "in (0, 1]")

@@ -113,4 +113,5 @@ def main(argv):
                    help="LABEL=a.json[,b.json...] (a repeated label pools); --metrics: run dirs")
     a = a.parse_args(argv)
     fig = plot_metrics(a.specs, a.smooth) if a.metrics else plot_results(a.specs, a.reference)
-    return fig.savefig(a.output, dpi=120)
+    fig.savefig(a.output, dpi=120)
+    print(f"wrote {a.output}")

@@ -8,6 +8,7 @@ incomplete beta for the t distribution's tail.
 """
 import functools
 import math
+import os
 import statistics
 
 from drafts import load_json
@@ -66,6 +67,9 @@ def load_groups(specs):
     for spec in specs:
         label, _, files = spec.rpartition("=")
         for path in files.split(","):
+            if not label and not os.path.exists(path):    # mismatched-wrong:a.json, say
+                raise FileNotFoundError(f"{path}: no such file (name results LABEL=a.json"
+                                        "[,b.json...], e.g. mismatched-wrong=a.json)")
             data = load_json(path)
             data = data if isinstance(data, list) else [data]
             if not all(isinstance(r, dict) for r in data):

@@ -78,11 +78,14 @@ def test_sigterm_before_the_optimizer_step_drops_the_step_and_resume_redoes_it(t
     run = run_cut(tmp_path, "grpo.reward = test_bad_input.rewards(signal_at=2 * 6 + 2)\n")
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
     assert "stopped after step 2, checkpointed" in run.stdout
-    assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2"]
+    assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "stopped"]
+    assert (tmp_path / "cut" / "stopped").read_text() == ("signal 15: stopped after step 2, "
+                                                          "checkpointed; rerun with --resume\n")
     assert [json.loads(line)["step"] for line in open(tmp_path / "cut" / "metrics.jsonl")] == [1, 2]
     monkeypatch.setattr(grpo, "reward", rewards(skip=2 * 6))
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "cut"), "--resume"])
     same_run(tmp_path / "whole", tmp_path / "cut", 5)
+    assert not (tmp_path / "cut" / "stopped").exists()      # the run went on
 
 
 def test_sigterm_after_the_optimizer_step_ends_the_step_and_checkpoints_it(tmp_path, monkeypatch):
@@ -99,7 +102,7 @@ def test_sigterm_after_the_optimizer_step_ends_the_step_and_checkpoints_it(tmp_p
     run = run_cut(tmp_path, hook)
     assert run.returncode == 128 + signal.SIGTERM, run.stderr[-2000:]
     assert "stopped after step 3, checkpointed" in run.stdout
-    assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "step-3"]
+    assert sorted(os.listdir(tmp_path / "cut")) == ["metrics.jsonl", "step-2", "step-3", "stopped"]
     monkeypatch.setattr(grpo, "reward", rewards(skip=3 * 6))
     grpo.main([*TINY, "--max-steps", "5", "--output-dir", str(tmp_path / "cut"), "--resume"])
     same_run(tmp_path / "whole", tmp_path / "cut", 5)
@@ -255,7 +258,7 @@ def run_folder(tmp_path_factory):
     return folder
 
 
-GRPO_FLAGS = [("--max-steps", "0"), ("--prompts-per-step", "0"), ("--num-generations", "0"),
+GRPO_FLAGS = [("--max-steps", "0"), ("--prompts-per-step", "0"), ("--num-generations", "1"),
               ("--max-new-tokens", "-5"), ("--max-prompt-tokens", "0"), ("--temperature", "0"),
               ("--top-p", "1.5"), ("--top-p", "0"), ("--lr", "0"), ("--lr", "nan"), ("--lr", "inf"),
               ("--lr", "fast"), ("--beta1", "1"), ("--beta2", "-0.1"), ("--weight-decay", "-1"),
@@ -267,8 +270,9 @@ GRPO_FLAGS = [("--max-steps", "0"), ("--prompts-per-step", "0"), ("--num-generat
 
 @pytest.mark.parametrize("flag,value", GRPO_FLAGS)
 def test_grpo_refuses_impossible_flags(run_folder, flag, value):
-    before = fingerprint(run_folder)
-    assert flag in error(grpo, *TINY, "--output-dir", run_folder, "--resume", flag, value)
+    before = fingerprint(run_folder)            # the flag's own check, not the resume's
+    assert f"argument {flag}: " in error(grpo, *TINY, "--output-dir", run_folder, "--resume",
+                                         flag, value)
     assert fingerprint(run_folder) == before
 
 
@@ -325,11 +329,18 @@ def test_the_issues_cases(tmp_path, run_folder):
     assert fingerprint(run_folder) == before and not (tmp_path / "m").exists()
 
 
-def test_a_resume_with_other_flags_names_them(run_folder):
+def test_a_resume_with_other_flags_names_them(run_folder, monkeypatch):
+    """A resume with other flags names them; it stops before the model loads, as a folder that
+    holds a run without --resume does: both are read from the run's files, so a typo costs no
+    7B load."""
+    def load_model(*args, **kwargs):
+        raise AssertionError("the model loads before the run folder is checked")
+    monkeypatch.setattr(grpo, "load_model", load_model)
     before = fingerprint(run_folder)
     message = error(grpo, *TINY, "--max-steps", "3", "--output-dir", run_folder, "--resume",
                     "--lr", "0.01", "--seed", "4")
     assert "--lr 0.05" in message and "--seed 0" in message and "same flags" in message
+    assert "already holds a run" in error(grpo, *TINY, "--output-dir", run_folder)
     assert fingerprint(run_folder) == before
 
 

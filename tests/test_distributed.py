@@ -2,10 +2,14 @@
 one-process checkpoint: across world sizes too), evaluate.py and drafts.py generate; bad set-ups
 stop before a model loads. Each launch is a real torchrun; each costs seconds, so one launch
 proves what it can at once."""
+import contextlib
 import json
 import os
+import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -14,6 +18,7 @@ import drafts
 import evaluate
 import grpo
 import processes
+import runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A reward that depends on the completion's text (the tiny model's lenient reward is always 0):
@@ -153,8 +158,84 @@ def test_bad_setups_stop_before_a_model_loads(tmp_path, monkeypatch, capsys):
     run = torchrun(str(script), *GRPO_ARGS, "--output-dir", tmp_path / "differ")
     assert run.returncode != 0 and "process 1: --lr" in run.stderr, run.stderr[-3000:]
     assert "training prompts" not in run.stdout and not (tmp_path / "differ").exists()
-    monkeypatch.setattr(grpo, "distributed", lambda flags=None: (0, 2))
-    with pytest.raises(ValueError, match="2 processes for 1 rollouts a step"):
-        grpo.main([*GRPO_ARGS, "--prompts-per-step", "1", "--num-generations", "1",
+    monkeypatch.setattr(grpo, "distributed", lambda flags=None: (0, 3))
+    with pytest.raises(ValueError, match="3 processes for 2 rollouts a step"):
+        grpo.main([*GRPO_ARGS, "--prompts-per-step", "1", "--num-generations", "2",
                    "--output-dir", str(tmp_path / "few")])
     assert "training prompts" not in capsys.readouterr().out and not (tmp_path / "few").exists()
+
+
+# as WRAPPER, each reward a tenth of a second late: a step lasts long enough to be signalled in
+SLOW = WRAPPER.replace("import sys\n", "import sys, time\n").replace(
+    "float(len(text) % 2)", "time.sleep(0.1) or float(len(text) % 2)")
+
+
+def slurm_job(tmp_path, launch):
+    """The README's Slurm script as task 1 of its array (no-draft, seed 1) in tmp_path, with
+    `launch` in place of `python grpo.py` and a stub `scontrol` that logs its arguments; started in
+    a session of its own."""
+    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    start = readme.index("#!/bin/bash\n#SBATCH")
+    script = readme[start:readme.index("```", start)]
+    assert script.count("python grpo.py ") == 1
+    (tmp_path / "job.sh").write_text(script.replace("python grpo.py ", launch + " "))
+    os.makedirs(tmp_path / "bin", exist_ok=True)
+    (tmp_path / "bin" / "scontrol").write_text('#!/bin/sh\necho "$@" >> scontrol.log\n')
+    os.chmod(tmp_path / "bin" / "scontrol", 0o755)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}", "SLURM_SUBMIT_DIR": str(tmp_path),
+           "SLURM_ARRAY_TASK_ID": "1", "SLURM_JOB_ID": "7"}
+    return subprocess.Popen(["bash", str(tmp_path / "job.sh")], cwd=tmp_path, env=env,
+                            stdout=open(tmp_path / "job.log", "a"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def children(pid):
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(tmp_path,
+                                                                               monkeypatch):
+    """The README's Slurm script, three times over one run (save-every 1), each time signalled two
+    steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
+    script, torchrun and its workers at once; under torchrun, SIGTERM to the workers alone
+    (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the script alone, which
+    passes it on as SIGTERM (SIGTERM to one process alone: tests/test_bad_input.py). Each time
+    the script requeues the job, and the run's `stopped` file says why; then --resume, on one
+    process, logs each step once and ends where an uninterrupted run ends."""
+    monkeypatch.setattr(grpo, "reward", lambda text, gold, strict=False: float(len(text) % 2))
+    flags = [*GRPO_ARGS, "--max-steps", "12"]
+    grpo.main([*flags, "--output-dir", str(tmp_path / "whole")])
+    script = tmp_path / "slow.py"
+    script.write_text(SLOW.format(root=ROOT))
+    torchrun = f"{sys.executable} -m torch.distributed.run --standalone --nproc-per-node 2"
+    run = tmp_path / "runs" / "no-draft-seed1"
+    newest = lambda: max(runs._checkpoints(run), default=0) if run.exists() else 0
+    for n, (launcher, who) in enumerate([(torchrun, "all"), (torchrun, "workers"),
+                                         (sys.executable, "script")], 1):
+        start = newest()
+        job = slurm_job(tmp_path, f"{launcher} {script} {shlex.join(flags)}")
+        try:
+            while newest() < start + 2 and job.poll() is None:
+                time.sleep(0.05)
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            top = children(job.pid)                    # torchrun, or grpo.py on one process
+            workers = [c for pid in top for c in children(pid)]
+            signalled = {"all": [job.pid, *top, *workers], "workers": workers, "script": [job.pid]}
+            assert len(top) == 1 and len(workers) == (2 if launcher == torchrun else 0)
+            for pid in signalled[who]:
+                os.kill(pid, signal.SIGUSR1 if who == "script" else signal.SIGTERM)
+            assert job.wait(timeout=120) == 0, (tmp_path / "job.log").read_text()[-3000:]
+        finally:
+            for pid in [job.pid, *children(job.pid)]:
+                for child in [pid, *children(pid)]:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child, signal.SIGKILL)
+        assert (tmp_path / "scontrol.log").read_text() == "requeue 7\n" * n
+        stopped = (run / "stopped").read_text()
+        assert stopped == f"signal 15: stopped after step {newest()}, checkpointed; rerun with "\
+            "--resume\n"
+    grpo.main([*flags, "--output-dir", str(run), "--resume"])
+    assert not (run / "stopped").exists()
+    assert_same_run(tmp_path / "whole", run, 12)

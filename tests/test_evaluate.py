@@ -1,3 +1,4 @@
+import copy
 import json
 import os
 from fractions import Fraction
@@ -94,6 +95,30 @@ def test_missing_data_file_is_a_clear_error(tmp_path):
         evaluate.main(["--model", "tiny", "--data", str(tmp_path / "nope.jsonl")])
 
 
+def test_an_adapter_is_evaluated_on_the_base_model_it_names(tmp_path, tiny):
+    """Without --model, the adapter's adapter_config.json's base_model_name_or_path (as PEFT's
+    loaders take it), not Mathstral (offline: an error). With --model, the same model under
+    another name (a hub id's last part, a local copy's folder) is taken; another model is one
+    line naming both, before any model loads."""
+    from lora import apply_lora, save_lora
+    model = apply_lora(copy.deepcopy(tiny[0]))
+    save_lora(model, tmp_path / "a", base_model_name_or_path="tiny")
+    flags = ["--data", "data/aime2025.jsonl", "--limit", "1", "--max-new-tokens", "2"]
+    summary = evaluate.main([*flags, "--adapter", str(tmp_path / "a"),
+                             "--output", str(tmp_path / "r.json")])
+    assert summary["model"] == "tiny" and summary["num_problems"] == 1
+    save_lora(model, tmp_path / "b", base_model_name_or_path="/elsewhere/TINY/")
+    summary = evaluate.main([*flags, "--model", "tiny", "--adapter", str(tmp_path / "b"),
+                             "--output", str(tmp_path / "s.json")])
+    assert summary["model"] == "tiny"
+    save_lora(model, tmp_path / "c", base_model_name_or_path="mistralai/Mathstral-7B-v0.1")
+    with pytest.raises(ValueError) as e:
+        evaluate.main([*flags, "--model", "tiny", "--adapter", str(tmp_path / "c"),
+                       "--output", str(tmp_path / "t.json")])
+    assert f"--model tiny is not --adapter {tmp_path / 'c'}'s base model mistralai/" in str(e.value)
+    assert not (tmp_path / "t.json.records.jsonl").exists()
+
+
 def test_compare_reads_seed_files_and_prints_welch(tmp_path, capsys):
     a = [{"strict": {"pass@1": v}}
          for v in (0.712, 0.725, 0.719, 0.728, 0.714, 0.720, 0.723, 0.717, 0.726, 0.715)]
@@ -129,6 +154,8 @@ def test_compare_pools_a_repeated_label_as_the_shell_passes_brace_expansions(tmp
         evaluate.main(["compare", f"x={tmp_path / 'bad.json'}"])
     with pytest.raises(KeyError, match="mw0.json: no 'lenient.pass@1'"):
         evaluate.main(["compare", "--metric", "lenient.pass@1", f"x={path('mw', 0)}"])
+    with pytest.raises(FileNotFoundError, match=r"mw:\S+: no such file \(name results LABEL=a"):
+        evaluate.main(["compare", f"mw:{path('mw', 0)}"])                     # ':' for '='
 
 
 def fake_result(data, samples, curve, prompt="nodraft"):
@@ -143,7 +170,7 @@ def colours(png):
     return len({tuple(p) for p in pixels.reshape(-1, pixels.shape[-1]).tolist()})
 
 
-def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path):
+def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     files = {}
     for label, base in (("mw", 0.72), ("mtw", 0.70)):
@@ -171,11 +198,12 @@ def test_plot_results_draws_pass_at_k_and_greedy_panels(tmp_path):
     assert [t.get_text() for t in greedy.get_xticklabels()] == ["mw", "mtw"]
     evaluate.main(["plot", *specs, "--reference", "mtw", "--output", str(tmp_path / "fig.png")])
     assert colours(tmp_path / "fig.png") > 50                                          # not blank
+    assert capsys.readouterr().out == f"wrote {tmp_path / 'fig.png'}\n"
     with pytest.raises(ValueError, match="--reference 'nope'"):
         plot.plot_results(specs, reference="nope")
 
 
-def test_plot_metrics_draws_training_curves(tmp_path):
+def test_plot_metrics_draws_training_curves(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     for run, rate in (("mw-seed0", 0.1), ("nd-seed0", None)):
         os.makedirs(tmp_path / run)
@@ -210,6 +238,7 @@ def test_plot_metrics_draws_training_curves(tmp_path):
     evaluate.main(["plot", "--metrics", str(tmp_path / "mw-seed0"),
                    "--output", str(tmp_path / "curves.png")])
     assert colours(tmp_path / "curves.png") > 50
+    assert capsys.readouterr().out.endswith(f"wrote {tmp_path / 'curves.png'}\n")
 
 
 def test_plot_without_matplotlib_names_the_install_command(tmp_path, monkeypatch):

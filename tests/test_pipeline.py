@@ -78,3 +78,18 @@ def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     assert result["lora_change"] == {"second_equals_eager": True, "changed": True, "graphs": 0}
     saved = json.load(open(tmp_path / f"gpu-{result['device']}.json"))
     assert saved["nccl"] == result["nccl"] and saved["update_micro_batch"]["seconds"] > 0
+
+
+def test_bench_writes_the_readmes_figures_only_when_asked(tmp_path, monkeypatch):
+    """A section writes bench/latest/ (not committed), or --out; bench/results/, the README's
+    figures, only with --record: a run at other settings leaves them as they are."""
+    import bench
+    monkeypatch.setattr(bench, "RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(bench, "LATEST", str(tmp_path / "latest"))
+    bench.main(["grader"])
+    assert os.listdir(tmp_path) == ["latest"]
+    bench.main(["grader", "--out", str(tmp_path / "mine")])
+    bench.main(["grader", "--record"])
+    assert sorted(os.listdir(tmp_path)) == ["latest", "mine", "results"]
+    name = os.listdir(tmp_path / "latest")
+    assert name[0].startswith("grader-") and os.listdir(tmp_path / "results") == name
