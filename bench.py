@@ -6,6 +6,7 @@ check that both compute the same thing.
                                        #   + worst-case timings
   python bench.py grader --math-verify # also where math-verify (optional, never imported by the
                                        #   core) disagrees
+  python bench.py extraction           # the rewards on 1,500 MATH solutions, unboxed + one line
   python bench.py cpu [--drafts]       # CPU: our GRPO step vs TRL's GRPOTrainer (if installed),
                                        #   our generate vs HF
   python bench.py update               # CPU: the prompt-once update vs whole rows
@@ -110,6 +111,38 @@ def bench_grader(args):
     for c in disagreements[:20]:
         print("  disagrees:", c)
     save("grader", result, args.out)
+
+
+def unboxed(text):
+    """text with each \\boxed{X} replaced by X."""
+    while (i := text.find("\\boxed{")) >= 0:
+        depth = 0
+        for j in range(i + 6, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[j], 0)
+            if depth == 0:
+                break
+        text = text[:i] + text[i + 7:j] + text[j + 1:]
+    return text
+
+
+def bench_extraction(args):
+    """What each extraction finds: every 8th solution of data/math_train.jsonl (1,500), its boxes
+    taken out (their content kept) and one line appended; reward 1 counted. Last, the solutions
+    whole, cut inside a new box (`\\boxed{` unclosed): the strict reward."""
+    from drafts import load_jsonl
+    from reward import reward
+    rows = load_jsonl(os.path.join(HERE, "data", "math_train.jsonl"))[::8]
+    endings = {"nothing": "", "Answer = X": "\nAnswer = {}", "x = X": "\nx = {}",
+               "The answer is X.": "\nThe answer is {}."}
+    result = {"problems": len(rows), "device": "cpu-" + platform.machine()}
+    for label, line in endings.items():
+        result[label] = int(sum(reward(unboxed(r["solution"]) + line.format(r["answer"]),
+                                       r["answer"]) for r in rows))
+    result["cut inside a box (strict)"] = int(sum(
+        reward(r["solution"] + "\nSo \\boxed{", r["answer"], strict=True) for r in rows))
+    for label, count in result.items():
+        print(f"{label:28s} {count}")
+    save("extraction", result, args.out)
 
 
 # ------------------------------------------------------------ CPU: training step and generation
@@ -1465,8 +1498,8 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("section",
-                    choices=["grader", "cpu", "update", "memory", "ops", "rollout", "stops",
-                             "sampler", "merge", "gap", "gpu", "memory-child"])
+                    choices=["grader", "extraction", "cpu", "update", "memory", "ops", "rollout",
+                             "stops", "sampler", "merge", "gap", "gpu", "memory-child"])
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
     ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
@@ -1489,7 +1522,8 @@ def main(argv=None):
     ap.add_argument("--mode", default="prompt_once", help="memory-child: prompt_once|whole_rows")
     args = ap.parse_args(argv)
     args.out = args.out or (RESULTS if args.record else LATEST)
-    sections = {"grader": bench_grader, "cpu": bench_cpu, "update": bench_update,
+    sections = {"grader": bench_grader, "extraction": bench_extraction, "cpu": bench_cpu,
+                "update": bench_update,
                 "memory": bench_memory, "memory-child": memory_child,
                 "ops": bench_ops, "rollout": bench_rollout, "stops": bench_stops,
                 "sampler": bench_sampler,

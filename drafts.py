@@ -30,14 +30,14 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. "
 
 
 # ---------------------------------------------------------------------- files: one line per mistake
-def lines(path):
-    """A text file's lines; a missing file, a folder or bytes that are not UTF-8 are errors naming
-    the file."""
+def read_text(path, read):
+    """read(the file open as UTF-8 text): list gives its lines. A missing file, a folder or bytes
+    that are not UTF-8 are errors naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
         with open(path, encoding="utf-8") as f:
-            return f.readlines()
+            return read(f)
     except UnicodeDecodeError as e:
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
@@ -46,7 +46,7 @@ def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "ans
     """Rows of a JSONL file (blank lines skipped); a line that is not a JSON object, lacks a
     `required` field or holds a non-string in a `text` field is an error naming file and line."""
     rows = []
-    for lineno, line in enumerate(lines(path), 1):
+    for lineno, line in enumerate(read_text(path, list), 1):
         if not line.strip():
             continue
         try:
@@ -66,9 +66,10 @@ def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "ans
 
 
 def load_json(path):
-    """A whole-file JSON document; a bad one is an error naming the file and line."""
+    """A whole-file JSON document, parsed from the file (its text is not held twice); a bad one is
+    an error naming the file and line."""
     try:
-        return json.loads("".join(lines(path)))
+        return read_text(path, json.load)
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: not valid JSON at line {e.lineno} ({e.msg})") from None
 
@@ -78,7 +79,7 @@ def read_resumable(path):
     mid-write) is removed from the file, so rerunning the same command continues where it stopped; a
     bad line before the last is damage, not a crash, and an error naming the line (nothing after it
     is thrown away)."""
-    records, text = [], lines(path) if os.path.exists(path) else []
+    records, text = [], read_text(path, list) if os.path.exists(path) else []
     for lineno, line in enumerate(text, 1):
         try:
             records.append(json.loads(line))
@@ -103,10 +104,12 @@ def output_path(path, flag):
 
 
 def training_problems(rows, levels=(3, 4, 5)):
-    """The recipe's universe: levels 3-5 with a non-empty gold answer (8,886 of MATH minus
-    MATH-500). Rows without a `level` field at all (your own data) are all kept; MATH's two `level:
-    null` rows are not."""
-    return [r for r in rows if ("level" not in r or r["level"] in levels) and r["answer"].strip()]
+    """The recipe's universe, as the author selects it: levels 3-5, not `split` math500, in row
+    order (8,888 of MATH; the two with an empty gold answer stay, rewarded 0 whatever the model
+    writes). Rows without a `level` field (your own data) are all kept; `level: null` rows are
+    not."""
+    return [r for r in rows if ("level" not in r or r["level"] in levels)
+            and r.get("split") != "math500"]
 
 
 def load_pool(path):
@@ -173,16 +176,15 @@ def select_draft(drafts, want_correct, rng):
 
 
 def derangement(n, rng):
-    """A seeded shuffle of range(n) repaired so that no index maps to itself (one pass of neighbour
-    swaps)."""
+    """A seeded shuffle of range(n) repaired as the author's: each of its fixed points i (listed
+    before any repair, in order) swaps with the first j != i with perm[j] != i and perm[i] != j."""
     if n < 2:
         raise ValueError(f"a derangement needs at least 2 problems, got {n}")
     perm = list(range(n))
     rng.shuffle(perm)
-    for i in range(n):
-        if perm[i] == i:
-            j = (i + 1) % n
-            perm[i], perm[j] = perm[j], perm[i]
+    for i in [i for i in range(n) if perm[i] == i]:
+        j = next((j for j in range(n) if j != i and perm[j] != i and perm[i] != j), i)
+        perm[i], perm[j] = perm[j], perm[i]
     return perm
 
 
@@ -232,7 +234,7 @@ def cmd_generate(args):
     output_path(args.out, "--out")
     problems = training_problems(load_jsonl(args.data), args.levels)[:args.limit]
     if not problems:
-        raise ValueError(f"{args.data}: no problems at levels {args.levels} with a gold answer")
+        raise ValueError(f"{args.data}: no problems at levels {args.levels}")
     done = None
     if rank == 0:
         done = {r["id"] for r in read_resumable(args.out)}

@@ -20,6 +20,7 @@ import os
 import random
 import statistics
 import sys
+from collections import Counter
 
 from drafts import (
     DATA,
@@ -31,7 +32,7 @@ from drafts import (
     read_resumable,
 )
 from extras.cli import COUNT, FRACTION, NONNEGATIVE, SEED, Parser, counts
-from reward import extract_boxed, is_equiv, lenient_answer, normalize
+from reward import extract_boxed, is_equiv, lenient_answer
 
 PROMPTS = {
     # the test-time prompt: the training template with "Thinking: N/A"
@@ -73,45 +74,37 @@ def pass_at_k(n, c, k):
     return 1.0 - prod
 
 
-def vote_clusters(answers):
-    """Cluster ids for answers, equal when is_equiv: exact normalised strings first, then
-    representatives."""
-    reps, norm_to_id, out = [], {}, []                   # reps[j]: the first answer of cluster j
+def vote_keys(answers, equivalent=False):
+    """What each sample votes for (None: no vote). The author's: its exact answer string.
+    equivalent=True (ours, not in the recipe): the first earlier answer is_equiv to it."""
+    if not equivalent:
+        return list(answers)
+    key = {}
     for a in answers:
-        if a is None:
-            out.append(-1)
-            continue
-        key = normalize(a)
-        if key not in norm_to_id:
-            hit = next((j for j, r in enumerate(reps) if is_equiv(a, r)), None)
-            if hit is None:
-                reps.append(a)
-            norm_to_id[key] = len(reps) - 1 if hit is None else hit
-        out.append(norm_to_id[key])
-    return out
+        if a is not None and a not in key:
+            key[a] = next((f for f in key if key[f] == f and is_equiv(a, f)), a)
+    return [key.get(a) for a in answers]
 
 
-def maj_at_k(clusters, correct, k, trials=200, seed=0):
-    """Majority vote over k samples (ties: the earliest), averaged over random k-subsets (k < n)."""
-    n, rng = len(clusters), random.Random(seed)
-    subsets = [list(range(n))] if k == n else [sorted(rng.sample(range(n),
-            k)) for _ in range(trials)]
+def maj_at_k(keys, correct, k, rng, trials=100):
+    """The author's maj@k: the vote of all n samples if k >= n, else the mean over `trials`
+    k-subsets drawn by rng.sample. No answer, no vote; a tie goes to the answer met first in the
+    subset; no vote at all is wrong; the winner is graded as its first voter was."""
+    n = len(keys)
+    subsets = [range(n)] if k >= n else [rng.sample(range(n), k) for _ in range(trials)]
     wins = 0
     for subset in subsets:
-        counts = {}
-        for i in subset:
-            if clusters[i] >= 0:
-                counts[clusters[i]] = counts.get(clusters[i], 0) + 1
-        if counts:
-            best = max(counts.values())
-            winner = next(clusters[i] for i in subset if counts.get(clusters[i]) == best)
-            wins += next(correct[i] for i in subset if clusters[i] == winner)
+        votes = Counter(keys[i] for i in subset if keys[i] is not None)
+        if votes:
+            winner = votes.most_common(1)[0][0]
+            wins += next(correct[i] for i in subset if keys[i] == winner)
     return wins / len(subsets)
 
 
 # ----------------------------------------------------------------------------- records -> summary
-def summarize(rows, records, ks):
-    """The summary dict, recomputed from per-sample records (so a resumed run reports the same)."""
+def summarize(rows, records, ks, vote="exact"):
+    """The summary dict, recomputed from per-sample records (so a resumed run reports the same).
+    maj@k by `vote` (see vote_keys); maj@1 is pass@1, as the author's."""
     by_id = {}
     for rec in records:
         by_id.setdefault(rec["id"], []).append(rec)
@@ -127,13 +120,13 @@ def summarize(rows, records, ks):
     accuracy = {r["id"]: statistics.mean(x["strict"] for x in by_id[r["id"]][:n]) for r in problems}
     out["avg@n"] = statistics.mean(accuracy.values()) if problems else 0.0
     if n > 1:
-        maj = {k: [] for k in ks}
-        for r in problems:
-            recs = by_id[r["id"]][:n]
-            clusters = vote_clusters([x["pred"] for x in recs])
-            for k in ks:
-                maj[k].append(maj_at_k(clusters, [x["strict"] for x in recs], k))
-        out["maj"] = {f"maj@{k}": statistics.mean(v) for k, v in maj.items()}
+        rng, out["maj"] = random.Random(42), {}
+        keys = {r["id"]: vote_keys([x["pred"] for x in by_id[r["id"]][:n]], vote == "equivalent")
+                for r in problems}
+        for k in ks:            # the author's order of draws: k by k, problem by problem
+            out["maj"][f"maj@{k}"] = out["strict"]["pass@1"] if k == 1 else statistics.mean(
+                maj_at_k(keys[r["id"]], [x["strict"] for x in by_id[r["id"]]], k, rng)
+                for r in problems)
     for field in ("level", "subject"):
         groups = {}
         for r in (r for r in problems if r.get(field) is not None):
@@ -151,7 +144,12 @@ def run(args):
     from lora import adapter_config, load_lora, merge_lora
     from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
-    n, ks = args.samples, args.k or [1]
+    # k: the author's 1, 2, 4, ... up to n, and n
+    n = args.samples
+    ks = args.k or [2 ** i for i in range(n.bit_length())] + ([n] if n & (n - 1) else [])
+    # the author stops greedy runs only at these; sampling runs go to EOS or the cap
+    stop = args.stop == "always" or args.stop == "greedy" and args.temperature == 0
+    stops = STOP_STRINGS if stop else ()
     if ks[-1] > n:
         raise ValueError(f"--k {','.join(map(str, ks))}: more than --samples {n} "
                          "(pass@k and maj@k need k <= n)")
@@ -173,7 +171,7 @@ def run(args):
     records_path = args.output + ".records.jsonl"
     # what the samples depend on: records drawn under another setup are not mixed in
     setup = {k: getattr(args, k) for k in ("model", "adapter", "prompt", "temperature", "top_p",
-                                           "max_new_tokens", "samples", "seed", "no_stop")}
+                                           "max_new_tokens", "samples", "seed", "stop")}
     config = "|".join(map(str, setup.values()))
     # (id, sample) -> record
     read = lambda: {(r["id"], r["sample"]): r for r in read_resumable(records_path)}
@@ -206,13 +204,13 @@ def run(args):
                         top_p=args.top_p if args.temperature else 1.0,
                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                         seed=args.seed, prompt_numbers=[i for i, _ in chunk],
-                        stop=None if args.no_stop else stop_finder(tokenizer, STOP_STRINGS),
+                        stop=stop_finder(tokenizer, stops) if stops else None,
                         batch_size=args.batch_size, graphs=graphs)
         recs = []
         for (_, r), samples in zip(chunk, outs):
             for s, toks in zip(missing[r["id"]], samples):
                 text = tokenizer.decode(toks, skip_special_tokens=True)
-                for stop in ([] if args.no_stop else STOP_STRINGS):
+                for stop in stops:
                     text = text.split(stop)[0]
                 pred = extract_boxed(text)
                 recs.append({"id": r["id"], "sample": s, "tokens": len(toks), "completion": text,
@@ -224,7 +222,8 @@ def run(args):
     if rank > 0:
         return None
     records = sorted(read().values(), key=lambda r: r["sample"])
-    summary = {"data": args.data, **setup, **summarize(rows, records, ks)}
+    summary = {"data": args.data, **setup, "maj_vote": args.maj_vote,
+               **summarize(rows, records, ks, args.maj_vote)}
     with open(args.output + ".tmp", "w") as f:
         json.dump(summary, f, indent=2)
     os.replace(args.output + ".tmp", args.output)
@@ -257,14 +256,18 @@ def main(argv=None):
         ("--prompt", "nodraft", "nodraft (Thinking: N/A), instruct, draftgen", tuple(PROMPTS)),
         ("--limit", None, "only the first N problems", COUNT),
         ("--samples", 1, "n samples per problem (1 = greedy pass@1)", COUNT),
-        ("--k", None, "comma-separated k for pass@k/maj@k, e.g. 1,2,4,8 (default 1)", counts),
+        ("--k", None, "comma-separated k for pass@k/maj@k (default 1,2,4,... up to n, and n)",
+         counts),
+        ("--maj-vote", "exact", "exact: answer strings vote (the author's); equivalent: answers "
+         "the checker equates vote together (ours, not in the recipe)", ("exact", "equivalent")),
         ("--temperature", None, "0 = greedy (default with --samples 1), else 0.6", NONNEGATIVE),
         ("--top-p", 0.95, "nucleus top_p for sampling (paper: 0.95)", FRACTION),
         ("--max-new-tokens", 4096, "generation cap (paper: 4096)", COUNT),
         ("--seed", 0, "sampling seed", SEED),
         ("--batch-size", 64, "sequences decoded together (samples do not depend on it)", COUNT),
         ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
-        ("--no-stop", False, "do not stop at '\\n\\nProblem:' / '\\nProblem:'"),
+        ("--stop", "greedy", "stop at '\\n\\nProblem:' / '\\nProblem:' in greedy runs only (the "
+         "author's), always, or never", ("greedy", "always", "never")),
         ("--trust-remote-code", False, "allow model repos with custom code (off by default)"),
         ("--report-to", "none", "the summary to an experiment tracker too",
          ("none", "wandb", "tensorboard")),

@@ -68,7 +68,8 @@ def parse_args(argv=None):
         ("--model", "mistralai/Mathstral-7B-v0.1", "learner: hub id, local dir, or 'tiny' (CPU)"),
         ("--data", None, "problems JSONL (enough for no-draft; default data/math_train.jsonl)"),
         ("--drafts", None, "draft pool JSONL from drafts.py (carries the problems)"),
-        ("--exclude", os.path.join(DATA, "math500.jsonl"), "ids never trained on; '' for none"),
+        ("--exclude", os.path.join(DATA, "math500.jsonl"), "problems never trained on (by text); "
+         "'' for none"),
         ("--length-matched", False, "referee's control: equal draft lengths across variants"),
         ("--output-dir", None, "checkpoints step-N/, logs (default runs/VARIANT-seedSEED)"),
         ("--max-steps", 2000, "optimizer steps (paper: 2,000 of the 2,222-step epoch)", COUNT),
@@ -81,7 +82,7 @@ def parse_args(argv=None):
         ("--lr", 5e-6, "AdamW learning rate, constant, no warmup (paper: 5e-6)", POSITIVE),
         ("--beta1", 0.9, "AdamW beta1 (paper: 0.9)", UNIT),
         ("--beta2", 0.99, "AdamW beta2 (paper: 0.99)", UNIT),
-        ("--weight-decay", 0.01, "AdamW weight decay (paper: 0.01, TRL default)", NONNEGATIVE),
+        ("--weight-decay", 0.01, "AdamW weight decay (paper: 0.01, Unsloth default)", NONNEGATIVE),
         ("--max-grad-norm", 1.0, "gradient clipping (paper: 1.0, TRL default)", POSITIVE),
         ("--clip-eps", 0.2, "PPO clip; inert with one update per batch (ratio = 1)", POSITIVE),
         ("--importance-sampling-cap", 0.0, "C > 0: truncated importance sampling, each token's "
@@ -468,13 +469,15 @@ def step_problems(problems, step, batch, seed):
 
 
 def load_problems(args):
-    """The training problems of args.variant, in the recipe's universe (levels 3-5, not in
-    --exclude)."""
-    excluded = {r["id"] for r in load_jsonl(args.exclude)} if args.exclude else set()
+    """The training problems of args.variant: the recipe's universe (drafts.training_problems)
+    less --exclude's problems, matched by text as the author matches MATH-500 (the author's pool
+    numbers its MATH test problems otherwise than MATH-500's ids do)."""
+    excluded = {r["problem"] for r in load_jsonl(args.exclude)} if args.exclude else set()
+    universe = lambda rows: [r for r in training_problems(rows) if r["problem"] not in excluded]
     if args.drafts:
-        pool = [p for p in training_problems(load_pool(args.drafts)) if p["id"] not in excluded]
+        pool = universe(load_pool(args.drafts))
         if args.data:
-            wanted = {r["id"] for r in training_problems(load_jsonl(args.data))} - excluded
+            wanted = {r["id"] for r in universe(load_jsonl(args.data))}
             missing = sorted(wanted - {p["id"] for p in pool}, key=str)
             if missing:
                 raise ValueError(f"{args.drafts}: the pool lacks {len(missing)} problem(s) of "
@@ -482,13 +485,12 @@ def load_problems(args):
             pool = [p for p in pool if p["id"] in wanted]
     elif args.variant == "no-draft":
         data = args.data or os.path.join(DATA, "math_train.jsonl")
-        pool = [r for r in training_problems(load_jsonl(data)) if r["id"] not in excluded]
+        pool = universe(load_jsonl(data))
     else:
         raise ValueError(f"variant {args.variant!r} needs a draft pool: pass --drafts POOL "
                          "(see drafts.py)")
     if not pool:
-        raise ValueError("no training problems left (levels 3-5, non-empty answer, not in "
-                         "--exclude)")
+        raise ValueError("no training problems left (levels 3-5, not MATH-500, not in --exclude)")
     if args.length_matched:     # the referee's control: an extra, imported when asked for
         from extras.pool import length_matched
         return length_matched(pool, args.variant, args.variant_seed)

@@ -2,13 +2,13 @@
 evaluation.
 
 reward(completion, gold, strict=False) -> 1.0 / 0.0
-  strict=False  training reward (recipe's lenient chain): last \\boxed{}, else "(final) answer is
-                X" / "answer: X", else the last $...$ / \\(...\\) math expression (the value after
-                its last `=`).
-  strict=True   evaluation: the last \\boxed{} only; no box = wrong.
-Equivalence is string normalisation plus a small exact evaluator (LaTeX arithmetic over
+  strict=False  training reward: lenient_answer, the author's chain (boxed, else "answer is X" /
+                "answer: X", else the math expression that ends last)
+  strict=True   evaluation: extract_boxed, the author's strict extraction; no box = wrong.
+Both extractions are the author's, rule for rule. Equivalence is ours (the author's math-verify
+is not): string normalisation plus a small exact evaluator (LaTeX arithmetic over
 fractions.Fraction, expressions with variables compared at random rational points). No sympy, no
-eval; never raises, never hangs.
+eval; never raises.
 """
 import math
 import random
@@ -23,74 +23,63 @@ MAX_POW_BITS = 20_000
 
 
 # ----------------------------------------------------------------------------- extraction
-_BRACES = re.compile(r"\\.|[{}]", re.S)
-
-
-def _brace_group(text, j):
-    """text[j] == '{': (content, index after the closing brace), or None if it does not close within
-    MAX_ANSWER_CHARS (no real answer is longer; this bounds the work on adversarial input). `\\}`
-    does not close."""
-    depth = 0
-    for m in _BRACES.finditer(text, j, j + MAX_ANSWER_CHARS):
-        c = m.group()
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[j + 1:m.start()], m.end()
-    return None
+# The author's two extractions (src/grpo/rewards.py), rule for rule, quirks included.
+_BRACE = re.compile(r"[{}]")                   # `\{` and `\}` count as braces too
+_BARE = re.compile(r"[ \t]+([^ \t.,$\n)]*)")    # `\boxed 5`: one token
 
 
 def extract_boxed(text):
-    """Argument of the LAST \\boxed / \\fbox: a brace group or a single token (`\\boxed 5`);
-    empty/unclosed -> None."""
-    i = max(text.rfind("\\boxed"), text.rfind("\\fbox")) if isinstance(text, str) else -1
-    if i < 0:
-        return None
-    j = i + (6 if text.startswith("\\boxed", i) else 5)
-    k = j + len(text[j:j + 100]) - len(text[j:j + 100].lstrip(" \t"))
-    if k < len(text) and text[k] == "{":
-        group = _brace_group(text, k)
-        return (group[0].strip() or None) if group else None
-    if k == j and not (k < len(text) and text[k].isdigit()):
-        return None                              # `\boxedfoo` is another command, not a box
-    m = re.match(r"[^\s$]{1,200}", text[k:k + 200])
-    return m.group(0).rstrip(".") or None if m else None
+    """The strict extraction: scan `\\boxed` left to right; `\\boxed{` takes its brace-balanced
+    content (stripped, "" for `\\boxed{}`), `\\boxed` + spaces/tabs the next token, anything
+    else is skipped (`\\boxed5`, `\\fbox{5}`). The last box wins; None if none."""
+    found, at = None, 0
+    while isinstance(text, str) and (at := text.find("\\boxed", at)) >= 0:
+        at += 6
+        bare = _BARE.match(text, at)
+        if text.startswith("{", at):
+            depth = 0
+            for m in _BRACE.finditer(text, at):
+                depth += 1 if m[0] == "{" else -1
+                if depth == 0:
+                    break
+            else:
+                # unclosed (a completion cut inside its box): the scan ends, the box before wins
+                return found
+            found, at = text[at + 1:m.start()].strip(), m.end()
+        elif bare:
+            found, at = bare[1].strip() or found, bare.end()
+        else:
+            at += 1           # the author's scan resumes a character further on (a quirk)
+    return found
 
 
-_ANSWER_IS = re.compile(r"(?:final\s+answer|answer)\s*(?:is|:)[ \t:]*([^\n]{1,300})", re.I)
-_MATH = re.compile(r"\$\$?([^$]{1,2000}?)\$\$?|\\\((.{1,2000}?)\\\)", re.S)
-
-
-def _first_math(s):
-    m = _MATH.search(s)
-    return (m.group(1) or m.group(2)) if m else s
+# X stops at the first `.`: "The answer is 0.6." gives 0 (what the paper trained on)
+_ANSWER_IS = re.compile(r"answer\s+is[:\s]+\$?([^\n.$]+?)\$?(?=[.\n]|$)", re.I)
+_ANSWER_EQ = re.compile(r"\banswer\s*[=:]\s*\$?([^\n.$]+?)\$?(?=[.\n]|$)", re.I)
+# math candidates: (pattern, keep the value after the last `=`), in the author's order
+_MATH = [(re.compile(r"\$([^$]*=[^$]+)\$"), True), (re.compile(r"\\\(([^)]*=[^)]+)\\\)"), True),
+         (re.compile(r"\$([^$\n]+)\$"), False), (re.compile(r"\\\(([^)]+)\\\)"), False),
+         (re.compile(r"^[-\s]*[a-zA-Z]\s*=\s*(.+?)\s*$", re.M), False)]   # a line `v = X`
 
 
 def lenient_answer(text):
-    """The recipe's training-time chain: boxed, else 'answer is X' / 'answer: X', else the last math
-    expression."""
+    """The training reward's extraction (the author's chain): closed code fences deleted; then
+    the strict extraction; else the LAST "answer is X" (only if none, the last "answer: X" /
+    "answer = X"), a leading `v =` stripped; else the math candidate that ENDS last (a tie: the
+    later kind above); else None."""
     if not isinstance(text, str):
         return None
-    text = re.sub(r"```.*?(```|$)", " ", text, flags=re.S)          # drop fenced code blocks
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
     boxed = extract_boxed(text)
     if boxed is not None:
         return boxed
-    hits = list(_ANSWER_IS.finditer(text))
-    if hits:
-        tail = hits[-1].group(1).strip()
-        # up to the end of the sentence ("... is 5, which ...")
-        if not tail.startswith(("$", "\\(")):
-            tail = re.split(r"\.\s|\.$|;|,\s+(?=[a-zA-Z]{2})", tail)[0]
-        ans = _first_math(tail).strip().rstrip(".").strip()
-        if ans:
-            return ans
-    exprs = list(_MATH.finditer(text))
-    if exprs:
-        expr = exprs[-1].group(1) or exprs[-1].group(2)
-        return expr.rsplit("=", 1)[-1].strip() or None
-    return None
+    said = _ANSWER_IS.findall(text) or _ANSWER_EQ.findall(text)
+    if said:
+        var = re.fullmatch(r"[a-zA-Z]\s*=\s*(.+)", said[-1].strip())
+        return (var[1] if var else said[-1]).strip()
+    ends = [(m.end(), m[1].rsplit("=", 1)[-1] if after else m[1])
+            for pattern, after in _MATH for m in pattern.finditer(text)]
+    return sorted(ends, key=lambda e: e[0])[-1][1].strip() if ends else None
 
 
 # ----------------------------------------------------------------------------- normalisation

@@ -10,6 +10,7 @@ from drafts import (
     build_variant,
     encode_prompt,
     load_json,
+    load_jsonl,
     load_pool,
     output_path,
 )
@@ -21,8 +22,10 @@ def add_commands(sub):
     """drafts.py's `import` and `stats` subcommands: their flags, and the functions running them."""
     sub.add_parser("import",
                    help="convert the author's released pool JSON into our pool JSONL").flags(
-        ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool (a JSON list)"),
-        ("--out", "pool.jsonl", "pool JSONL to write"))
+        ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool, as released"),
+        ("--out", "pool.jsonl", "pool JSONL to write"),
+        ("--order", None, "JSONL of problems (a `problem` field a line): keep only these, in this "
+         "order (a published config's order: its draft choices and pairings)"))
     sub.add_parser("stats",
                    help="per-variant tiers, wrong rates, pairing and prompt lengths").flags(
         ("--drafts", "pool.jsonl", "pool JSONL"),
@@ -34,35 +37,63 @@ def add_commands(sub):
 
 
 def cmd_import(args):
-    """The author's pool: a JSON list with unique_id, problem, answer, level, subject, split,
-    drafts. Checked whole before anything is written, then written to a temporary file renamed into
-    place."""
+    """The author's pool (generate_drafts.py's output, released as drafts_qwen25_math_1.5b.json):
+    {"meta": ..., "records": [...]}, each record a problem with its `samples`. Our pool keeps the
+    records' order (or --order's); the file is parsed once and each row written as it is made, to a
+    temporary file renamed into place once every record is good."""
     data = load_json(args.src)
-    if not isinstance(data, list):
-        raise ValueError(f"{args.src}: expected a JSON list of problems")
+    records = data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list):
+        raise ValueError(f'{args.src}: expected the author\'s {{"meta": ..., "records": [...]}}')
     output_path(args.out, "--out")
-    rows = []
-    for k, p in enumerate(data):
-        p = p if isinstance(p, dict) else {}
-        drafts = p.get("drafts") if isinstance(p.get("drafts"), list) else [None]
-        missing = [f for f in ("unique_id", "problem", "answer") if f not in p] + [
-            f"drafts[{i}].{f}" for i, d in enumerate(drafts) for f in ("text", "correct_strict",
-                    "correct_quasi")
-            if not isinstance(d, dict) or f not in d][:3]
-        if missing:
-            raise ValueError(f"{args.src}: problem #{k} lacks {missing}")
-        level = (str(p.get("level")).split() or ["?"])[-1]                # 4, "Level 4", "Level ?"
-        rows.append({"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
-                     "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
-                     "split": p.get("split"), "drafts": [{
-                         "text": d["text"], "pred": d.get("pred"),
-                         "correct_strict": bool(d["correct_strict"]),
-                         "correct_quasi": bool(d["correct_quasi"]),
-                         "length": d.get("length")} for d in drafts]})
-    with open(args.out + ".tmp", "w", encoding="utf-8") as out:
-        out.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    order = problem_order(records, args.order) if args.order else range(len(records))
+    try:
+        with open(args.out + ".tmp", "w", encoding="utf-8") as out:
+            for k in order:
+                row = pool_row(records[k], f"{args.src}: record #{k}")
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+    except BaseException:                       # a bad record, a full disk, ^C: nothing at --out
+        os.remove(args.out + ".tmp")
+        raise
     os.replace(args.out + ".tmp", args.out)
-    print(f"imported {len(rows)} problems into {args.out}")
+    print(f"imported {len(order)} of {len(records)} problems into {args.out}")
+
+
+def pool_row(record, where):
+    """One of the author's records as a line of our pool: unique_id -> id, "Level 3" -> 3 ("Level
+    ?" -> None), samples -> drafts; split kept (the universe is chosen by it)."""
+    p = record if isinstance(record, dict) else {}
+    samples = p.get("samples") if isinstance(p.get("samples"), list) else [None]
+    labels = ("text", "correct_strict", "correct_quasi")
+    missing = [f for f in ("unique_id", "problem", "answer", "level", "split") if f not in p] + [
+        f"samples[{i}].{f}" for i, d in enumerate(samples) for f in labels
+        if not isinstance(d, dict) or f not in d]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing[:3])}")
+    level = (str(p["level"]).split() or ["?"])[-1]
+    drafts = [{"text": d["text"], "pred": d.get("pred"), "length": d.get("length"),
+               "correct_strict": bool(d["correct_strict"]),
+               "correct_quasi": bool(d["correct_quasi"])} for d in samples]
+    return {"id": p["unique_id"], "problem": p["problem"], "answer": p["answer"],
+            "level": int(level) if level.isdigit() else None, "subject": p.get("subject"),
+            "split": p["split"], "drafts": drafts}
+
+
+def problem_order(records, path):
+    """The records of path's problems, in path's order: the author's --canonical-order, which
+    reorders the rows to a released dataset's `problem` column (so its pairings come out)."""
+    at = {}
+    for k, r in enumerate(records):
+        if isinstance(r, dict):
+            at[r.get("problem")] = -1 if r.get("problem") in at else k          # -1: held twice
+    order = {}
+    for row in load_jsonl(path, required=("problem",), text=("problem",)):
+        k = at.get(row["problem"], -1)
+        if k < 0 or k in order:
+            raise ValueError(f"{path}:{row['_line']}: a problem the pool lacks or holds twice, "
+                             "or listed twice")
+        order[k] = row["_line"]
+    return list(order)
 
 
 def cmd_stats(args):

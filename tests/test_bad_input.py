@@ -198,7 +198,7 @@ def test_evaluate_exits_at_once_on_sigterm_and_a_rerun_draws_only_what_is_missin
     are on disk, and rerunning the command draws only the missing samples."""
     out = tmp_path / "r.json"
     cmd = [sys.executable, "evaluate.py", "--model", "tiny", "--limit", "8", "--batch-size", "2",
-           "--max-new-tokens", "256", "--no-stop", "--output", str(out)]
+           "--max-new-tokens", "256", "--stop", "never", "--output", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
@@ -455,11 +455,19 @@ def test_compare_and_plot_name_a_bad_result_file(tmp_path, content, says):
                                                   "--output", tmp_path / "f.png")
 
 
+GOOD_RECORD = ('{"unique_id": "a", "problem": "p", "answer": "1", "level": "Level 3", '
+               '"split": "train", "samples": [{"text": "x", "correct_strict": 0, '
+               '"correct_quasi": 0}]}')
+
+
 @pytest.mark.parametrize("src,says", [
-    (b"{}", "expected a JSON list"),
-    (b"[3]", "problem #0 lacks"),
-    (b'[{"unique_id": 1, "problem": "p", "answer": "1", "drafts": [{"text": "x"}]}]',
-     "drafts[0].correct_strict"),
+    (b"[]", "expected the author's"),
+    (b'{"records": 3}', "expected the author's"),
+    (b'{"records": [3]}', "record #0 lacks unique_id"),
+    (('{"records": [' + GOOD_RECORD + ', {"problem": "q"}]}').encode(),
+     "record #1 lacks unique_id"),
+    (GOOD_RECORD.join(('{"records": [', ']}')).replace('"text": "x", ', "").encode(),
+     "record #0 lacks samples[0].text"),
 ])
 def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
     (tmp_path / "src.json").write_bytes(src)

@@ -4,6 +4,7 @@ import random
 import pytest
 
 import drafts
+import grpo
 from drafts import build_prompt, build_variant, derangement, load_pool, select_draft
 from extras.pool import length_matched
 
@@ -44,6 +45,22 @@ def test_derangement_is_a_permutation_without_fixed_points(n):
         perm = derangement(n, random.Random(seed))
         assert sorted(perm) == list(range(n))
         assert all(p != i for i, p in enumerate(perm))
+
+
+def test_derangement_repairs_fixed_points_as_the_authors():
+    """Worked by hand from random.Random(seed).shuffle's permutation: each fixed point i of the
+    shuffle, in order, swaps with the first j != i such that perm[j] != i and perm[i] != j.
+    n 5, seed 17: [0, 2, 1, 3, 4], fixed 0, 3, 4: 0<->1 [2, 0, 1, 3, 4], 3<->0 [3, 0, 1, 2, 4],
+    4<->0 [4, 0, 1, 2, 3]. n 3, seed 5: [0, 1, 2]: 0<->1 [1, 0, 2]; 1, no longer fixed, still
+    swaps: j 0 fails (perm[0] = 1), 1<->2 [1, 2, 0]; 2: j 0 fails (perm[2] = 0), j 1 fails
+    (perm[1] = 2), no swap. (The neighbour swaps this replaced gave [2, 0, 1, 4, 3] and
+    [2, 0, 1].)"""
+    for n, seed, shuffled, expected in ((5, 17, [0, 2, 1, 3, 4], [4, 0, 1, 2, 3]),
+                                        (3, 5, [0, 1, 2], [1, 2, 0])):
+        perm = list(range(n))
+        random.Random(seed).shuffle(perm)
+        assert perm == shuffled
+        assert derangement(n, random.Random(seed)) == expected
 
 
 def test_derangement_rejects_one_problem():
@@ -176,16 +193,46 @@ def test_generate_grades_and_resumes_without_duplicates(tmp_path):
     assert whole.read_text() == out.read_text()  # resumed == uninterrupted, byte for byte
 
 
-def test_import_author_schema(tmp_path):
-    src = tmp_path / "drafts_qwen25_math_1.5b.json"
-    src.write_text(json.dumps([{"unique_id": "test/algebra/1.json", "problem": "P", "answer": "2",
-                                "level": "Level 4", "subject": "Algebra", "split": "test",
-                                "drafts": [{"text": "t", "pred": "2", "correct_strict": 1,
-                                            "correct_quasi": 1, "length": 5}]}]))
-    drafts.main(["import", "--src", str(src), "--out", str(tmp_path / "pool.jsonl")])
-    row = load_pool(str(tmp_path / "pool.jsonl"))[0]
-    assert row["id"] == "test/algebra/1.json" and row["level"] == 4
-    assert row["drafts"][0]["correct_strict"] is True
+# the rows the author's build_datasets.py and build_mismatch.py (seed 0) make of author_pool.json,
+# in its records' order and with --canonical-order author_order.jsonl: [unique_id, the shown
+# draft's problem (mismatched_from), its tier (draft_priority), the draft in the prompt]. Worked
+# out by running the author's scripts outside this repository.
+AUTHOR = json.load(open("tests/data/author_variants.json", encoding="utf-8"))
+
+
+@pytest.mark.parametrize("order", ["records", "order"])
+def test_the_authors_pool_as_released_gives_the_authors_variants(tmp_path, order):
+    """tests/data/author_pool.json: a pool in the author's released layout ({"meta", "records"},
+    `samples`, "Level 3"; subjects algebra, geometry and number_theory; splits train, test and
+    math500; levels 1-5 and "Level ?"; an empty gold answer; a test problem numbered like a
+    MATH-500 id; mixed labels), imported and trained on through grpo.load_problems with its
+    default --exclude data/math500.jsonl."""
+    pool = tmp_path / "pool.jsonl"
+    flags = ["--order", "tests/data/author_order.jsonl"] if order == "order" else []
+    drafts.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool), *flags])
+    records = json.load(open("tests/data/author_pool.json"))["records"]
+    rows = load_pool(str(pool))
+    if order == "records":
+        assert [r["id"] for r in rows] == [r["unique_id"] for r in records]     # records' order
+        assert {r["level"] for r in rows} == {1, 2, 3, 4, 5, None}
+    for variant, expected in AUTHOR[order].items():
+        args = grpo.parse_args(["--variant", variant, "--drafts", str(pool)])
+        assert [[r["id"], r["draft_source"], r.get("draft_tier"), r["draft"]]
+                for r in grpo.load_problems(args)] == expected
+    assert len(expected) == 21 and ["train/number_theory/4.json", ""] in [
+        [r["unique_id"], r["answer"]] for r in records]          # an empty gold, trained on
+    # --exclude matches problems by text: train/algebra/2.json's goes; an id is not a match
+    exclude = tmp_path / "exclude.jsonl"
+    exclude.write_text('{"id": "x", "problem": "Problem 2: what is 12?", "answer": "1"}\n'
+                       '{"id": "test/algebra/1004.json", "problem": "other", "answer": "1"}\n')
+    kept = grpo.load_problems(grpo.parse_args(["--variant", "no-draft", "--drafts", str(pool),
+                                               "--exclude", str(exclude)]))
+    assert [r["id"] for r in kept] == [r[0] for r in expected if r[0] != "train/algebra/2.json"]
+    bad = tmp_path / "order.jsonl"
+    bad.write_text('{"problem": "Problem 1: what is 11?"}\n{"problem": "not in the pool"}\n')
+    with pytest.raises(ValueError, match="order.jsonl:2: a problem the pool lacks"):
+        drafts.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool),
+                     "--order", str(bad)])
 
 
 def test_length_matched_control_equalises_lengths_and_keeps_pairing():
@@ -213,11 +260,13 @@ def test_length_matched_control_equalises_lengths_and_keeps_pairing():
 
 def test_training_universe_rule():
     rows = [{"id": "a", "answer": "1", "level": 3}, {"id": "b", "answer": "1", "level": 2},
-            {"id": "c", "answer": "1", "level": None}, {"id": "d", "answer": " ", "level": 4},
-            {"id": "e", "answer": "2"}]  # no level field: the user's own data
-    assert [r["id"] for r in drafts.training_problems(rows)] == ["a", "e"]
+            {"id": "c", "answer": "1", "level": None}, {"id": "d", "answer": "", "level": 4},
+            {"id": "e", "answer": "2"},  # no level field: the user's own data
+            {"id": "f", "answer": "3", "level": 5, "split": "math500"},
+            {"id": "g", "answer": "4", "level": 5, "split": "test"}]
+    assert [r["id"] for r in drafts.training_problems(rows)] == ["a", "d", "e", "g"]
     math = drafts.load_jsonl("data/math_train.jsonl")
-    assert len(drafts.training_problems(math)) == 8886  # the recipe's 8,888 minus 2 empty answers
+    assert len(drafts.training_problems(math)) == 8888  # the author's count, empty golds kept
 
 
 def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wrong(

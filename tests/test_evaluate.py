@@ -1,13 +1,14 @@
 import copy
 import json
 import os
+import random
 from fractions import Fraction
 from math import comb
 
 import pytest
 
 import evaluate
-from evaluate import maj_at_k, pass_at_k, vote_clusters
+from evaluate import maj_at_k, pass_at_k, vote_keys
 from extras import plot, stats
 from extras.stats import betainc, welch_t_test
 
@@ -50,18 +51,22 @@ def test_welch_matches_reference_values():
     assert abs(betainc(2, 3, 0.4) - 0.5248) < 1e-12                  # I_0.4(2,3) = 0.5248 exactly
 
 
-def test_majority_vote_groups_equivalent_answers():
-    preds = ["\\frac12", "0.5", "1/2", "3", "3", "3", "3", None]
-    clusters = vote_clusters(preds)
-    assert clusters[0] == clusters[1] == clusters[2] != clusters[3] == clusters[4]
-    assert clusters[7] == -1
-    correct = [True, True, True, False, False, False, False, False]
-    assert maj_at_k(clusters, correct, 8) == 0.0                      # 4 votes for 3 beat 3 for 1/2
-    assert maj_at_k(clusters[:6], correct[:6], 6) == 1.0  # 3 vs 3: the earliest cluster wins
-    # subsets of 2 of [1/2, 0.5, 1/2-as-slash, 3]: a {1/2, 3} pair ties 1-1 and the earlier sample
-    # (a 1/2) wins
-    assert maj_at_k(clusters[:4], correct[:4], 2, trials=500) == 1.0
-    assert maj_at_k([0, 1, 1], [True, False, False], 3) == 0.0  # 2 wrong votes beat 1 right
+def test_majority_votes_exact_strings_or_equivalent_answers():
+    preds = ["\\frac12", "0.5", "1/2", "3", "3", None]
+    correct = [True, True, True, False, False, False]
+    keys = vote_keys(preds)
+    assert keys == preds and maj_at_k(keys, correct, 6, None) == 0.0       # 3 (twice) wins
+    assert maj_at_k(keys[:3], correct[:3], 3, None) == 1.0    # a three-way tie: the first, 1/2
+    assert maj_at_k([None] * 3, [False] * 3, 3, None) == 0.0                # no vote: wrong
+    ours = vote_keys(preds, equivalent=True)
+    assert ours == ["\\frac12"] * 3 + ["3", "3", None]
+    assert maj_at_k(ours, correct, 6, None) == 1.0                         # 1/2 (three) wins
+    # k < n: 100 subsets drawn by rng.sample; four different answers, so each pair ties and the
+    # one drawn first wins
+    rng, again = random.Random(42), random.Random(42)
+    firsts = [again.sample(range(4), 2)[0] for _ in range(100)]
+    assert maj_at_k(keys[:4], [True, False, False, True], 2, rng) == sum(
+        i in (0, 3) for i in firsts) / 100 != 0.5
 
 
 def eval_args(tmp_path, *extra):
@@ -88,6 +93,35 @@ def test_sampling_run_writes_records_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match="another configuration"):
         evaluate.main(eval_args(tmp_path, "--samples", "8", "--k", "1,2,4,8", "--seed", "1"))
     assert records.read_text().splitlines() == full
+
+
+def test_stop_strings_cut_greedy_runs_only_and_k_defaults_to_the_authors(tmp_path, monkeypatch):
+    """The author's: a greedy run stops at 'Problem:'; a sampling run goes to EOS or the cap, so a
+    completion that writes a new problem is graded by its last box. Every sample here is that
+    completion (the engine replaced); --k defaults to 1, 2, 4, ... up to n, and n."""
+    import generation
+    text = " so \\boxed{5}\nProblem: next \\boxed{7}"
+    ids = generation.load_tokenizer("tiny")(text, add_special_tokens=False)["input_ids"]
+    stopped = []
+
+    def engine(model, prompts, n, stop=None, **kwargs):
+        stopped.append(stop is not None)
+        return [[list(ids)] * len(samples) for samples in n]
+    monkeypatch.setattr(generation, "generate", engine)
+    preds, summaries = {}, {}
+    for samples, stop in (("1", []), ("6", []), ("6", ["--stop", "always"]),
+                          ("1", ["--stop", "never"])):
+        out = tmp_path / f"{samples}{stop}.json"
+        summaries[samples] = evaluate.main(["--model", "tiny", "--data", "data/aime2025.jsonl",
+                                            "--limit", "1", "--samples", samples, *stop,
+                                            "--output", str(out)])
+        records = [json.loads(line) for line in open(str(out) + ".records.jsonl")]
+        preds[samples, *stop] = {r["pred"] for r in records}
+    assert preds == {("1",): {"5"}, ("6",): {"7"}, ("6", "--stop", "always"): {"5"},
+                     ("1", "--stop", "never"): {"7"}}
+    assert stopped == [True, False, True, False]
+    assert set(summaries["1"]["strict"]) == {"pass@1"} and "maj" not in summaries["1"]
+    assert set(summaries["6"]["maj"]) == {"maj@1", "maj@2", "maj@4", "maj@6"}
 
 
 def test_missing_data_file_is_a_clear_error(tmp_path):

@@ -41,24 +41,31 @@ def test_completions_strict_and_lenient():
     assert not wrong, wrong[:5]
 
 
-def test_extract_boxed():
-    assert extract_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"  # the last one
-    assert extract_boxed("\\boxed{a\\}b}") == "a\\}b"  # escaped brace
-    assert extract_boxed("\\boxed{{x}+{y}}") == "{x}+{y}"                                 # balanced
-    assert extract_boxed("\\boxed 5.") == "5" and extract_boxed("\\boxed5") == "5"
-    assert extract_boxed("\\fbox{7}") == "7" and extract_boxed("\\boxed{3} then \\fbox{4}") == "4"
-    assert extract_boxed("\\boxed{" + "a" * 4000 + "}") == "a" * 4000
-    for none in ("\\boxed{}", "\\boxed{ }", "\\boxed{12", "no box", "\\boxedfoo", "", None, 5,
-                 "\\boxed{" + "a" * 6000 + "}"):  # longer than any answer: not scanned
-        assert extract_boxed(none) is None
+# tests/data/extraction_cases.jsonl: texts (one per rule and quirk, then random ones) with the
+# answers the author's src/grpo/rewards.py extracts from them (extract_boxed and
+# extract_mathematical_answer, run outside this repository)
+EXTRACTIONS = [json.loads(line) for line in open("tests/data/extraction_cases.jsonl",
+                                                  encoding="utf-8")]
+RULES = [c for c in EXTRACTIONS if c["why"] != "random"]
 
 
-def test_lenient_chain_order():
-    assert lenient_answer("The answer is 3. Also $x = 9$.") == "3"  # answer-is before math
-    assert lenient_answer("$a = 1$ and then $b = 2$") == "2"  # last math expression
-    assert lenient_answer("final answer: $\\frac12$") == "\\frac12"
-    assert lenient_answer("```\n\\boxed{1}\n```") is None  # code fences dropped
-    assert lenient_answer("```\n\\boxed{1}\n``` so \\boxed{2}") == "2"
+@pytest.mark.parametrize("case", RULES, ids=lambda c: c["why"][:60])
+def test_extractions_are_the_authors(case):
+    assert extract_boxed(case["text"]) == case["strict"]
+    assert lenient_answer(case["text"]) == case["lenient"]
+
+
+def test_extractions_of_random_texts_and_long_ones_are_the_authors():
+    drawn = [c for c in EXTRACTIONS if c["why"] == "random"]
+    extracted = lambda text: (extract_boxed(text), lenient_answer(text))
+    wrong = [c for c in drawn if extracted(c["text"]) != (c["strict"], c["lenient"])]
+    assert len(RULES) >= 60 and len(drawn) >= 200 and not wrong, wrong[:3]
+    assert extract_boxed("\\boxed{" + "a" * 6000 + "}") == "a" * 6000     # no length cap
+    assert extract_boxed("\\boxed{5}" + "\\boxed{" * 10_000) == "5"       # unclosed: scan ends
+    for no_text in (None, 5):
+        assert extract_boxed(no_text) is None and lenient_answer(no_text) is None
+    # an empty box (the two MATH problems with an empty gold) is never right
+    assert reward("\\boxed{}", "") == 0.0 and reward("\\boxed{}", "", strict=True) == 0.0
 
 
 ADVERSARIAL = ["{" * 100_000, "}" * 100_000, "\\boxed{" * 100_000,
