@@ -1,11 +1,12 @@
-"""CUDA graphs of generation.py's decode steps: a speed layer, on by default on CUDA (imported only
-there; --no-cuda-graphs: eager). A decode step has fixed shapes and asks nothing of the host
-(generation.decode_one_token), so its kernels can be captured once per shape and replayed: one
-launch a step instead of thousands. Graphs is called as decode_one_token is (gpt-fast rebinds
-decode_one_token to a compiled one; generate passes this one instead). Its graphs read buffers
-kept for the run (Graphs.buffer), so a graph captured in one batch serves every later batch and
-step of its key. Before its first use, Graphs.check decodes some steps both ways; on a mismatch,
-or a failure at any later point, one warning line, and the run decodes eagerly from there."""
+"""CUDA graphs of generation.py's decode steps: a speed layer, on by default on CUDA
+(imported only there; --no-cuda-graphs: eager). A decode step has fixed shapes and asks
+nothing of the host (generation.decode_one_token), so its kernels can be captured once per
+shape and replayed: one launch a step instead of thousands. Graphs is called as
+decode_one_token is (gpt-fast rebinds decode_one_token to a compiled one; generate passes
+this one instead). Its graphs read buffers kept for the run (Graphs.buffer), so a graph
+captured in one batch serves every later batch and step of its key. Before its first use,
+Graphs.check decodes some steps both ways; on a mismatch, or a failure at any later point,
+one warning line, and the run decodes eagerly from there."""
 import collections
 import dataclasses
 import functools
@@ -16,7 +17,7 @@ import torch
 
 import generation
 
-MAX_GRAPHS = 256        # graphs kept; past it the one replayed least recently is dropped
+MAX_GRAPHS = 256  # graphs kept; past it the one replayed least recently is dropped
 
 
 def warm_up(step):
@@ -29,8 +30,8 @@ def warm_up(step):
 
 
 def capture(step, pool):
-    """step() captured as a CUDA graph, not run: its replay() runs the kernels again, on the same
-    tensors."""
+    """step() captured as a CUDA graph, not run: its replay() runs the kernels again, on
+    the same tensors."""
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, pool=pool):
         step()
@@ -38,9 +39,9 @@ def capture(step, pool):
 
 
 def graph_key(cache, rows, width, sampling):
-    """What a step's graph is valid for: every tensor the step reads and writes (its address,
-    shape, strides and dtype; the model's weights change in place only), and the host values it
-    was captured with."""
+    """What a step's graph is valid for: every tensor the step reads and writes (its
+    address, shape, strides and dtype; the model's weights change in place only), and the
+    host values it was captured with."""
     fields = [getattr(cache, f.name) for f in dataclasses.fields(cache)]
     fields += [getattr(rows, name) for name in generation.TENSORS]
     tensors = tuple((t.data_ptr(), t.shape, t.stride(), t.dtype) for t in fields)
@@ -52,18 +53,19 @@ def free_memory():
 
 
 class Graphs:
-    """decode_one_token, replayed from CUDA graphs: one per key (graph_key), captured at the first
-    step of its key and replayed at every later one; at most MAX_GRAPHS kept. ok: None until
-    check() has run, then whether graphs are in use."""
+    """decode_one_token, replayed from CUDA graphs: one per key (graph_key), captured at
+    the first step of its key and replayed at every later one; at most MAX_GRAPHS kept.
+    ok: None until check() has run, then whether graphs are in use."""
 
     def __init__(self):
         self.store, self.graphs, self.pool, self.ok = {}, collections.OrderedDict(), None, None
-        self.captures = 0       # graphs captured in the run, the dropped ones included
-        self.taken = {}         # device memory each kept graph took when captured (CUDA)
+        self.captures = 0  # graphs captured in the run, the dropped ones included
+        self.taken = {}  # device memory each kept graph took when captured (CUDA)
 
     def buffer(self, name, shape, dtype, device):
-        """A view of the front of the run's buffer `name` (zeroed when made); one that must grow
-        drops every graph (their tensors are gone), and doubles at least (few growths)."""
+        """A view of the front of the run's buffer `name` (zeroed when made); one that
+        must grow drops every graph (their tensors are gone), and doubles at least (few
+        growths)."""
         size = math.prod(shape)
         held = self.store.get(name, torch.empty(0)).numel()
         if held < size:
@@ -72,9 +74,9 @@ class Graphs:
         return self.store[name][:size].view(shape)
 
     def __call__(self, model, cache, rows, width, sampling):
-        """One decode step (decode_one_token's arguments): replayed if its key has a graph, else
-        run eagerly and captured for the next ones. A failure: one warning line, and this step
-        and every later one eagerly."""
+        """One decode step (decode_one_token's arguments): replayed if its key has a
+        graph, else run eagerly and captured for the next ones. A failure: one warning
+        line, and this step and every later one eagerly."""
         step = functools.partial(generation.decode_one_token, model, cache, rows, width,
                                  sampling)
         if self.ok is False:
@@ -88,13 +90,14 @@ class Graphs:
             warm_up(step)
             stepped = True
             self.keep(key, step)
-        except Exception as e:      # an OOM at a new shape, a kernel that cannot be captured
+        except Exception as e:  # an OOM at a new shape, a kernel that cannot be captured
             self.give_up(f"failed ({str(e).strip().splitlines()[0][:200]})")
             if not stepped:
                 step()
 
     def keep(self, key, step):
-        """Capture step's graph under key; past MAX_GRAPHS drop the least recently replayed."""
+        """Capture step's graph under key; past MAX_GRAPHS drop the least recently
+        replayed."""
         self.pool = self.pool or torch.cuda.graph_pool_handle()  # one pool for every graph
         before = free_memory()
         self.graphs[key] = capture(step, self.pool)
@@ -115,15 +118,16 @@ class Graphs:
         self.drop()
 
     def stats(self):
-        """For metrics.jsonl: whether decode steps replay graphs, how many are kept, captured so
-        far, and the device memory the kept ones took when captured."""
+        """For metrics.jsonl: whether decode steps replay graphs, how many are kept,
+        captured so far, and the device memory the kept ones took when captured."""
         return {"cuda_graphs": bool(self.ok), "graphs": len(self.graphs),
                 "graph_captures": self.captures, "graph_mb": sum(self.taken.values()) / 2 ** 20}
 
     def check(self, model, prompt, sampling):
-        """4 rows of one prompt for WIDTH_STEP + 2 * CHECK_EVERY steps, across a width change
-        and a compaction (rows 1 and 3 end at the look after half the steps), eagerly and from
-        graphs: the same tokens, log-probs within 1e-2, else eager decoding from now on."""
+        """4 rows of one prompt for WIDTH_STEP + 2 * CHECK_EVERY steps, across a width
+        change and a compaction (rows 1 and 3 end at the look after half the steps),
+        eagerly and from graphs: the same tokens, log-probs within 1e-2, else eager
+        decoding from now on."""
         every = generation.CHECK_EVERY
         steps, looks = generation.WIDTH_STEP + 2 * every, collections.Counter()
 
@@ -138,7 +142,7 @@ class Graphs:
             cache, rows = generation.prefill(model, [prompt], noise, steps, new)
             runs.append(generation.decode_n_tokens(model, cache, rows, steps, sampling, decode,
                                                    halfway, None, new))
-        if self.ok is False:        # a capture or replay failed: said so already
+        if self.ok is False:  # a capture or replay failed: said so already
             return
         eager, graphed = runs
         same = eager.keys() == graphed.keys() and all(
