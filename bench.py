@@ -1,34 +1,31 @@
-"""Benchmarks. Every performance or agreement figure in README.md and docs/ comes from one of these
-commands; each faster path is measured beside the slower one it replaced, kept in bench/ as the
-baseline, with a check that both compute the same thing. One module of bench/ a thing measured:
+"""Benchmarks. Every performance or agreement figure in README.md and docs/ comes from
+one of these commands; each faster path is measured beside the slower one it replaced,
+kept in bench/ as the baseline, with a check that both compute the same thing. One
+module of bench/ a thing measured; this file parses the section and dispatches.
 
-  python bench.py grader               # bench/grader.py: reward.py's agreement on
-                                       #   tests/data/grader_cases.jsonl + worst-case timings
-  python bench.py grader --math-verify # also where math-verify (optional, never imported by the
-                                       #   core) disagrees
-  python bench.py cpu [--drafts]       # bench/cpu.py: our GRPO step vs TRL's GRPOTrainer (if
-                                       #   installed), our generate vs HF
-  python bench.py update               # bench/update.py: the prompt-once update vs whole rows
-                                       #   (full_sequence_update), with a gradient check
-  python bench.py memory               # bench/update.py: peak RSS of the update's worst
-                                       #   micro-batch
-  python bench.py gap                  # bench/update.py: the sampler-trainer log-prob gap
-  python bench.py merge                # bench/update.py: how much of a LoRA update a bf16 merge
-                                       #   keeps
-  python bench.py rollout --steps 3    # bench/rollout.py: the decode engine vs the previous one
-                                       #   (dynamic_generate); each prompt held once vs copied
-  python bench.py ops                  # bench/rollout.py: aten ops per decode step, at 32 layers
-  python bench.py stops                # bench/sampling.py: stop strings at a look, few tokens
-                                       #   vs all
-  python bench.py sampler              # bench/sampling.py: keyed race vs torch.multinomial
-  python bench.py gpu --quick          # bench/gpu.py: the first-GPU checks, <= 5 minutes
-  python bench.py gpu                  # bench/gpu.py: then decode by batch, the sampler, whole
-                                       #   training steps
-  python bench.py cost [--metrics run/metrics.jsonl]
-                                       # bench/cost.py: a run's wall-clock on an H100 and an H200,
-                                       #   by arithmetic
-Each section prints a table and writes bench/results/<section>-<device>.json (gpu and cost: in
---out, which defaults to $OUT when that is set).
+  python bench.py grader [--math-verify]
+      bench/grader.py: reward.py's agreement on tests/data/grader_cases.jsonl, its
+      worst-case timings (and where math-verify, if installed, disagrees)
+  python bench.py cpu [--drafts]
+      bench/cpu.py: our GRPO step vs TRL's GRPOTrainer (if installed), generate vs HF
+  python bench.py update | memory | gap | merge
+      bench/update.py: the prompt-once update vs whole rows (full_sequence_update), with
+      a gradient check; the peak RSS of its worst micro-batch; the sampler-trainer
+      log-prob gap; how much of a LoRA update a bf16 merge keeps
+  python bench.py rollout --steps 3 | ops
+      bench/rollout.py: the decode engine vs the one before (dynamic_generate), each
+      prompt held once vs copied (copied_generate); aten ops a decode step, at 32 layers
+  python bench.py stops | sampler
+      bench/sampling.py: stop strings at a look, few tokens vs all; keyed sampling vs
+      torch.multinomial
+  python bench.py gpu --quick
+      bench/gpu.py: the first-GPU checks, <= 5 minutes (without --quick, then decode by
+      batch, the sampler, whole training steps: bench/gpu_long.py)
+  python bench.py cost [--metrics runs/X/metrics.jsonl]
+      bench/cost.py: a run's wall-clock on an H100 and an H200, by arithmetic
+
+Each section prints its figures and writes bench/results/<section>-<device>.json (gpu
+and cost: into --out, which defaults to $OUT when that is set).
 """
 import argparse
 import importlib
@@ -57,7 +54,8 @@ def parse_args(argv=None):
     ap.add_argument("section", choices=list(SECTIONS))
     ap.add_argument("--math-verify", action="store_true",
                     help="grader: compare with math-verify if installed")
-    ap.add_argument("--new-tokens", type=int, default=64, help="cpu/update: tokens per rollout")
+    ap.add_argument("--new-tokens", type=int, default=64,
+                    help="cpu/update: tokens per rollout")
     ap.add_argument("--steps", type=int, default=6,
                     help="cpu/update: steps (the first is not timed; median of rest)")
     ap.add_argument("--drafts", action="store_true",
@@ -65,20 +63,24 @@ def parse_args(argv=None):
     ap.add_argument("--hidden", type=int, default=256,
                     help="cpu/update: model width (64 x 2 layers = --model tiny)")
     ap.add_argument("--layers", type=int, default=4, help="cpu/update: model depth")
-    ap.add_argument("--prompt-tokens", type=int, default=400, help="update: prompt length")
+    ap.add_argument("--prompt-tokens", type=int, default=400,
+                    help="update: prompt length")
     ap.add_argument("--shape", default="mathstral", choices=["mathstral", "tiny"],
                     help="gpu: model shape")
     ap.add_argument("--quick", action="store_true",
                     help="gpu: the first-GPU sections only (<= 5 minutes)")
     ap.add_argument("--budget", type=float, default=None,
-                    help="gpu: wall-clock seconds for the whole run (--quick: 300); a section "
-                         "that the time left cannot fit is skipped, saying so")
+                    help="gpu: wall-clock seconds for the run (--quick: 285, after "
+                         "~15 s of imports); a section the time left cannot fit is "
+                         "skipped, saying so")
     ap.add_argument("--out", default=os.environ.get("OUT"),
-                    help="gpu/cost: the folder of its JSON (and gpu's log); default $OUT if set, "
-                         "else bench/results (gpu --shape tiny: /tmp; cost: none)")
+                    help="gpu/cost: the folder of its JSON (and gpu's log); default "
+                         "$OUT if set, else bench/results (gpu --shape tiny: /tmp; "
+                         "cost: none)")
     ap.add_argument("--metrics", default=None,
-                    help="cost: a run's metrics.jsonl, whose completion lengths it prices")
-    ap.add_argument("--mode", default="prompt_once", help="memory-child: prompt_once|whole_rows")
+                    help="cost: a run's metrics.jsonl, whose lengths it prices")
+    ap.add_argument("--mode", default="prompt_once",
+                    help="memory-child: prompt_once|whole_rows")
     return ap.parse_args(argv)
 
 
@@ -89,4 +91,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    from processes import run_main
+    run_main(main)  # a bad input (a damaged --metrics file): one line `error: ...`, exit 1

@@ -1,4 +1,5 @@
-"""What the sections share: where results go (save), timing, peak memory, the model shapes."""
+"""What the sections share: where results go (save), timing, peak memory, the model
+shapes."""
 import json
 import os
 import platform
@@ -20,8 +21,8 @@ TINY_SHAPE = dict(vocab_size=2000, hidden_size=64, intermediate_size=128, num_hi
 
 
 def save(section, result, folder=None):
-    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole, then renamed
-    into place."""
+    """bench/results/<section>-<device>[-tags].json (or in `folder`), written whole,
+    then renamed into place."""
     folder = folder or os.path.join(HERE, "bench", "results")
     os.makedirs(folder, exist_ok=True)
     name = result.get("device", platform.node()).replace(" ", "_").replace("/", "_")
@@ -41,16 +42,17 @@ def cpu_name():
 
 
 def small_model(tokenizer, hidden=256, layers=4):
-    """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`; 256 x 4 is big
-    enough that the model's arithmetic, not Python, dominates a CPU step."""
+    """A random Mistral (Mathstral's layout). hidden 64 x 2 layers is `--model tiny`;
+    256 x 4 is big enough that the model's arithmetic, not Python, dominates a CPU
+    step."""
     from extras.tiny import model as tiny_model
     return tiny_model(len(tokenizer), seed=0, hidden=hidden, layers=layers,
                       heads=4 if hidden < 128 else 8, kv_heads=2)
 
 
 def coin(text, gold):
-    """A reward that ignores the answer: a deterministic coin flip per completion text, so that
-    every group's rewards differ and every group runs the update."""
+    """A reward that ignores the answer: a deterministic coin flip per completion
+    text, so that every group's rewards differ and every group runs the update."""
     return float(zlib.crc32(text.encode()) % 2)
 
 
@@ -67,8 +69,8 @@ def timed(fn, device):
 
 
 def median_time(fn, runs):
-    """Median seconds of `runs` calls of fn() after one untimed call (warm-up: the allocator, lazy
-    imports)."""
+    """Median seconds of `runs` calls of fn() after one untimed call (warm-up: the
+    allocator, lazy imports)."""
     fn()
     times = []
     for _ in range(runs):

@@ -50,7 +50,8 @@ def bench_grader(args):
 
 
 def math_verify_agreement(cases, result):
-    """math-verify's agreement on the answer pairs, into result (a message if not installed)."""
+    """math-verify's agreement on the answer pairs, into result (a message if not
+    installed)."""
     try:
         from math_verify import parse, verify
     except ImportError:

@@ -1,7 +1,8 @@
-"""Host and sampler work a decode step, on the CPU: bench.py stops (evaluate's stop strings at
-the host's looks: stop_finder against decoding every new token's window, old_stop_look) and
-bench.py sampler (keyed sampling against torch.multinomial on one shared generator,
-multinomial_next); each baseline kept as it was, with a check that both agree."""
+"""Host and sampler work a decode step, on the CPU: bench.py stops (evaluate's stop
+strings at the host's looks: stop_finder against decoding every new token's window,
+old_stop_look) and bench.py sampler (keyed sampling against torch.multinomial on one
+shared generator, multinomial_next); each baseline kept as it was, with a check that
+both agree."""
 import os
 import time
 
@@ -15,18 +16,20 @@ from generation import mix, noise_roots, sample
 
 
 def old_stop_look(tokenizer, stop_strings, row, first):
-    """The look before stop_finder, as the baseline: every new token's window of 12 decoded."""
+    """The look before stop_finder, as the baseline: every new token's window of 12
+    decoded."""
     return next((u + 1 for u in range(first, len(row))
                  if any(s in tokenizer.decode(row[max(0, u - 11):u + 1]) for s in stop_strings)),
                 None)
 
 
 def bench_stops(args):
-    """Stop strings at the host's looks (evaluate.py's "\\n\\nProblem:", "\\nProblem:"): host
-    time a look over 64 rows of 16 new tokens each, along 4,096-token rows of MATH solutions (the
-    tiny BPE tokenizer), with evaluate.stop_finder (only tokens that hold a stop string's last
-    character are decoded) against decoding every new token's window (old_stop_look); both must
-    end every row at the same token."""
+    """Stop strings at the host's looks (evaluate.py's "\\n\\nProblem:",
+    "\\nProblem:"): host time a look over 64 rows of 16 new tokens each, along
+    4,096-token rows of MATH solutions (the tiny BPE tokenizer), with
+    evaluate.stop_finder (only tokens that hold a stop string's last character are
+    decoded) against decoding every new token's window (old_stop_look); both must end
+    every row at the same token."""
     tok = tiny_tokenizer()
     text = " ".join(r["solution"] for r in load_jsonl(
         os.path.join(HERE, "data", "math_train.jsonl"), required=("id", "problem", "answer")))
@@ -53,8 +56,9 @@ def bench_stops(args):
 
 
 def multinomial_next(logits, temperature, top_p, generator):
-    """The sampler before keyed noise, as the baseline: nucleus filtering, then torch.multinomial on
-    one generator shared by the batch (so a row's tokens depended on its batch and process)."""
+    """The sampler before keyed noise, as the baseline: nucleus filtering, then
+    torch.multinomial on one generator shared by the batch (so a row's tokens depended
+    on its batch and process)."""
     probs = torch.softmax(logits.float() / temperature, dim=-1)                        # [R, V]
     if top_p < 1.0:
         sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -65,11 +69,11 @@ def multinomial_next(logits, temperature, top_p, generator):
 
 
 def bench_sampler(args, device="cpu", vocab=32768, rows=64, steps=200):
-    """What keying every sample costs: generation.sample (hashed noise per row and step) vs
-    multinomial_next, per decode step of 64 rows at Mathstral's vocabulary (top_p 1, as in
-    training), and that both draw the same distribution: every row shares one set of logits, and the
-    rows x steps draws' frequencies of the 20 likeliest tokens are compared with their
-    probabilities."""
+    """What keying every sample costs: generation.sample (hashed noise per row and
+    step) vs multinomial_next, per decode step of 64 rows at Mathstral's vocabulary
+    (top_p 1, as in training), and that both draw the same distribution: every row
+    shares one set of logits, and the rows x steps draws' frequencies of the 20
+    likeliest tokens are compared with their probabilities."""
     torch.manual_seed(0)
     logits = (torch.randn(1, vocab, device=device) * 3).expand(rows, -1)  # [R, V], rows alike
     keys = noise_roots(0, [(0, r) for r in range(rows)], device)

@@ -1,7 +1,8 @@
-"""The update, measured on the CPU: bench.py update (the prompt-once update against whole rows,
-full_sequence_update, the baseline it replaced, with a gradient check), memory (peak RSS of the
-worst micro-batch; memory-child runs it in a fresh process), gap (the sampler-trainer log-prob
-gap) and merge (how much of a LoRA update a bf16 merge keeps)."""
+"""The update, measured on the CPU: bench.py update (the prompt-once update against
+whole rows, full_sequence_update, the baseline it replaced, with a gradient check),
+memory (peak RSS of the worst micro-batch; memory-child runs it in a fresh process),
+gap (the sampler-trainer log-prob gap) and merge (how much of a LoRA update a bf16
+merge keeps)."""
 import json
 import os
 import resource
@@ -22,9 +23,9 @@ BENCH = os.path.join(HERE, "bench.py")
 
 
 def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_token_id):
-    """The update before the prompt-once change, as the baseline: every (prompt + completion) row
-    runs forward and backward whole, micro-batched by padded length, through the same chunked LM
-    head and loss."""
+    """The update before the prompt-once change, as the baseline: every (prompt +
+    completion) row runs forward and backward whole, micro-batched by padded length,
+    through the same chunked LM head and loss."""
     B, G = advantages.shape
     rows = [(b, g) for b in range(B) for g in range(G)]
     lengths = [len(prompt_ids[b]) + len(completions[b][g]) for b, g in rows]
@@ -47,9 +48,9 @@ def full_sequence_update(model, prompt_ids, completions, advantages, args, pad_t
 
 
 def bench_update(args):
-    """The update alone: grpo.policy_update (each prompt forward once) vs full_sequence_update (each
-    prompt once per rollout), same model, rollouts and checkpointing; also checks that their
-    gradients agree."""
+    """The update alone: grpo.policy_update (each prompt forward once) vs
+    full_sequence_update (each prompt once per rollout), same model, rollouts and
+    checkpointing; also checks that their gradients agree."""
     torch.manual_seed(0)
     torch.set_num_threads(os.cpu_count() or 1)
     model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers))
@@ -60,7 +61,8 @@ def bench_update(args):
     model.train()
     B, G, L, P = 4, 8, args.new_tokens, args.prompt_tokens
     prompts = [torch.randint(4, 2000, (P,)).tolist() for _ in range(B)]
-    completions = [[torch.randint(4, 2000, (L,)).tolist() for _ in range(G)] for _ in range(B)]
+    rand = lambda n: torch.randint(4, 2000, (n,)).tolist()
+    completions = [[rand(L) for _ in range(G)] for _ in range(B)]
     rewards = torch.tensor([[float(g % 2) for g in range(G)] for _ in range(B)])
     advantages = grpo.group_advantages(rewards)
     targs = grpo.parse_args(["--max-new-tokens", str(L)])
@@ -69,9 +71,10 @@ def bench_update(args):
               "completion_tokens": L}
     grads = {}
     updates = {
-        "prompt_once": lambda: grpo.policy_update(model, prompts, completions, advantages, targs),
-        "full_sequence": lambda: full_sequence_update(model, prompts, completions, advantages,
-                                                      targs, pad_token_id=3),
+        "prompt_once": lambda: grpo.policy_update(model, prompts, completions,
+                                                  advantages, targs),
+        "full_sequence": lambda: full_sequence_update(model, prompts, completions,
+                                                      advantages, targs, pad_token_id=3),
     }
     for label, fn in updates.items():
         times = []
@@ -81,7 +84,8 @@ def bench_update(args):
             fn()
             times.append(time.perf_counter() - t)
         result[f"{label}_s"] = statistics.median(times[1:])
-        grads[label] = torch.cat([p.grad.flatten() for p in model.parameters() if p.requires_grad])
+        trained = [p for p in model.parameters() if p.requires_grad]
+        grads[label] = torch.cat([p.grad.flatten() for p in trained])
     result["speedup"] = result["full_sequence_s"] / result["prompt_once_s"]
     gap = (grads["prompt_once"] - grads["full_sequence"]).abs().max()
     diff = gap / grads["full_sequence"].abs().max()
@@ -95,11 +99,12 @@ def bench_update(args):
 
 
 def bench_memory(args):
-    """Peak memory of the update's worst micro-batch (a 3,072-token prompt, 2 completions of 4,096
-    tokens; --micro-batch-tokens 16,384), hidden 256 x 4 layers, LoRA and activation checkpointing:
-    the growth of the process's peak RSS, each way in a fresh process (peak RSS only grows):
-    prompt once (its completions attend to its K/V through SDPA) and whole rows (grpo.PROMPT_ONCE
-    False); both give the same gradient (tests/test_grpo.py)."""
+    """Peak memory of the update's worst micro-batch (a 3,072-token prompt, 2
+    completions of 4,096 tokens; --micro-batch-tokens 16,384), hidden 256 x 4 layers,
+    LoRA and activation checkpointing: the growth of the process's peak RSS, each way
+    in a fresh process (peak RSS only grows): prompt once (its completions attend to
+    its K/V through SDPA) and whole rows (grpo.PROMPT_ONCE False); both give the same
+    gradient (tests/test_grpo.py)."""
     result = {"device": cpu_name(), "hidden": args.hidden, "layers": args.layers,
               "prompt_tokens": 3072, "completion_tokens": [4096, 4096]}
     for label in ("prompt_once", "whole_rows"):
@@ -113,7 +118,8 @@ def bench_memory(args):
 
 
 def memory_child(args):
-    """One worst-case update micro-batch (bench_memory), in this process: JSON on stdout."""
+    """One worst-case update micro-batch (bench_memory), in this process: JSON on
+    stdout."""
     torch.manual_seed(0)
     model = apply_lora(small_model(tiny_tokenizer(), args.hidden, args.layers))
     grpo.enable_checkpointing(model)
@@ -122,23 +128,26 @@ def memory_child(args):
     targs = grpo.parse_args(["--max-new-tokens", "4096"])
     rand = lambda n: torch.randint(4, 2000, (n,)).tolist()
     advantages = torch.tensor([[1.0, -1.0]])
-    grpo.policy_update(model, [rand(64)], [[rand(64), rand(64)]], advantages, targs)  # warm-up
+    # warm-up
+    grpo.policy_update(model, [rand(64)], [[rand(64), rand(64)]], advantages, targs)
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
     grpo.policy_update(model, [rand(3072)], [[rand(4096), rand(4096)]], advantages, targs)
     seconds = time.perf_counter() - t
-    growth = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024   # KiB -> MiB
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    growth = (peak - before) / 1024   # KiB -> MiB
     print(json.dumps({"rss_growth_MB": growth, "seconds": seconds}))
 
 
 def bench_merge(args):
-    """What bf16 does to a LoRA adapter's effect on a layer's output, early in training: merged into
-    the bf16 weights (our rollouts), applied unmerged and added to the bf16 output (vLLM's LoRA
-    kernels: the author's rollouts), or added in fp32. A 4096 x 4096 layer, W ~ N(0, 0.02) in bf16,
-    A at PEFT's init, B after k steps of lr = 5e-6 per element with one sign kept (consistent) or
-    drawn afresh each step (random walk); the share of the adapter's exact effect that survives is
-    the realised change projected on it. Early in a bf16 run both pipelines sample from nearly the
-    base model."""
+    """What bf16 does to a LoRA adapter's effect on a layer's output, early in
+    training: merged into the bf16 weights (our rollouts), applied unmerged and added
+    to the bf16 output (vLLM's LoRA kernels: the author's rollouts), or added in fp32.
+    A 4096 x 4096 layer, W ~ N(0, 0.02) in bf16, A at PEFT's init, B after k steps of
+    lr = 5e-6 per element with one sign kept (consistent) or drawn afresh each step
+    (random walk); the share of the adapter's exact effect that survives is the
+    realised change projected on it. Early in a bf16 run both pipelines sample from
+    nearly the base model."""
     n, r, alpha, lr = 4096, 16, 32, 5e-6
     g = torch.Generator().manual_seed(0)
     w = (torch.randn(n, n, generator=g) * 0.02).bfloat16()
@@ -152,7 +161,8 @@ def bench_merge(args):
     sign = lambda: torch.randint(0, 2, (n, r), generator=g).float() * 2 - 1
     for k in (10, 100, 1000):
         for signs in ("consistent", "random-walk"):
-            b = lr * (k * sign() if signs == "consistent" else sum(sign() for _ in range(k)))
+            walk = k * sign() if signs == "consistent" else sum(sign() for _ in range(k))
+            b = lr * walk
             delta = alpha / r * (b @ (a @ x))  # the adapter's exact effect
             ys = {"merged": (((w.float() + alpha / r * (b @ a)).bfloat16()).float() @ x).bfloat16(),
                   "unmerged_bf16_add": (y0 + delta.bfloat16().float()).bfloat16(),
@@ -167,12 +177,13 @@ def bench_merge(args):
 
 
 def bench_gap(args):
-    """The sampler-trainer gap: rollouts drawn with the LoRA merged into the base weights (the
-    engine's), log-probs recomputed by the update with the LoRA unmerged (its branch in fp32), on
-    the tiny shapes in fp32 and in bf16, for an adapter as after k steps of lr 5e-6 (B = 5e-6 * k
-    with one sign kept per element; A at PEFT's init). Per token of 4 prompts x 8 rollouts x 32
-    tokens: |log pi - log pi_sampler| mean and max, the ratio pi / pi_sampler min / mean / max, and
-    the share of tokens a cap of 2 (--importance-sampling-cap 2) would truncate."""
+    """The sampler-trainer gap: rollouts drawn with the LoRA merged into the base
+    weights (the engine's), log-probs recomputed by the update with the LoRA unmerged
+    (its branch in fp32), on the tiny shapes in fp32 and in bf16, for an adapter as
+    after k steps of lr 5e-6 (B = 5e-6 * k with one sign kept per element; A at PEFT's
+    init). Per token of 4 prompts x 8 rollouts x 32 tokens: |log pi - log pi_sampler|
+    mean and max, the ratio pi / pi_sampler min / mean / max, and the share of tokens
+    a cap of 2 (--importance-sampling-cap 2) would truncate."""
     tok = tiny_tokenizer()
     targs = grpo.parse_args(["--max-new-tokens", "32"])
     result = {"device": cpu_name(), "runs": []}
@@ -191,7 +202,8 @@ def bench_gap(args):
                                      pad_token_id=3, logprobs=True)
                 completions = [[c[0] for c in group] for group in drawn]
                 sampled = [[c[1] for c in group] for group in drawn]
-                advantages = torch.ones(4, 8).index_fill_(1, torch.tensor([0]), -7.0)  # all run
+                # every group runs
+                advantages = torch.ones(4, 8).index_fill_(1, torch.tensor([0]), -7.0)
                 gaps = grpo.policy_update(model.train(), prompts, completions, advantages, targs,
                                           sampled=sampled).gaps.double()
                 ratio = gaps.exp()

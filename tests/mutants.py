@@ -192,6 +192,30 @@ MUTANTS = [
            r'parts = [x for x in s.split("\\approx") if x]',
            "normalize raises on answers that normalise to nothing (is_equiv's catch-all hides it; "
            "maj@k's vote calls normalize unguarded)", ("test_properties.py",)),
+    # -- bench.py cost's arithmetic and bench.py gpu's guards
+    Mutant("cost-kernel-time-dropped", "bench/cost.py",
+           "gpu_s += aten.kernels * a.kernel_us * 1e-6", "gpu_s += 0.0",
+           "a replayed decode step costs its bytes alone, not its kernels' own time",
+           ("test_bench.py",)),
+    Mutant("cost-scores-dropped", "bench/cost.py",
+           '"scores": block.rows * m.heads * m.layers * keys * SCORE_BYTES,', '"scores": 0,',
+           "the decode score path's bytes are left out", ("test_bench.py",)),
+    Mutant("cost-width-unrounded", "bench/cost.py",
+           "return min(cap, generation.WIDTH_STEP * math.ceil((t + 1) / generation.WIDTH_STEP))",
+           "return min(cap, t + generation.CHECK_EVERY)",
+           "a decode step reads its own K/V to its position, not to the width's multiple of 128",
+           ("test_bench.py",)),
+    Mutant("cost-prompt-unpadded", "bench/cost.py", "    return generation.bucket(n)",
+           "    return n", "the prompts' K/V priced at their length, not the buffer's",
+           ("test_bench.py",)),
+    Mutant("cost-no-compaction", "bench/cost.py",
+           "if len(going) * G2 <= generation.COMPACT_AT * rows:", "if False:",
+           "finished rows never leave the batch: no one-row tail", ("test_bench.py",)),
+    Mutant("gpu-budget-ignored", "bench/gpu.py", "elif left < BUDGET.get(key, 0):",
+           "elif False:", "bench.py gpu runs a section that its time left cannot fit",
+           ("test_pipeline.py",)),
+    Mutant("gpu-missing-ignored", "bench/gpu.py", "    if missing:\n", "    if False:\n",
+           "bench.py gpu runs a section without what it needs", ("test_pipeline.py",)),
 ]
 
 
