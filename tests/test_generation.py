@@ -10,7 +10,7 @@ import torch
 
 import extras.graphs
 import generation
-from bench import copied_generate
+from bench.rollout import copied_generate
 from evaluate import stop_finder
 from generation import generate
 
@@ -341,7 +341,7 @@ def test_rollouts_hold_each_prompt_once(tiny):
     to a multiple of 128; each row its own tokens); copying the prompt to each row holds
     B*G*(P + L). Counted on every decode
     step's cache, each tensor once."""
-    from bench import kv_bytes_held  # bench.py rollout's counter, on a copy
+    from bench.rollout import kv_bytes_held  # bench.py rollout's counter, on a copy
     model, tok = copy.deepcopy(tiny[0]), tiny[1]
     B, G, P, L = 3, 4, 40, 10
     ids = [torch.randint(4, 500, (P,)).tolist() for _ in range(B)]

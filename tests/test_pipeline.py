@@ -59,25 +59,46 @@ def test_drafts_grpo_evaluate_on_the_tiny_model(tmp_path):
 
 def test_the_first_gpu_script_runs_end_to_end_on_the_cpu(tmp_path):
     """`bench.py gpu --quick` is what the first lent GPU runs, in minutes it cannot spend on a
-    crash: its dry run on the tiny shape goes through every section without an error and writes
-    the JSON after each (here into this test's own folder: a stale file from an earlier run proves
-    nothing)."""
-    import argparse
-
-    import bench
-    result = bench.bench_gpu(argparse.Namespace(section="gpu", shape="tiny", quick=True,
-                                                out=str(tmp_path)))
-    sections = {"left_padding", "copy_bandwidth_GBps", "decode", "graphs_vs_eager", "lora_change",
-                "update_micro_batch", "nccl"}
-    assert sections <= set(result)
-    assert not [k for k in sections if isinstance(result[k], dict) and "error" in result[k]]
+    crash: its dry run on the tiny shape goes through every section without an error or a skip,
+    the real loop included (two steps of grpo.train, a checkpoint, --resume for a third), and
+    writes the JSON after each and its output beside it (here into this test's own folder: a
+    stale file from an earlier run proves nothing)."""
+    out = run("bench.py", "gpu", "--quick", "--shape", "tiny", "--out", str(tmp_path))
+    (path,) = tmp_path.glob("gpu-*.json")
+    result = json.load(open(path))
+    sections = {"model", "left_padding", "copy_bandwidth_GBps", "decode", "graphs_vs_eager",
+                "lora", "lora_change", "update_micro_batch", "nccl", "loop"}
+    assert sections <= set(result) and set(result["section_s"]) == sections
+    failed = [k for k in sections if isinstance(result[k], dict) and {"error", "skipped"} & set(
+        result[k])]
+    assert not failed, {k: result[k] for k in failed}
+    assert out.count("wrote ") == len(sections)         # the JSON rewritten after each section
     assert result["left_padding"]["rows_identical"] == 12
     assert result["decode"]["eager"]["ms_per_step"] > 0
+    assert result["decode"]["hf_generate"]["ms_per_step"] > 0
     assert result["graphs_vs_eager"]["rows_identical"] == result["graphs_vs_eager"]["rows"]
     assert result["graphs_vs_eager"]["compactions"] > 0
     assert result["lora_change"] == {"second_equals_eager": True, "changed": True, "graphs": 0}
-    saved = json.load(open(tmp_path / f"gpu-{result['device']}.json"))
-    assert saved["nccl"] == result["nccl"] and saved["update_micro_batch"]["seconds"] > 0
+    update = result["update_micro_batch"]
+    assert update["alone"]["seconds"] > 0 and update["with_rollout_buffers"]["seconds"] > 0
+    loop = result["loop"]
+    assert loop["steps"] == [1, 2, 3] and loop["checkpoints"] == ["step-2", "step-3"]
+    # the coin-flip reward: groups differ, so every step's update ran and moved the adapter
+    assert all(m["frac_reward_zero_std"] < 1 and m["grad_norm"] > 0 for m in loop["metrics"])
+    log = (tmp_path / "bench-gpu.log").read_text()
+    assert all(line in log for line in out.splitlines() if line.startswith(("3.", "8.")))
+
+
+def test_the_first_gpu_script_skips_what_its_budget_cannot_fit(tmp_path):
+    """A section that the time left cannot fit is skipped, saying so; one that needs what did not
+    come (the model) says why; the others run, and the JSON holds every section."""
+    run("bench.py", "gpu", "--quick", "--shape", "tiny", "--out", str(tmp_path), "--budget", "30")
+    (path,) = tmp_path.glob("gpu-*.json")
+    result = json.load(open(path))
+    assert result["model"]["skipped"].startswith("needs up to 60 s, ")   # 30 s left at most
+    no_model = {"skipped": "no model (its build failed or did not run)"}
+    assert all(result[k] == no_model for k in ("left_padding", "decode", "lora", "loop"))
+    assert result["copy_bandwidth_GBps"] > 0 and result["nccl"]["timeout_minutes"] > 0
 
 
 def test_bench_writes_the_readmes_figures_only_when_asked(tmp_path, monkeypatch):
