@@ -18,8 +18,8 @@ A step is priced as it runs:
 - the update: each prompt forward once, its completions micro-batched
   (--micro-batch-tokens, padded to their longest), forward, the recomputation of
   checkpointed layers and backward: FLOPs at a share of the bf16 peak, the attention
-  over the masked [T, P + T] rectangle (today's kernel) or causal (lower-right: issue
-  32's item 7), and LoRA's fp32 side path in bytes;
+  causal (lower-right, SDPA's flash kernel: today's) or over the masked [T, P + T]
+  rectangle (the kernel before), and LoRA's side path (bf16) in bytes;
 - the rest: merging the adapter in and restoring the base weights (on the GPU, or over
   PCIe where the copy does not fit, as lora.merge_lora decides), graphs captured, the
   host's work, checkpoints.
@@ -61,17 +61,19 @@ BANDS = {"central": Assumptions(0.8, 2.0, 3.0, 0.5, 40e9, 1),
          "pessimistic": Assumptions(0.7, 3.0, 4.0, 0.4, 25e9, 4)}
 
 # bytes a decode score element [rows, heads, P + width] costs: the two products' bf16
-# outputs and their cat (6), masked_fill (4), the fp32 softmax (6), its bf16 cast (6),
-# read by P @ V (2)
-SCORE_BYTES = 24
+# outputs and their cat (6), masked_fill_ in place (4), the softmax, bf16 in and out
+# with fp32 accumulation (4), read by P @ V (2); the mask is made once a step (before:
+# 24, with an fp32 softmax and its cast, and the mask made in every layer)
+SCORE_BYTES = 16
 # bytes a logit costs: the LM head's bf16 write and copy into the rows' buffer (6),
 # then generation.sample: the fp32 softmax (26), the int64 hash mix() twice over
 # [rows, vocab] (192), the exponential race (~70), the entropy (~24)
 SAMPLER_BYTES = 318
-# LoRA's fp32 side path, bytes an input and an output element of a wrapped linear
-# (lora.py): forward x.to(fp32) and A's read (10), B's fp32 output, the scaling, the
-# cast back, the add (24); backward 20 and 22; forward twice (checkpointing)
-LORA_IN_BYTES, LORA_OUT_BYTES = 40, 70
+# LoRA's side path, bytes an input and an output element of a wrapped linear
+# (lora.py, the adapter applied in bf16, its weights cast down): forward A's read of x
+# (2), B's output, the scaling, the add (10); backward 4 and 12; forward twice
+# (checkpointing). Before (the adapter in fp32, x cast up for each adapter): 40 and 70
+LORA_IN_BYTES, LORA_OUT_BYTES = 8, 32
 ATTENTION_PASSES = 4.5  # forward, its recomputation, backward (2.5 forwards' FLOPs)
 MERGE_BYTES = 24        # a wrapped weight's merge: B @ A in fp32, scaled, cast, added
 LOOK_S = 3e-4           # a look: the tokens read back, EOS and stop strings checked
@@ -236,8 +238,8 @@ def step_seconds(block, prompt, m, gpu, a, eager, aten):
 
 # ------------------------------------------------------------------ the update
 def update_work(case, m, s):
-    """The update's tokens, FLOPs (attention masked, as today, and causal) and LoRA's
-    bytes."""
+    """The update's tokens, FLOPs (attention causal, lower-right, as today; and masked,
+    the kernel before) and LoRA's bytes."""
     pair = 4 * m.heads * m.head_dim * m.layers * ATTENTION_PASSES  # a (query, key) pair
     tokens = masked = causal = head = 0.0
     P = case.prompt
@@ -302,13 +304,13 @@ def price(plan, m, s, gpu, a, eager, aten):
     terms = {"prefill_s": prefill / (gpu.peak * a.mfu),
              "decode_s": sum(total for _, total in by_rows.values()),
              "compaction_s": 2 * plan.copied * m.kv_token / bandwidth,
-             "update_s": update(work["flops_masked"]),
+             "update_s": update(work["flops_causal"]),
              "merge_s": MERGE_BYTES * m.wrapped / bandwidth,
              "restore_s": 4 * m.wrapped / bandwidth if on_gpu else 2 * m.wrapped / a.pcie,
              "captures_s": 0 if eager else a.captures * 2 * capture,
              "host_s": HOST_S + CHECKPOINT_S / s.save_every}
     terms["step_s"] = sum(terms[k] for k in STEP)
-    terms.update(update_causal_s=update(work["flops_causal"]),
+    terms.update(update_masked_s=update(work["flops_masked"]),
                  lora_side_path_s=work["lora_bytes"] / bandwidth,
                  decode_by_rows={rows: {"steps": n, "s": t}
                                  for rows, (n, t) in by_rows.items()},
@@ -420,7 +422,7 @@ def print_assumptions(m, s, aten):
     print(f"  decode bytes beside weights and K/V: {SCORE_BYTES} a score (rows x {m.heads} heads "
           f"x {m.layers} layers x keys),\n    {SAMPLER_BYTES} a logit (the sampler's fp32 "
           f"softmax and int64 hashing)")
-    print(f"  LoRA's fp32 side path in the update: {LORA_IN_BYTES} bytes an input element, "
+    print(f"  LoRA's side path in the update (bf16): {LORA_IN_BYTES} bytes an input element, "
           f"{LORA_OUT_BYTES} an output element\n    of each wrapped linear "
           f"({m.lora_token / 1e6:.0f} MB a token)")
     print(f"  the base weights restored over PCIe at {band(lambda x: round(x.pcie / 1e9))} GB/s "
@@ -445,7 +447,7 @@ def print_case(name, cases, priced, m, s, path=None):
               f"{sum(sum(c.lengths) for c in cases) / n:,.0f} tokens, {100 * capped / n:.1f} %\n"
               f"  of rows at the cap (per step; the rest end together), each step's prompt "
               f"length and groups skipped;\n  {s.steps:,} steps at these steps' mean")
-    print(f"  GPU   mode     rollouts   update (causal)  other     step   {s.steps:,} steps, h")
+    print(f"  GPU   mode     rollouts   update (masked)  other     step   {s.steps:,} steps, h")
     for gpu, modes in priced.items():
         for mode, bands in modes.items():
             t, k = bands["central"], len(cases)
@@ -453,7 +455,7 @@ def print_case(name, cases, priced, m, s, path=None):
             other = (t["merge_s"] + t["restore_s"] + t["captures_s"] + t["host_s"]) / k
             h, lo, hi = hours(bands, s.steps, cases)
             print(f"  {gpu}  {mode:6s}  {rollout:7.1f} s  {t['update_s'] / k:5.1f} s "
-                  f"({t['update_causal_s'] / k:5.1f})  {other:4.1f} s  {t['step_s'] / k:6.1f} s"
+                  f"({t['update_masked_s'] / k:5.1f})  {other:4.1f} s  {t['step_s'] / k:6.1f} s"
                   f"   {h:5.1f} [{lo:.1f}-{hi:.1f}]")
     print_terms(name, priced["H100"]["graphs"]["central"], len(cases))
     if name == "typical":
@@ -472,8 +474,8 @@ def print_terms(name, t, k):
               f"{1e3 * v['s'] / v['steps']:.1f} ms = {v['s'] / k:.1f} s")
     print(f"    prefill {t['prefill_s'] / k:.2f} s, compaction {t['compaction_s'] / k:.2f} s")
     print(f"  update {t['update_s'] / k:.1f} s: {t['tokens'] / k / 1e3:.0f} K tokens (padded), "
-          f"{t['flops_masked'] / k / 1e15:.2f} PFLOP (causal attention: "
-          f"{t['flops_causal'] / k / 1e15:.2f}),\n    LoRA's side path "
+          f"{t['flops_causal'] / k / 1e15:.2f} PFLOP (masked attention, before: "
+          f"{t['flops_masked'] / k / 1e15:.2f}),\n    LoRA's side path "
           f"{t['lora_bytes'] / k / 1e12:.1f} TB = {t['lora_side_path_s'] / k:.1f} s of it")
     print(f"  other: merge {t['merge_s'] / k:.2f} s, base weights restored from the "
           f"{t['base_copy_on']} {t['restore_s'] / k:.2f} s, captures {t['captures_s'] / k:.2f} s, "
