@@ -1,32 +1,33 @@
-"""The README's first command: the recipe's five variants trained with GRPO on a toy task, side
-by side, on a CPU, in about two minutes.
+"""The README's first command: the recipe's five variants trained with GRPO on a toy task,
+side by side, on a CPU, in two to three minutes.
 
   python -m extras.demo                            # everything under runs/demo/
   python -m extras.demo --variants mismatched-wrong matched-correct    # two of them
   python -m extras.demo --seed 1 --out runs/demo-seed1
 
-A toy learner is built on the spot and cached in OUT/model: a Mistral-architecture model of 0.16M
-parameters and a BPE tokenizer, trained for some seconds on sums of three digits written in the
-paper's prompts. Then the three scripts run on it, each command printed first: drafts.py generate
-once (the toy writes its own drafts, at the draft model's prompt, where it was taught to slip),
-evaluate.py once for the base model on 100 held-out sums (Thinking: N/A), and for each variant, one
-after another, grpo.py --variant V (the same pool, seed and steps) and evaluate.py for its adapter.
-It ends with one table, a row a variant, and (with matplotlib installed) one figure, a line a
-variant. Each command runs in this process: its script's main() with the printed arguments, as
-pasting it would run it, but Python, torch and transformers start once, not twelve times (they
-took a quarter of the time).
+A toy learner is built on the spot and cached in OUT/model: a Mistral-architecture model
+of 0.16M parameters and a BPE tokenizer, trained for some seconds on sums of three
+digits written in the paper's prompts. Then the three scripts run on it, each command
+printed first: drafts.py generate once (the toy writes its own drafts, at the draft
+model's prompt, where it was taught to slip), evaluate.py once for the base model on 100
+held-out sums (Thinking: N/A), and for each variant, one after another, grpo.py
+--variant V (the same pool, seed and steps) and evaluate.py for its adapter. It ends
+with one table, a row a variant, and (with matplotlib installed) one figure, a line a
+variant. Each command runs in this process: its script's main() with the printed
+arguments, as pasting it would run it, but Python, torch and transformers start once,
+not twelve times (they took a quarter of the time).
 
-The toy learner leans on its thinking section: on sums of ten or more it was taught to copy the
-draft's boxed answer ("The thinking says \\boxed{13}.") 80 % of the time and to work the sum
-out 20 %; on smaller sums the other way round. Where the copied answer is not the problem's own
-(a mismatched draft's, a wrong draft's, "N/A"), copying earns 0 and working the sum out earns 1,
-and GRPO can move the learner from the one to the other; a matched correct draft's answer earns 1
-copied or worked out alike. At test time the draft slot says N/A, and a learner that still copies
-answers "N/A".
+The toy learner leans on its thinking section: on sums of ten or more it was taught to
+copy the draft's boxed answer ("The thinking says \\boxed{13}.") 80 % of the time and to
+work the sum out 20 %; on smaller sums the other way round. Where the copied answer is
+not the problem's own (a mismatched draft's, a wrong draft's, "N/A"), copying earns 0
+and working the sum out earns 1, and GRPO can move the learner from the one to the
+other; a matched correct draft's answer earns 1 copied or worked out alike. At test time
+the draft slot says N/A, and a learner that still copies answers "N/A".
 
-Every command runs on one CPU thread (OMP_NUM_THREADS=1, unless you set it): the toy's matrices are
-too small for a second thread to pay, and on a busy machine threads waiting on each other made runs
-several times slower.
+Every command runs on one CPU thread (OMP_NUM_THREADS=1, unless you set it): the toy's
+matrices are too small for a second thread to pay, and on a busy machine threads waiting
+on each other made runs several times slower.
 """
 import argparse
 import functools
@@ -75,8 +76,6 @@ class Setting(NamedTuple):
 # 8 prompts x 8 rollouts a step; the learning rate suits a 0.16M-parameter learner
 SETTING = Setting(steps=90, prompts=8, generations=8, new_tokens=32, lr=3e-4, drafts=4,
                   problems=900)
-# the table's order: the paper's, from the template's control to the draft never trained on
-ORDER = ("no-draft", "matched-wrong", "mismatched-wrong", "mismatched-correct", "matched-correct")
 
 
 # ----------------------------------------------------------------------------- the toy task
@@ -254,11 +253,12 @@ MAINS = {"drafts.py": drafts.main, "evaluate.py": evaluate.main, "grpo.py": grpo
 
 
 def script(*argv):
-    """Run one of the project's scripts as `python SCRIPT ARGS` would, the command printed first:
-    its main(ARGS) in this process, a bad input one line `error: ...`, as the script's."""
+    """Run one of the project's scripts as `python SCRIPT ARGS` would, the command
+    printed first: its main(ARGS) in this process, a bad input one line `error: ...`,
+    as the script's."""
     print("\n$ python " + " ".join(argv), flush=True)
     start, threads = time.time(), torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:     # else torch has read it, as the script's would
+    if "OMP_NUM_THREADS" not in os.environ:   # else torch read it, as a script would
         torch.set_num_threads(1)
     try:
         run_main(functools.partial(MAINS[argv[0]], list(argv[1:])))
@@ -268,8 +268,9 @@ def script(*argv):
 
 
 def pipeline(out, seed, variants, setting=SETTING, recipe=RECIPE):
-    """The toy learner (cached), one pool of drafts, the base model's evaluation, then a GRPO run
-    and its evaluation for each variant, one after another: their rows of the table."""
+    """The toy learner (cached), one pool of drafts, the base model's evaluation, then
+    a GRPO run and its evaluation for each variant, one after another: their rows of the
+    table."""
     path = lambda name: os.path.join(out, name)
     model, pool, held_out = path("model"), path("pool.jsonl"), path("heldout.jsonl")
     evaluation = lambda name: path(f"eval-{name}.json")
@@ -294,7 +295,8 @@ def pipeline(out, seed, variants, setting=SETTING, recipe=RECIPE):
                "--prompts-per-step", str(setting.prompts),
                "--num-generations", str(setting.generations), "--max-new-tokens", tokens,
                "--lr", str(setting.lr), "--save-every", steps, "--seed", str(seed))
-        evaluate_held_out(variant, "--adapter", os.path.join(path(variant), f"step-{steps}"))
+        adapter = os.path.join(path(variant), f"step-{steps}")
+        evaluate_held_out(variant, "--adapter", adapter)
     return [row(variant, path(variant), evaluation("base"), evaluation(variant))
             for variant in variants]
 
@@ -309,9 +311,10 @@ class Row(NamedTuple):
     """A variant's row of the table."""
     variant: str
     reward: Thirds
-    draft_answer_rate: Thirds | None   # rollouts giving the shown draft's answer (no-draft: None)
-    base: float            # held-out pass@1 (strict, greedy, Thinking: N/A) of the base model
-    trained: float         # of the trained adapter
+    # the rollouts giving the shown draft's answer; no-draft: None
+    draft_answer_rate: Thirds | None
+    base: float            # held-out pass@1 (strict, greedy, Thinking: N/A): base model
+    trained: float         # the trained adapter's
 
 
 def thirds(values):
@@ -331,7 +334,8 @@ def row(variant, run, base, trained):
         metrics = [json.loads(line) for line in f]
     rates = [m["draft_answer_rate"] for m in metrics]
     return Row(variant, thirds([m["reward"] for m in metrics]),
-               None if None in rates else thirds(rates), pass_at_1(base), pass_at_1(trained))
+               None if None in rates else thirds(rates),
+               pass_at_1(base), pass_at_1(trained))
 
 
 def table(table_rows, setting, held_out):
@@ -339,9 +343,10 @@ def table(table_rows, setting, held_out):
     pair = lambda t: "-" if t is None else f"{t.first:.2f} -> {t.last:.2f}"
     line = lambda *cells: "  {:<20}{:<16}{:<20}{}".format(*cells)
     return "\n".join([
-        f"What the runs show ({setting.steps} GRPO steps each, {setting.prompts} prompts x "
-        f"{setting.generations} rollouts a step, one pool, one seed;\nfirst -> last third of the "
-        f"steps; pass@1 on {held_out} held-out sums, greedy, Thinking: N/A):",
+        f"What the runs show ({setting.steps} GRPO steps each, {setting.prompts} "
+        f"prompts x {setting.generations} rollouts a step, one pool, one seed;\n"
+        f"first -> last third of the steps; pass@1 on {held_out} held-out sums, "
+        "greedy, Thinking: N/A):",
         line("variant", "reward", "draft_answer_rate", "pass@1"),
         *[line(r.variant, pair(r.reward), pair(r.draft_answer_rate),
                f"{r.base:.2f} base -> {r.trained:.2f} trained") for r in table_rows]])
@@ -352,10 +357,10 @@ def main(argv=None):
     args = Parser(prog="python -m extras.demo", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--seed", 0, "builds the toy learner, splits the sums, seeds the drafts and GRPO", SEED),
-        ("--out", "runs/demo", "folder for the model (cached), data, pool, runs and evaluations"),
+        ("--out", "runs/demo", "the model (cached), data, pool, runs, evaluations"),
     )
-    args.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS, metavar="V",
-                      help="the variants trained, in this order (default: all five)")
+    args.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS,
+                      metavar="V", help="the variants trained, in order (default: all)")
     args = args.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sys.exit(f"error: --out {args.out}: a file, not a folder")
@@ -372,17 +377,17 @@ def main(argv=None):
         curves = plot[-1]
     print("\n" + table(table_rows, SETTING, RECIPE["held_out"]))
     note = lambda label, text: print(f"  {label:<20}{text}")
-    note("draft_answer_rate", "rollouts giving the shown draft's answer (no-draft shows none; for")
-    note("", "matched-correct mostly the sum's own, so a sum worked out counts too)")
+    note("draft_answer_rate", "rollouts giving the shown draft's answer (none shown in")
+    note("", "no-draft; in matched-correct mostly the sum's own: working out counts too)")
     note("metrics", f"{os.path.join(out, 'VARIANT', 'metrics.jsonl')}, the evaluations "
          f"{os.path.join(out, 'eval-*.json')}")
     note("curves", curves)
     note("time", f"{time.time() - start:.0f} s")
-    print("A toy. It can set a draft whose answer the learner can copy for reward "
-          "(matched-correct)\nagainst drafts it cannot (the others); it cannot tell matched-wrong "
-          "from mismatched-wrong\n(a copy of either earns 0), nor give the paper's numbers "
-          "(+1.62 pp): those need the paper's\nmodels (Mathstral-7B, Qwen2.5-Math-1.5B's drafts, "
-          "MATH) and a GPU: see the README.")
+    print("A toy. It can set a draft whose answer the learner can copy for reward\n"
+          "(matched-correct) against drafts it cannot (the others); it cannot tell\n"
+          "matched-wrong from mismatched-wrong (a copy of either earns 0), nor give the\n"
+          "paper's numbers (+1.62 pp): those need the paper's models (Mathstral-7B,\n"
+          "Qwen2.5-Math-1.5B's drafts, MATH) and a GPU: see the README.")
 
 
 if __name__ == "__main__":

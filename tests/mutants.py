@@ -194,7 +194,7 @@ MUTANTS = [
            'rates = [m["gold_answer_rate"] for m in metrics]',
            "the draft_answer_rate column shows the gold answer's rate", ("test_demo.py",)),
     Mutant("demo-trained-is-base", "extras/demo.py",
-           'evaluate_held_out(variant, "--adapter", os.path.join(path(variant), f"step-{steps}"))',
+           'evaluate_held_out(variant, "--adapter", adapter)',
            "evaluate_held_out(variant)", "a variant's 'trained' evaluation runs the base model",
            ("test_demo.py",)),
     Mutant("demo-threads-kept", "extras/demo.py",

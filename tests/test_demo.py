@@ -1,5 +1,6 @@
-"""The README's first command (extras/demo.py): its toy task, the toy learner's build and cache,
-and its table, on a smaller setting (the whole demo, two minutes, does not run here)."""
+"""The README's first command (extras/demo.py): its toy task, the toy learner's build and
+cache, and its table on a smaller setting (the whole demo, minutes long, does not run
+here)."""
 import contextlib
 import io
 import json
@@ -20,7 +21,7 @@ from extras import demo
 from reward import reward
 
 SMALL = {**demo.RECIPE, "steps": 3, "batch": 4, "hidden": 32}   # the tokenizer in full
-# a toy learner that copies and adds a little (the demo's: 600 steps of 64), and a short pipeline
+# a toy learner that copies and adds a little (the demo's: 600 steps of 64); a short run
 TOY = {**demo.RECIPE, "steps": 200, "batch": 32}
 SHORT = demo.Setting(steps=6, prompts=2, generations=4, new_tokens=32, lr=3e-3, drafts=1,
                      problems=200)
@@ -127,7 +128,8 @@ def test_out_that_is_a_file_and_an_unknown_variant_are_one_line_errors(tmp_path)
     path.write_text("x")
     with pytest.raises(SystemExit, match="^error: --out .*a file, not a folder$"):
         demo.main(["--out", str(path)])
-    with pytest.raises(SystemExit, match="^error: argument --variants: invalid choice: 'mw'"):
+    unknown = "^error: argument --variants: invalid choice: 'mw'"
+    with pytest.raises(SystemExit, match=unknown):
         demo.main(["--variants", "mismatched-wrong", "mw"])
 
 
@@ -153,12 +155,13 @@ def metrics(run):
 
 
 def graded(evaluation):
-    """pass@1 of an evaluation from its records: a completion is right when its last \\boxed{}
-    holds a + b + c of its id toy-abc."""
+    """pass@1 of an evaluation from its records: a completion is right when its last
+    \\boxed{} holds a + b + c of its id toy-abc."""
     with open(evaluation + ".records.jsonl") as f:
         records = [json.loads(line) for line in f]
     boxes = lambda text: re.findall(r"\\boxed\{([^}]*)\}", text)
-    right = [boxes(r["completion"])[-1:] == [str(sum(map(int, r["id"][4:])))] for r in records]
+    gold = lambda r: str(sum(map(int, r["id"][4:])))                # toy-abc: a + b + c
+    right = [boxes(r["completion"])[-1:] == [gold(r)] for r in records]
     assert len(records) == demo.RECIPE["held_out"]
     return sum(right) / len(right)
 
@@ -170,7 +173,7 @@ def test_the_table_shows_what_the_runs_files_hold(short):
     lines = demo.table(short.table_rows, SHORT, TOY["held_out"]).splitlines()
     assert "6 GRPO steps each, 2 prompts x 4 rollouts a step" in lines[0]
     shown = [re.fullmatch(pattern, line) for line in lines[3:]]
-    assert [m.group(1) for m in shown] == VARIANTS                  # a row a variant, in order
+    assert [m.group(1) for m in shown] == VARIANTS      # a row a variant, in order
     base = f"{graded(os.path.join(out, 'eval-base.json')):.2f}"
     for m, variant in zip(shown, VARIANTS):
         steps = metrics(os.path.join(out, variant))
@@ -201,7 +204,8 @@ def test_a_printed_command_pasted_runs_the_same(short, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, *argv[1:]], env=env, check=True, capture_output=True)
     same = lambda steps: [{k: v for k, v in s.items() if k not in TIMES} for s in steps]
-    assert same(metrics(argv[at])) == same(metrics(os.path.join(short.out, "mismatched-wrong")))
+    demo_run = os.path.join(short.out, "mismatched-wrong")
+    assert same(metrics(argv[at])) == same(metrics(demo_run))
 
 
 def test_a_rerun_starts_afresh_and_gives_the_same_rows(short, tmp_path):
