@@ -1,37 +1,53 @@
-"""The README's first command: GRPO learning a toy task on a CPU, in a minute or two.
+"""The README's first command: the recipe's five variants trained with GRPO on a toy task,
+side by side, on a CPU, in two to three minutes.
 
   python -m extras.demo                            # everything under runs/demo/
+  python -m extras.demo --variants mismatched-wrong matched-correct    # two of them
   python -m extras.demo --seed 1 --out runs/demo-seed1
 
-A toy learner is built on the spot and cached in OUT/model: a Mistral-architecture model of 0.16M
-parameters and a BPE tokenizer, trained for some seconds on sums of three digits written in the
-paper's prompts. Then the three scripts run on it as you would run them, each command printed
-first: drafts.py generate (the toy writes its own drafts, at the draft model's prompt, where it was
-taught to slip), grpo.py --variant mismatched-wrong, and evaluate.py on 100 held-out sums (Thinking:
-N/A), for the base model and for the trained adapter.
+A toy learner is built on the spot and cached in OUT/model: a Mistral-architecture model
+of 0.16M parameters and a BPE tokenizer, trained for some seconds on sums of three
+digits written in the paper's prompts. Then the three scripts run on it, each command
+printed first: drafts.py generate once (the toy writes its own drafts, at the draft
+model's prompt, where it was taught to slip), evaluate.py once for the base model on 100
+held-out sums (Thinking: N/A), and for each variant, one after another, grpo.py
+--variant V (the same pool, seed and steps) and evaluate.py for its adapter. It ends
+with one table, a row a variant, and (with matplotlib installed) one figure, a line a
+variant. Each command runs in this process: its script's main() with the printed
+arguments, as pasting it would run it, but Python, torch and transformers start once,
+not twelve times (they took a quarter of the time).
 
-The toy learner leans on its thinking section: on sums of ten or more it was taught to copy the
-draft's boxed answer ("The thinking says \\boxed{13}.") 80 % of the time and to work the sum
-out 20 %; on smaller sums the other way round. A mismatched draft's answer belongs to another
-problem, so copying it earns 0 and working the sum out earns 1: GRPO moves the learner from the one
-to the other. At test time the draft slot says N/A, and a learner that still copies answers "N/A".
+The toy learner leans on its thinking section: on sums of ten or more it was taught to
+copy the draft's boxed answer ("The thinking says \\boxed{13}.") 80 % of the time and to
+work the sum out 20 %; on smaller sums the other way round. Where the copied answer is
+not the problem's own (a mismatched draft's, a wrong draft's, "N/A"), copying earns 0
+and working the sum out earns 1, and GRPO can move the learner from the one to the
+other; a matched correct draft's answer earns 1 copied or worked out alike. At test time
+the draft slot says N/A, and a learner that still copies answers "N/A".
 
-Every command runs on one CPU thread (OMP_NUM_THREADS=1, unless you set it): the toy's matrices are
-too small for a second thread to pay, and on a busy machine threads waiting on each other made runs
-several times slower.
+Every command runs on one CPU thread (OMP_NUM_THREADS=1, unless you set it): the toy's
+matrices are too small for a second thread to pay, and on a busy machine threads waiting
+on each other made runs several times slower.
 """
 import argparse
+import functools
 import importlib.util
 import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import time
+from typing import NamedTuple
 
-from drafts import DRAFT_MODEL_TEMPLATE, build_prompt
+import torch
+
+import drafts
+import evaluate
+import grpo
+from drafts import DRAFT_MODEL_TEMPLATE, VARIANTS, build_prompt
 from extras.cli import SEED, Parser
+from processes import run_main
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # How the toy learner is built. A cached model is used only if its stamp holds the same recipe and
@@ -44,8 +60,22 @@ RECIPE = {"version": 1,
           "vocab_size": 600, "hidden": 64, "layers": 2,
           "steps": 600, "batch": 64, "lr": 3e-3}
 STAMP = "demo.json"
-# the GRPO run: 8 prompts x 8 rollouts a step; the learning rate suits a 0.16M-parameter learner
-STEPS, PROMPTS, GENERATIONS, NEW_TOKENS, LR = 90, 8, 8, 32, 3e-4
+
+
+class Setting(NamedTuple):
+    """The pipeline's sizes, the same for every variant."""
+    steps: int             # GRPO steps
+    prompts: int           # prompts a step
+    generations: int       # rollouts a prompt
+    new_tokens: int        # the cap of every generation: drafts, rollouts, evaluations
+    lr: float              # GRPO's learning rate
+    drafts: int            # drafts a problem in the pool
+    problems: int          # training sums drafted for and trained on (of the 900)
+
+
+# 8 prompts x 8 rollouts a step; the learning rate suits a 0.16M-parameter learner
+SETTING = Setting(steps=90, prompts=8, generations=8, new_tokens=32, lr=3e-4, drafts=4,
+                  problems=900)
 
 
 # ----------------------------------------------------------------------------- the toy task
@@ -123,7 +153,6 @@ def build(folder, seed, recipe=RECIPE):
     """Train the toy learner from the seed and save it into folder: safetensors, tokenizer, and
     the stamp last, in a temporary folder renamed into place, so that a crash never leaves a
     half-written model under the name."""
-    import torch
     from transformers import MistralConfig, MistralForCausalLM
     train, _ = toy_problems(seed, recipe["held_out"])
     rng = random.Random(seed)
@@ -161,7 +190,6 @@ def build(folder, seed, recipe=RECIPE):
 
 def teacher_forcing(model, prompts, completions, recipe):
     """A batch of (prompt, completion + EOS) a step, the loss on the completions only."""
-    import torch
     steps, batch = recipe["steps"], recipe["batch"]
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["lr"], betas=(0.9, 0.98))
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, recipe["lr"], total_steps=steps,
@@ -221,86 +249,145 @@ def remove(*paths):
             os.remove(path)
 
 
+MAINS = {"drafts.py": drafts.main, "evaluate.py": evaluate.main, "grpo.py": grpo.main}
+
+
 def script(*argv):
-    """Run one of the project's scripts as a newcomer would, the command printed first."""
+    """Run one of the project's scripts as `python SCRIPT ARGS` would, the command
+    printed first: its main(ARGS) in this process, a bad input one line `error: ...`,
+    as the script's."""
     print("\n$ python " + " ".join(argv), flush=True)
-    start = time.time()
-    done = subprocess.run([sys.executable, *argv], env={"OMP_NUM_THREADS": "1", **os.environ})
-    if done.returncode:
-        sys.exit(f"error: `python {' '.join(argv[:2])} ...` failed (exit status {done.returncode})")
+    start, threads = time.time(), torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:   # else torch read it, as a script would
+        torch.set_num_threads(1)
+    try:
+        run_main(functools.partial(MAINS[argv[0]], list(argv[1:])))
+    finally:
+        torch.set_num_threads(threads)
     print(f"({time.time() - start:.0f} s)")
+
+
+def pipeline(out, seed, variants, setting=SETTING, recipe=RECIPE):
+    """The toy learner (cached), one pool of drafts, the base model's evaluation, then
+    a GRPO run and its evaluation for each variant, one after another: their rows of the
+    table."""
+    path = lambda name: os.path.join(out, name)
+    model, pool, held_out = path("model"), path("pool.jsonl"), path("heldout.jsonl")
+    evaluation = lambda name: path(f"eval-{name}.json")
+    os.makedirs(out, exist_ok=True)
+    learner(model, seed, recipe)
+    written = [evaluation(name) for name in ("base", *variants)]
+    remove(pool, *map(path, variants), *written, *[e + ".records.jsonl" for e in written])
+    train, tested = toy_problems(seed, recipe["held_out"])
+    write_jsonl(path("train.jsonl"), rows(train[:setting.problems]))
+    write_jsonl(held_out, rows(tested))
+    tokens, steps = str(setting.new_tokens), str(setting.steps)     # as flags
+    script("drafts.py", "generate", "--model", model, "--data", path("train.jsonl"),
+           "--out", pool, "--num-drafts", str(setting.drafts), "--max-new-tokens", tokens,
+           "--seed", str(seed))
+    evaluate_held_out = lambda name, *adapter: script(
+        "evaluate.py", "--model", model, *adapter, "--data", held_out,
+        "--max-new-tokens", tokens, "--output", evaluation(name))
+    evaluate_held_out("base")
+    for variant in variants:
+        script("grpo.py", "--model", model, "--variant", variant, "--drafts", pool,
+               "--output-dir", path(variant), "--max-steps", steps,
+               "--prompts-per-step", str(setting.prompts),
+               "--num-generations", str(setting.generations), "--max-new-tokens", tokens,
+               "--lr", str(setting.lr), "--save-every", steps, "--seed", str(seed))
+        adapter = os.path.join(path(variant), f"step-{steps}")
+        evaluate_held_out(variant, "--adapter", adapter)
+    return [row(variant, path(variant), evaluation("base"), evaluation(variant))
+            for variant in variants]
+
+
+# ----------------------------------------------------------------------------- the table
+class Thirds(NamedTuple):
+    first: float           # the mean over the first third of the steps
+    last: float            # over the last third
+
+
+class Row(NamedTuple):
+    """A variant's row of the table."""
+    variant: str
+    reward: Thirds
+    # the rollouts giving the shown draft's answer; no-draft: None
+    draft_answer_rate: Thirds | None
+    base: float            # held-out pass@1 (strict, greedy, Thinking: N/A): base model
+    trained: float         # the trained adapter's
 
 
 def thirds(values):
     """The means of the first and of the last third of values."""
     n = max(1, len(values) // 3)
-    return sum(values[:n]) / n, sum(values[-n:]) / n
+    return Thirds(sum(values[:n]) / n, sum(values[-n:]) / n)
 
 
-def report(run, base, trained, curves):
-    """What the run shows: the reward and the copying, early and late, and the evaluations."""
+def pass_at_1(path):
+    with open(path) as f:
+        return json.load(f)["strict"]["pass@1"]
+
+
+def row(variant, run, base, trained):
+    """A variant's row: its run's metrics.jsonl, and the two evaluations' summaries."""
     with open(os.path.join(run, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
-    rewards = [m["reward"] for m in metrics]
-    window = max(1, len(rewards) // 6)
-    means = [rewards[i:i + window] for i in range(0, len(rewards), window)]
-    line = lambda label, text: print(f"  {label:<32}{text}")
-    print(f"\nWhat this run shows ({len(metrics)} GRPO steps, {PROMPTS} prompts x {GENERATIONS} "
-          "rollouts each):")
-    line(f"reward, {window}-step means", " ".join(f"{sum(m) / len(m):.2f}" for m in means))
-    line("reward, first -> last third", "{:.2f} -> {:.2f}".format(*thirds(rewards)))
-    line("draft_answer_rate, the same", "{:.2f} -> {:.2f}  (rollouts giving the shown draft's "
-         "answer)".format(*thirds([m["draft_answer_rate"] for m in metrics])))
-    line(f"pass@1, {trained['num_problems']} held-out sums",
-         f"{base['strict']['pass@1']:.2f} base -> {trained['strict']['pass@1']:.2f} trained  "
-         "(greedy, Thinking: N/A)")
-    line("metrics", f"{run}/metrics.jsonl")
-    line("curves", curves)
-    print("A toy: GRPO removes a shortcut that the toy learner was built with. The paper's figures "
-          "need\nthe paper's models (Mathstral-7B, Qwen2.5-Math-1.5B's drafts, MATH) and a GPU: "
-          "see the README.")
+    rates = [m["draft_answer_rate"] for m in metrics]
+    return Row(variant, thirds([m["reward"] for m in metrics]),
+               None if None in rates else thirds(rates),
+               pass_at_1(base), pass_at_1(trained))
 
 
+def table(table_rows, setting, held_out):
+    """The table that ends the demo, a row a variant."""
+    pair = lambda t: "-" if t is None else f"{t.first:.2f} -> {t.last:.2f}"
+    line = lambda *cells: "  {:<20}{:<16}{:<20}{}".format(*cells)
+    return "\n".join([
+        f"What the runs show ({setting.steps} GRPO steps each, {setting.prompts} "
+        f"prompts x {setting.generations} rollouts a step, one pool, one seed;\n"
+        f"first -> last third of the steps; pass@1 on {held_out} held-out sums, "
+        "greedy, Thinking: N/A):",
+        line("variant", "reward", "draft_answer_rate", "pass@1"),
+        *[line(r.variant, pair(r.reward), pair(r.draft_answer_rate),
+               f"{r.base:.2f} base -> {r.trained:.2f} trained") for r in table_rows]])
+
+
+# ----------------------------------------------------------------------------- the command
 def main(argv=None):
     args = Parser(prog="python -m extras.demo", description=__doc__,
                   formatter_class=argparse.RawDescriptionHelpFormatter).flags(
         ("--seed", 0, "builds the toy learner, splits the sums, seeds the drafts and GRPO", SEED),
-        ("--out", "runs/demo", "folder for the model (cached), data, pool, run and evaluations"),
-    ).parse_args(argv)
+        ("--out", "runs/demo", "the model (cached), data, pool, runs, evaluations"),
+    )
+    args.add_argument("--variants", nargs="+", choices=VARIANTS, default=VARIANTS,
+                      metavar="V", help="the variants trained, in order (default: all)")
+    args = args.parse_args(argv)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         sys.exit(f"error: --out {args.out}: a file, not a folder")
-    out = os.path.relpath(args.out, ROOT)
+    start, out = time.time(), os.path.relpath(args.out, ROOT)
+    variants = list(dict.fromkeys(args.variants))  # each once
     os.chdir(ROOT)                                 # the scripts' paths: from the repository's root
-    path = lambda name: os.path.join(out, name)
-    run, seed = path("mismatched-wrong"), str(args.seed)
-    os.makedirs(out, exist_ok=True)
-    learner(path("model"), args.seed)
-    remove(path("pool.jsonl"), run, *[path(f"eval-{name}.json{records}") for name in
-                                      ("base", "trained") for records in ("", ".records.jsonl")])
-    train, held_out = toy_problems(args.seed)
-    write_jsonl(path("train.jsonl"), rows(train))
-    write_jsonl(path("heldout.jsonl"), rows(held_out))
-    script("drafts.py", "generate", "--model", path("model"), "--data", path("train.jsonl"),
-           "--out", path("pool.jsonl"), "--num-drafts", "4", "--max-new-tokens", str(NEW_TOKENS),
-           "--seed", seed)
-    script("grpo.py", "--model", path("model"), "--variant", "mismatched-wrong",
-           "--drafts", path("pool.jsonl"), "--output-dir", run, "--max-steps", str(STEPS),
-           "--prompts-per-step", str(PROMPTS), "--num-generations", str(GENERATIONS),
-           "--max-new-tokens", str(NEW_TOKENS), "--lr", str(LR), "--save-every", str(STEPS),
-           "--seed", seed)
-    results = {}
-    for name, adapter in (("base", []), ("trained", ["--adapter", f"{run}/step-{STEPS}"])):
-        script("evaluate.py", "--model", path("model"), *adapter, "--data", path("heldout.jsonl"),
-               "--max-new-tokens", str(NEW_TOKENS), "--output", path(f"eval-{name}.json"))
-        with open(path(f"eval-{name}.json")) as f:
-            results[name] = json.load(f)
-    plot = ["evaluate.py", "plot", "--metrics", run, "--smooth", "5", "--output",
-            path("curves.png")]
+    table_rows = pipeline(out, args.seed, variants)
+    runs = [os.path.join(out, variant) for variant in variants]
+    plot = ["evaluate.py", "plot", "--metrics", *runs, "--smooth", "5",
+            "--output", os.path.join(out, "curves.png")]
     curves = f"`pip install matplotlib`, then `python {' '.join(plot)}`"
     if importlib.util.find_spec("matplotlib"):     # not in requirements.txt: drawn if installed
         script(*plot)
-        curves = path("curves.png")
-    report(run, results["base"], results["trained"], curves)
+        curves = plot[-1]
+    print("\n" + table(table_rows, SETTING, RECIPE["held_out"]))
+    note = lambda label, text: print(f"  {label:<20}{text}")
+    note("draft_answer_rate", "rollouts giving the shown draft's answer (none shown in")
+    note("", "no-draft; in matched-correct mostly the sum's own: working out counts too)")
+    note("metrics", f"{os.path.join(out, 'VARIANT', 'metrics.jsonl')}, the evaluations "
+         f"{os.path.join(out, 'eval-*.json')}")
+    note("curves", curves)
+    note("time", f"{time.time() - start:.0f} s")
+    print("A toy. It can set a draft whose answer the learner can copy for reward\n"
+          "(matched-correct) against drafts it cannot (the others); it cannot tell\n"
+          "matched-wrong from mismatched-wrong (a copy of either earns 0), nor give the\n"
+          "paper's numbers (+1.62 pp): those need the paper's models (Mathstral-7B,\n"
+          "Qwen2.5-Math-1.5B's drafts, MATH) and a GPU: see the README.")
 
 
 if __name__ == "__main__":

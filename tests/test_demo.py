@@ -1,9 +1,17 @@
-"""The README's first command (extras/demo.py): its toy task, and the toy learner's build and cache.
-The whole demo (about a minute) does not run here."""
+"""The README's first command (extras/demo.py): its toy task, the toy learner's build and
+cache, and its table on a smaller setting (the whole demo, minutes long, does not run
+here)."""
+import contextlib
+import io
 import json
 import os
 import random
+import re
+import shlex
 import shutil
+import subprocess
+import sys
+from typing import NamedTuple
 
 import pytest
 from safetensors.torch import load_file
@@ -13,6 +21,12 @@ from extras import demo
 from reward import reward
 
 SMALL = {**demo.RECIPE, "steps": 3, "batch": 4, "hidden": 32}   # the tokenizer in full
+# a toy learner that copies and adds a little (the demo's: 600 steps of 64); a short run
+TOY = {**demo.RECIPE, "steps": 200, "batch": 32}
+SHORT = demo.Setting(steps=6, prompts=2, generations=4, new_tokens=32, lr=3e-3, drafts=1,
+                     problems=200)
+VARIANTS = ["no-draft", "mismatched-wrong", "matched-correct"]
+TIMES = ("rollout_time", "update_time", "step_time")
 
 
 def test_held_out_sums_are_disjoint_from_everything_the_learner_is_taught():
@@ -109,8 +123,95 @@ def test_the_scripts_load_the_toy_learner_and_it_copies_n_a_as_it_copies_numbers
     assert tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"]) == text
 
 
-def test_out_that_is_a_file_is_one_line_error(tmp_path):
+def test_out_that_is_a_file_and_an_unknown_variant_are_one_line_errors(tmp_path):
     path = tmp_path / "file"
     path.write_text("x")
     with pytest.raises(SystemExit, match="^error: --out .*a file, not a folder$"):
         demo.main(["--out", str(path)])
+    unknown = "^error: argument --variants: invalid choice: 'mw'"
+    with pytest.raises(SystemExit, match=unknown):
+        demo.main(["--variants", "mismatched-wrong", "mw"])
+
+
+class Short(NamedTuple):
+    out: str               # the demo's folder
+    table_rows: list       # what pipeline() returned
+    printed: str           # what it printed
+
+
+@pytest.fixture(scope="module")
+def short(tmp_path_factory):
+    """The demo's pipeline on the small toy and the short setting."""
+    out = str(tmp_path_factory.mktemp("demo"))
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        table_rows = demo.pipeline(out, 0, VARIANTS, SHORT, TOY)
+    return Short(out, table_rows, printed.getvalue())
+
+
+def metrics(run):
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def graded(evaluation):
+    """pass@1 of an evaluation from its records: a completion is right when its last
+    \\boxed{} holds a + b + c of its id toy-abc."""
+    with open(evaluation + ".records.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    boxes = lambda text: re.findall(r"\\boxed\{([^}]*)\}", text)
+    gold = lambda r: str(sum(map(int, r["id"][4:])))                # toy-abc: a + b + c
+    right = [boxes(r["completion"])[-1:] == [gold(r)] for r in records]
+    assert len(records) == demo.RECIPE["held_out"]
+    return sum(right) / len(right)
+
+
+def test_the_table_shows_what_the_runs_files_hold(short):
+    out = short.out
+    cell = r"(\d\.\d\d) -> (\d\.\d\d)"
+    pattern = rf"  (\S+) +{cell} +(?:{cell}|-) +(\d\.\d\d) base -> (\d\.\d\d) trained"
+    lines = demo.table(short.table_rows, SHORT, TOY["held_out"]).splitlines()
+    assert "6 GRPO steps each, 2 prompts x 4 rollouts a step" in lines[0]
+    shown = [re.fullmatch(pattern, line) for line in lines[3:]]
+    assert [m.group(1) for m in shown] == VARIANTS      # a row a variant, in order
+    base = f"{graded(os.path.join(out, 'eval-base.json')):.2f}"
+    for m, variant in zip(shown, VARIANTS):
+        steps = metrics(os.path.join(out, variant))
+        assert [s["step"] for s in steps] == [1, 2, 3, 4, 5, 6]
+        # thirds of 6 steps: steps 1-2 and 5-6
+        ends = lambda key: [f"{(steps[0][key] + steps[1][key]) / 2:.2f}",
+                            f"{(steps[4][key] + steps[5][key]) / 2:.2f}"]
+        assert list(m.group(2, 3)) == ends("reward")
+        if variant == "no-draft":                                   # no draft, no rate
+            assert m.group(4) is None and steps[0]["draft_answer_rate"] is None
+        else:
+            assert list(m.group(4, 5)) == ends("draft_answer_rate")
+        trained = os.path.join(out, f"eval-{variant}.json")
+        assert m.group(6, 7) == (base, f"{graded(trained):.2f}")
+        with open(trained) as f:
+            assert json.load(f)["adapter"] == os.path.join(out, variant, "step-6")
+    # not a table of zeros: the small toy copies drafts, and some runs get sums right
+    assert any(float(x) > 0 for m in shown for x in m.group(4, 5) if x)
+    assert any(float(x) > 0 for m in shown for x in m.group(2, 3, 7))
+
+
+def test_a_printed_command_pasted_runs_the_same(short, tmp_path):
+    command = next(line for line in short.printed.splitlines()
+                   if line.startswith("$ python grpo.py") and "mismatched-wrong" in line)
+    argv = shlex.split(command[2:])
+    at = argv.index("--output-dir") + 1
+    argv[at] = str(tmp_path / "pasted")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, *argv[1:]], env=env, check=True, capture_output=True)
+    same = lambda steps: [{k: v for k, v in s.items() if k not in TIMES} for s in steps]
+    demo_run = os.path.join(short.out, "mismatched-wrong")
+    assert same(metrics(argv[at])) == same(metrics(demo_run))
+
+
+def test_a_rerun_starts_afresh_and_gives_the_same_rows(short, tmp_path):
+    again = str(tmp_path / "again")
+    shutil.copytree(short.out, again)       # its model cached, the last run's files there
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert demo.pipeline(again, 0, VARIANTS[1:], SHORT, TOY) == short.table_rows[1:]
+    assert "(cached)" in printed.getvalue()
