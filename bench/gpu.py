@@ -591,7 +591,7 @@ def run_gpu(args, folder):
         model, prompts, G, L, windows, device, bandwidth, read), decode_line, needs_model)
 
     # 4. CUDA graphs against eager decoding (the dry run: less)
-    less = {} if big else dict(rows=8, steps=40, prompt_tokens=(20, 90))
+    less = {} if big else dict(rows=8, steps=64, prompt_tokens=(20, 90))  # rows leave mid-way
     section(report, "graphs_vs_eager",
             lambda: gpu_graphs_vs_eager(model, rand, device, **less), graphs_line,
             needs_model)

@@ -18,7 +18,7 @@ def test_cost_prices_a_metrics_step_by_hand(tmp_path):
     100-token prompts, every group's rewards equal (no update): 64 decode steps of the 64 rows (4
     prompts padded to 128 tokens, own K/V read to width 128), then, compacted to 1 prompt x 1
     row, 4,032 steps of the capped row alone, its width growing by 128 every 128 steps. Each step
-    reads every weight but the embedding's, the prompts' and its own K/V, 24 bytes a score and
+    reads every weight but the embedding's, the prompts' and its own K/V, 16 bytes a score and
     318 a logit, at 80 % of an H100's 3.35 TB/s, plus 2 µs for each of its kernels (bench.py
     ops), and each look costs 0.3 ms (its FLOPs at half of 989 TFLOP/s take less)."""
     path = tmp_path / "metrics.jsonl"
@@ -37,7 +37,7 @@ def test_cost_prices_a_metrics_step_by_hand(tmp_path):
 
     def step(rows, prompts, width):
         reads = (read + prompts * 128 * kv_token + rows * width * kv_token
-                 + rows * 32 * layers * (128 + width) * 24 + rows * vocab * 318)
+                 + rows * 32 * layers * (128 + width) * 16 + rows * vocab * 318)
         return reads / (0.8 * 3.35e12) + kernels * 2e-6
     tail = [16 * step(1, 1, min(4096, 128 * (t // 128 + 1))) for t in range(64, 4096, 16)]
     decode = 64 * step(64, 4, 128) + sum(tail) + 4096 // 16 * 3e-4

@@ -171,10 +171,10 @@ SLOW = WRAPPER.replace("import sys\n", "import sys, time\n").replace(
 
 
 def slurm_job(tmp_path, launch):
-    """The README's Slurm script as task 1 of its array (no-draft, seed 1) in tmp_path, with
+    """docs/scaling.md's Slurm script as task 1 of its array (no-draft, seed 1) in tmp_path, with
     `launch` in place of `python grpo.py` and a stub `scontrol` that logs its arguments; started in
     a session of its own."""
-    readme = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    readme = open(os.path.join(ROOT, "docs", "scaling.md"), encoding="utf-8").read()
     start = readme.index("#!/bin/bash\n#SBATCH")
     script = readme[start:readme.index("```", start)]
     assert script.count("python grpo.py ") == 1
@@ -197,7 +197,7 @@ def children(pid):
 
 def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(tmp_path,
                                                                                monkeypatch):
-    """The README's Slurm script, three times over one run (save-every 1), each time signalled two
+    """The Slurm script of docs/scaling.md, three times over one run (save-every 1), each time signalled two
     steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
     script, torchrun and its workers at once; under torchrun, SIGTERM to the workers alone
     (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the script alone, which
