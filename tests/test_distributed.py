@@ -197,8 +197,8 @@ def children(pid):
 
 def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(tmp_path,
                                                                                monkeypatch):
-    """The Slurm script of docs/scaling.md, three times over one run (save-every 1), each time signalled two
-    steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
+    """The Slurm script of docs/scaling.md, three times over one run (save-every 1), each time
+    signalled two steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
     script, torchrun and its workers at once; under torchrun, SIGTERM to the workers alone
     (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the script alone, which
     passes it on as SIGTERM (SIGTERM to one process alone: tests/test_bad_input.py). Each time
