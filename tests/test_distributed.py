@@ -35,8 +35,8 @@ GRPO_ARGS = ["--model", "tiny", "--variant", "no-draft", "--exclude", "", "--pro
 
 
 def torchrun(script, *args, n=2, env=None):
-    """Run `script args` under torchrun with n CPU processes; returns the completed process (output
-    captured)."""
+    """Run `script args` under torchrun with n CPU processes; returns the completed process
+    (output captured)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "",
            **(env or {})}
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
@@ -70,9 +70,10 @@ def assert_same_run(a, b, step):
 
 def test_grpo_two_processes_resume_a_one_process_run_and_end_where_one_process_ends(
         tmp_path, monkeypatch):
-    """B x G = 3 x 2 rollouts: process 0 holds group 0 and half of group 1. Step 1 on one process,
-    then --resume on two for steps 2-3 (each process loads the checkpoint, samples its share,
-    and the gradients are summed) ends with one process's metrics and adapter (max abs <= 1e-5)."""
+    """B x G = 3 x 2 rollouts: process 0 holds group 0 and half of group 1. Step 1 on one
+    process, then --resume on two for steps 2-3 (each process loads the checkpoint, samples its
+    share, and the gradients are summed) ends with one process's metrics and adapter (max abs <=
+    1e-5)."""
     monkeypatch.setattr(grpo, "reward", lambda text, gold, strict=False: float(len(text) % 2))
     grpo.main([*GRPO_ARGS, "--max-steps", "3", "--output-dir", str(tmp_path / "one")])
     # the steps that two processes take do learn
@@ -82,16 +83,17 @@ def test_grpo_two_processes_resume_a_one_process_run_and_end_where_one_process_e
                        "--output-dir", tmp_path / "switch", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_run(tmp_path / "one", tmp_path / "switch", 3)
-    # the adapter really moved, so the 1e-5 above is a comparison, not two untouched zero matrices
+    # the adapter really moved, so the 1e-5 above is a comparison, not two untouched zero
+    # matrices
     moved = load_file(str(tmp_path / "one" / "step-3" / "adapter_model.safetensors"))
     assert max(v.abs().max().item() for k, v in moved.items() if "lora_B" in k) > 1e-4
 
 
 def test_evaluate_and_drafts_on_two_processes_write_what_one_process_writes(tmp_path):
-    """One launch runs drafts.py generate, then evaluate.py (a script calling both mains, as their
-    own entry points do): the same pool, byte for byte and in the same order; the same evaluation
-    records and summary. Chunks of 2 and of 1 problem(s), 3 of each: a round with an idle
-    process."""
+    """One launch runs drafts.py generate, then evaluate.py (a script calling both mains, as
+    their own entry points do): the same pool, byte for byte and in the same order; the same
+    evaluation records and summary. Chunks of 2 and of 1 problem(s), 3 of each: a round with an
+    idle process."""
     pool = ["generate", "--model", "tiny", "--limit", "5", "--num-drafts", "2",
             "--max-new-tokens", "8", "--batch-size", "4"]
     scores = ["--model", "tiny", "--data", "data/aime2025.jsonl", "--limit", "3", "--samples", "4",
@@ -148,9 +150,9 @@ def test_run_main_tears_nccl_down_and_skips_only_gloos_teardown(monkeypatch):
 
 
 def test_bad_setups_stop_before_a_model_loads(tmp_path, monkeypatch, capsys):
-    """Processes started with different flags (rank 0's are the run's): every process stops, none
-    waits for the others in vain (a real launch). More processes than rollouts: a check of the
-    flags and the world size alone, the same on every process (here as process 0 of 2)."""
+    """Processes started with different flags (rank 0's are the run's): every process stops,
+    none waits for the others in vain (a real launch). More processes than rollouts: a check of
+    the flags and the world size alone, the same on every process (here as process 0 of 2)."""
     script = tmp_path / "differ.py"
     script.write_text(f"import os, sys\nsys.path.insert(0, {ROOT!r})\nimport grpo\n"
                       "grpo.main(sys.argv[1:] + "
@@ -171,9 +173,9 @@ SLOW = WRAPPER.replace("import sys\n", "import sys, time\n").replace(
 
 
 def slurm_job(tmp_path, launch):
-    """docs/scaling.md's Slurm script as task 1 of its array (no-draft, seed 1) in tmp_path, with
-    `launch` in place of `python grpo.py` and a stub `scontrol` that logs its arguments; started in
-    a session of its own."""
+    """docs/scaling.md's Slurm script as task 1 of its array (no-draft, seed 1) in tmp_path,
+    with `launch` in place of `python grpo.py` and a stub `scontrol` that logs its arguments;
+    started in a session of its own."""
     readme = open(os.path.join(ROOT, "docs", "scaling.md"), encoding="utf-8").read()
     start = readme.index("#!/bin/bash\n#SBATCH")
     script = readme[start:readme.index("```", start)]
@@ -198,12 +200,13 @@ def children(pid):
 def test_a_preempted_job_is_requeued_by_the_readmes_script_and_resumes_exactly(tmp_path,
                                                                                monkeypatch):
     """The Slurm script of docs/scaling.md, three times over one run (save-every 1), each time
-    signalled two steps after it started: under torchrun (2 processes), SIGTERM as Slurm delivers it, to the
-    script, torchrun and its workers at once; under torchrun, SIGTERM to the workers alone
-    (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the script alone, which
-    passes it on as SIGTERM (SIGTERM to one process alone: tests/test_bad_input.py). Each time
-    the script requeues the job, and the run's `stopped` file says why; then --resume, on one
-    process, logs each step once and ends where an uninterrupted run ends."""
+    signalled two steps after it started: under torchrun (2 processes), SIGTERM as Slurm
+    delivers it, to the script, torchrun and its workers at once; under torchrun, SIGTERM to the
+    workers alone (torchrun then exits 1); on one process, the time limit's SIGUSR1 to the
+    script alone, which passes it on as SIGTERM (SIGTERM to one process alone:
+    tests/test_bad_input.py). Each time the script requeues the job, and the run's `stopped`
+    file says why; then --resume, on one process, logs each step once and ends where an
+    uninterrupted run ends."""
     monkeypatch.setattr(grpo, "reward", lambda text, gold, strict=False: float(len(text) % 2))
     flags = [*GRPO_ARGS, "--max-steps", "12"]
     grpo.main([*flags, "--output-dir", str(tmp_path / "whole")])
