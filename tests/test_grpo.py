@@ -527,3 +527,28 @@ def test_every_step_logs_the_samplers_entropy_and_in_fp32_no_gap(tmp_path):
         assert m["logp_diff_mean"] < 1e-3 and m["logp_diff_max"] < 1e-2
         assert 1 - 1e-3 < m["ratio_min"] <= m["ratio_mean"] <= m["ratio_max"] < 1 + 1e-2
     assert all(m["logp_diff_mean"] is None and m["ratio_max"] is None for m in metrics[2:])
+
+
+def test_deterministic_sets_every_switch_and_a_run_goes_through(tmp_path, monkeypatch):
+    """--deterministic: deterministic algorithms on (an op without a deterministic kernel would
+    be an error), cuBLAS's fixed workspace in the environment before CUDA starts, SDPA's
+    memory-efficient kernel (non-deterministic in backward) off; a run under them completes. A
+    run without the flag changes none of them."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    monkeypatch.setattr(grpo, "reward", scripted_rewards())
+    common = ["--model", "tiny", "--variant", "no-draft", "--data",
+              "tests/data/tiny_problems.jsonl", "--exclude", "", "--prompts-per-step", "2",
+              "--num-generations", "3", "--max-new-tokens", "4", "--max-steps", "1"]
+    try:
+        grpo.main([*common, "--output-dir", str(tmp_path / "plain")])
+        assert not torch.are_deterministic_algorithms_enabled()
+        assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+        assert torch.backends.cuda.mem_efficient_sdp_enabled()
+        grpo.main([*common, "--output-dir", str(tmp_path / "det"), "--deterministic"])
+        assert torch.are_deterministic_algorithms_enabled()
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+        assert not torch.backends.cuda.mem_efficient_sdp_enabled()
+        assert len(open(tmp_path / "det" / "metrics.jsonl").readlines()) == 1
+    finally:
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cuda.enable_mem_efficient_sdp(True)
