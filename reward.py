@@ -117,11 +117,11 @@ def normalize(answer):
     # words in \text{} next to a number are units ("5.4 \text{ cents}", "864 \mbox{ inches}^2");
     # alone, an answer
     has_number = bool(re.search(r"\d", _TEXT_CMD.sub("", s)))
-    s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m.group(1))
-                      else m.group(1) + (m.group(2) or ""), s)
+    s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m[1])
+                      else m[1] + (m[2] or ""), s)
     s = re.sub(r"(?<=[\d}])\s*" + _UNITS + r"\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+",
-               lambda m: m.group(1) + " " if m.group(1) else "", s)  # \cos x
+               lambda m: m[1] + " " if m[1] else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
         s = s.replace(",", "")
@@ -165,14 +165,9 @@ _KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "
 
 
 def _tokens(s):
-    out, pos, end = [], 0, len(s.rstrip())
-    while pos < end:
-        m = _TOKEN.match(s, pos)
-        if not m:
-            return None
-        out.append(m.group(1))
-        pos = m.end()
-    return out
+    """s's tokens, or None if a character is none of them (findall skipped it)."""
+    out = _TOKEN.findall(s)
+    return out if "".join(out) == re.sub(r"\s", "", s) else None
 
 
 def _variables(tokens):
@@ -198,6 +193,13 @@ def _root(x, n):
         if num is not None and den is not None:
             return Fraction(num, den)
     return float(x) ** (1.0 / n)
+
+
+def _whole(x, low, high):
+    """x as an int, if it is a whole number in [low, high] (a factorial's, a root's index)."""
+    if not (isinstance(x, Fraction) and x.denominator == 1 and low <= x <= high):
+        raise _Unevaluable(f"not a whole number in [{low}, {high}]")
+    return int(x)
 
 
 def _power(a, b):
@@ -254,11 +256,8 @@ class _Parser:
                 v = v * self.unary()
             elif tok in ("/", "\\div"):
                 self.take()
-                d = self.unary()
-                if d == 0:
-                    raise _Unevaluable("division by zero")
-                v = v / d
-            elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{", ".") or
+                v = v / self.unary()    # by zero: ZeroDivisionError, as _Unevaluable
+            elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{") or
                                       (tok.startswith("\\") and tok not in ("\\pm", "\\mp", "\\}",
                                               "\\|"))):
                 v = v * self.power()  # implicit product: 2\sqrt3, 3xy
@@ -278,19 +277,15 @@ class _Parser:
         return v
 
     def exponent(self):
-        if self.peek() == "{":
-            return self.atom()
         if self.peek() in ("-", "+"):
             return -self.exponent() if self.take() == "-" else self.exponent()
-        return self.single()
+        return self.arg()
 
     def postfix(self):
         v = self.atom()
         while self.peek() == "!":
             self.take()
-            if not (isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 300):
-                raise _Unevaluable("factorial")
-            v = Fraction(math.factorial(int(v)))
+            v = Fraction(math.factorial(_whole(v, 0, 300)))
         return v
 
     def single(self):
@@ -313,26 +308,17 @@ class _Parser:
             self.take({"(": ")", "[": "]", "{": "}"}[tok])
             return v
         if tok == "\\frac":
-            num, den = self.arg(), self.arg()
-            if den == 0:
-                raise _Unevaluable("division by zero")
-            return num / den
+            return self.arg() / self.arg()     # left to right: numerator, denominator
         if tok == "\\sqrt":
             n = 2
             if self.peek() == "[":
                 self.take()
-                n = self.expr()
+                n = _whole(self.expr(), 2, 64)
                 self.take("]")
-                if not (isinstance(n, Fraction) and n.denominator == 1 and 2 <= n <= 64):
-                    raise _Unevaluable("root index")
-                n = int(n)
             return _root(self.arg(), n)
         if tok == "\\binom":
-            n, k = self.arg(), self.arg()
-            whole = lambda x: isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 1000
-            if not (whole(n) and whole(k)):
-                raise _Unevaluable("binomial")
-            return Fraction(math.comb(int(n), int(k)))
+            n = _whole(self.arg(), 0, 1000)
+            return Fraction(math.comb(n, _whole(self.arg(), 0, 1000)))
         if tok == "\\pi":
             return math.pi
         if tok == "\\infty":
@@ -366,9 +352,7 @@ def _close(a, b):
     if exact and exact[0].denominator > 1000:
         return False
     a, b = float(a), float(b)                 # OverflowError: caught by the caller
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)     # an infinity: only itself
 
 
 def _points(names, count=4):
@@ -443,17 +427,21 @@ def _expand_pm(items):
     """1 \\pm \\sqrt2 -> 1+\\sqrt2, 1-\\sqrt2; more than 4 signs (2^k expansions) are left alone."""
     if sum(x.count("\\pm") + x.count("\\mp") for x in items) > 4:
         return items
-    while any("\\pm" in x or "\\mp" in x for x in items):
-        plus = lambda x: x.replace("\\pm", "+", 1).replace("\\mp", "-", 1)
-        minus = lambda x: x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)
-        items = [y for x in items
-                 for y in ((plus(x), minus(x)) if "\\pm" in x or "\\mp" in x else (x,))]
-    return items
+    return [y for x in items for y in _signs(x)]
+
+
+def _signs(x):
+    """x with its first \\pm as + then as - (the first \\mp the other way), each expanded on."""
+    if "\\pm" not in x and "\\mp" not in x:
+        return [x]
+    plus = x.replace("\\pm", "+", 1).replace("\\mp", "-", 1)
+    minus = x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)
+    return _signs(plus) + _signs(minus)
 
 
 def _strip_var(x):
     m = re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\w|\(\w\))?=([^=]+)", x)     # x=5, x_1=5, f(x)=5
-    return m.group(1) if m else x
+    return m[1] if m else x
 
 
 def _match_unordered(xs, ys, eq):
@@ -471,38 +459,36 @@ def _equiv(p, g, depth=0):
         return True
     if depth > 4:
         return False
+    eq = lambda a, b: _equiv(a, b, depth + 1)               # parts compared one level down
     choice = re.fullmatch(r"\(?([A-Ea-e])\)?", g)
     if choice:
         pc = re.fullmatch(r"\(?([A-Ea-e])\)?|\(([A-Ea-e])\).*", p)
-        return bool(pc) and (pc.group(1) or pc.group(2)).upper() == choice.group(1).upper()
+        return bool(pc) and (pc[1] or pc[2]).upper() == choice[1].upper()
     words = [not re.search(r"[\d\\^_=+*/(){}\[\],-]", x) for x in (p, g)]
     if any(words):  # a word answer (Evelyn, even, east) equals only a word answer
         return all(words) and re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
+    wp, wg = _wrapper(p), _wrapper(g)
     mats = [re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", x) for x in (p, g)]
     if any(mats):  # matrices entry by entry; a column vector may be written as a tuple
         rows = [[r.split("&") for r in m[1].split("\\\\") if r] if m else None for m in mats]
-        flat = [[c for r in rs for c in r] if rs else _split_top(_wrapper(x)[2]) if _wrapper(x)
-                else None for rs, x in zip(rows, (p, g))]
-        return None not in flat and len(flat[0]) == len(flat[1]) and (None in rows or [len(r)
-                for r in rows[0]] == [
-            len(r) for r in rows[1]]) and all(_equiv(a, b, depth + 1) for a, b in zip(*flat))
+        if None not in rows and list(map(len, rows[0])) != list(map(len, rows[1])):
+            return False                                    # two matrices of other shapes
+        flat = [[c for row in r for c in row] if r else _split_top(w[2]) if w else None
+                for r, w in zip(rows, (wp, wg))]           # entries, row by row
+        return None not in flat and len(flat[0]) == len(flat[1]) and all(map(eq, *flat))
     up, ug = _split_top(p, ("\\cup",)), _split_top(g, ("\\cup",))
     if len(ug) > 1 or len(up) > 1:
-        return _match_unordered(up, ug, lambda a, b: _equiv(a, b, depth + 1))
-    wp, wg = _wrapper(p), _wrapper(g)
-    ip = _split_top(wp[2]) if wp else _split_top(p)
-    ig = _split_top(wg[2]) if wg else _split_top(g)
+        return _match_unordered(up, ug, eq)
+    ip, ig = _split_top(wp[2] if wp else p), _split_top(wg[2] if wg else g)
     if len(ig) > 1 or len(ip) > 1:
-        ip, ig = _expand_pm([_strip_var(x) for x in ip]), _expand_pm([_strip_var(x) for x in ig])
-        ordered = bool(wg) and wg[0] in "(["  # tuples and intervals keep order
-        if ordered and (wp[:2] if wp else ("(", ")")) != wg[:2]:
-            return False  # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
-        eq = lambda a, b: _equiv(a, b, depth + 1)
-        if ordered:
-            return len(ip) == len(ig) and all(eq(a, b) for a, b in zip(ip, ig))
+        ip, ig = _expand_pm(list(map(_strip_var, ip))), _expand_pm(list(map(_strip_var, ig)))
+        if wg and wg[0] in "([":  # tuples and intervals keep order
+            # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
+            brackets = wp[:2] if wp else ("(", ")")
+            return brackets == wg[:2] and len(ip) == len(ig) and all(map(eq, ip, ig))
         return _match_unordered(ip, ig, eq)
     if "\\pm" in g or "\\pm" in p:
-        return _equiv(",".join(_expand_pm([p])), ",".join(_expand_pm([g])), depth + 1)
+        return eq(",".join(_expand_pm([p])), ",".join(_expand_pm([g])))
     p, g = _strip_var(p), _strip_var(g)
     if p == g:
         return True
@@ -515,7 +501,7 @@ def _equiv(p, g, depth=0):
     if base_p and base_g:
         return False  # 52_8 vs 52_9: different numbers
     if base_p or base_g:  # 52 for 52_8: the digits are the answer
-        return (base_p.group(1) if base_p else p) == (base_g.group(1) if base_g else g)
+        return (base_p[1] if base_p else p) == (base_g[1] if base_g else g)
     return _values_equal(p, g)
 
 
@@ -527,9 +513,9 @@ def is_equiv(pred, gold):
         if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
             return pred.strip() == gold.strip()  # no real answer is this long: don't normalise it
         p, g = normalize(pred), normalize(gold)
-        if not p or not g or p == g:
-            return bool(p) and p == g
-        return max(len(p), len(g)) <= MAX_PARSE_CHARS and _equiv(p, g)
+        if not (p and g):
+            return False                   # nothing left to compare (blank, or units alone)
+        return p == g or max(len(p), len(g)) <= MAX_PARSE_CHARS and _equiv(p, g)
     except Exception:  # a grader that raises would kill a 2,000-step run; wrong is the safe answer
         return False
 
