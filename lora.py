@@ -22,7 +22,7 @@ PREFIX = "base_model.model."        # PeftModel -> LoraModel -> the transformers
 
 
 class LoRALinear(nn.Module):
-    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0):
+    def __init__(self, base_layer, r, alpha, dropout=0.0):       # base_layer: an nn.Linear
         super().__init__()
         self.base_layer = base_layer
         # fp32 beside a bf16 base
@@ -55,8 +55,7 @@ def lora_modules(model):
 def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
     """Wrap every nn.Linear whose attribute name (q_proj) or full path
     (model.layers.0.self_attn.q_proj) is in `targets`, freeze everything else, return the model."""
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model.requires_grad_(False)
     wrapped = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
@@ -79,18 +78,13 @@ def lora_parameters(model):
 
 
 def save_lora(model, directory, base_model_name_or_path=None):
-    """Write adapter_config.json + adapter_model.safetensors exactly as PEFT would."""
+    """Write adapter_config.json + adapter_model.safetensors as PEFT does: the weights under PEFT's
+    keys, and the settings a loader needs (r, lora_alpha, lora_dropout, target_modules; every
+    other is PEFT's default, and PEFT, vLLM and SGLang fill in their defaults)."""
     os.makedirs(directory, exist_ok=True)
-    cfg = dict(model.lora_config)
-    base_model_name_or_path = base_model_name_or_path or getattr(model, "name_or_path", None)
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": cfg["r"],
-              "lora_alpha": cfg["lora_alpha"], "lora_dropout": cfg["lora_dropout"],
-              "target_modules": cfg["target_modules"], "bias": "none",
-              "base_model_name_or_path": base_model_name_or_path,
-              "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True,
-              "modules_to_save": None, "use_rslora": False, "use_dora": False,
-              "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {},
-              "alpha_pattern": {}, "revision": None}
+    base = base_model_name_or_path or getattr(model, "name_or_path", None)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base,
+              **model.lora_config, "bias": "none", "use_dora": False, "modules_to_save": None}
     with open(os.path.join(directory, "adapter_config.json"), "w") as f:
         json.dump(config, f, indent=2)
     save_file({k: v.detach().contiguous() for k, v in lora_parameters(model).items()},
@@ -151,19 +145,20 @@ def merge_lora(model, spare=0):
     valid; 2 bytes a weight in bf16, 13.96 GB at 7B): on the GPU if that copy and `spare` more bytes
     fit within 70 % of its memory, else in page-locked host memory, copied back at full bus speed.
     spare=None keeps no copy: merged for good (evaluation)."""
-    weights = [m.base_layer.weight for _, m in lora_modules(model)]
+    layers = [m for _, m in lora_modules(model)]
+    weights = [m.base_layer.weight for m in layers]
     with torch.no_grad():
-        if spare is not None and weights and lora_modules(model)[0][1].base_copy is None:
+        if spare is not None and layers and layers[0].base_copy is None:
             free, total = (0, 0)
             if weights[0].is_cuda:
                 free, total = torch.cuda.mem_get_info(weights[0].device)
             room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
-            for (_, m), w in zip(lora_modules(model), weights):
+            for m, w in zip(layers, weights):
                 if room or not w.is_cuda:
                     m.base_copy = w.detach().clone()
                 else:   # page-locked: copied back at full bus speed
                     m.base_copy = torch.empty_like(w, device="cpu", pin_memory=True).copy_(w)
-        for _, m in lora_modules(model):
+        for m in layers:
             if not m.merged:
                 w = m.base_layer.weight
                 w.add_(m.delta_weight().to(w.dtype))
