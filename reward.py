@@ -109,6 +109,16 @@ _UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|
           r"meters?|centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|"
           r"days?|weeks?|years?|miles?|mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|"
           r"students|ways)")
+# LaTeX that says nothing about the value, rewritten in this order
+_REWRITES = [(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", ""),          # \left( -> (
+             # spacing: \, \quad ~
+             (r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )|~", " "),
+             (r"\\[dtc](frac|binom)", r"\\\1"),                   # \dfrac -> \frac
+             (r"\{[bB]?matrix\}", "{pmatrix}"),
+             (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""),      # degrees
+             (r"\\?%|\\\$|\$", ""),                                 # % and $
+             # 3, 5, and 7 -> 3,5,7
+             (r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",")]
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname)"
                        r"\s*\{([^{}]*)\}(\^\s*\{?[23]\}?)?")
 
@@ -124,15 +134,8 @@ def normalize(answer):
     inner = extract_boxed(s)
     if inner is not None:
         s = inner
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-    s = re.sub(r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )", " ", s).replace("~",
-            " ")
-    s = re.sub(r"\\[dtc](frac|binom)", r"\\\1", s)
-    s = re.sub(r"\{[bB]?matrix\}", "{pmatrix}", s)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
-    s = re.sub(r"\\?%|\\\$|\$", "", s)
-    # 3, 5, and 7
-    s = re.sub(r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",", s)
+    for pattern, replacement in _REWRITES:
+        s = re.sub(pattern, replacement, s)
     # words in \text{} next to a number are units: "5.4 \text{ cents}",
     # "864 \mbox{ inches}^2"; alone, an answer
     has_number = bool(re.search(r"\d", _TEXT_CMD.sub("", s)))
@@ -250,126 +253,121 @@ def _power(a, b):
     return r
 
 
-class _Parser:
-    """Recursive descent over LaTeX arithmetic: + - * / ^ ! \\frac \\sqrt \\pi,
-    implicit products, functions."""
+def _evaluate(tokens, env):
+    """The value of LaTeX arithmetic at the point `env` ({variable: value}), by
+    recursive descent: + - * / ^ ! \\frac \\sqrt \\binom, implicit products,
+    functions. Each rule of the grammar is a function below, reading `todo`."""
+    todo = tokens[::-1]                 # the tokens not read yet, the next one last
+    env = {"\\pi": math.pi, "\\infty": math.inf, **env}     # the constants, the point
+    depth = 0                           # expressions open
 
-    def __init__(self, tokens, env):
-        self.t = tokens
-        self.i = 0                    # the next token's index
-        self.depth = 0                # expressions open
-        self.env = {"\\pi": math.pi, "\\infty": math.inf, **env}     # the constants, the point
+    def peek():
+        return todo[-1] if todo else None
 
-    def peek(self):
-        return self.t[self.i] if self.i < len(self.t) else None
-
-    def take(self, want=None):
-        tok = self.peek()
+    def take(want=None):
+        tok = peek()
         if tok is None or (want is not None and tok != want):
             raise ValueError(f"expected {want}, got {tok}")
-        self.i += 1
-        return tok
+        return todo.pop()
 
-    def expr(self):
-        self.depth += 1
-        if self.depth > 60:
+    def expr():
+        nonlocal depth
+        depth += 1
+        if depth > 60:
             raise ValueError("too deep")
-        v = self.term()
-        while self.peek() in ("+", "-"):
-            v = v + self.term() if self.take() == "+" else v - self.term()
-        self.depth -= 1
+        v = term()
+        while peek() in ("+", "-"):
+            v = v + term() if take() == "+" else v - term()
+        depth -= 1
         return v
 
-    def term(self):
-        v = self.unary()
+    def term():
+        v = unary()
         while True:
-            tok = self.peek()
+            tok = peek()
             if tok in ("*", "\\cdot", "\\times"):
-                self.take()
-                v = v * self.unary()
+                take()
+                v = v * unary()
             elif tok in ("/", "\\div"):
-                self.take()
-                v = v / self.unary()    # by zero: ZeroDivisionError, caught too
+                take()
+                v = v / unary()          # by zero: ZeroDivisionError, caught too
             elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{") or
-                                      (tok.startswith("\\") and tok not in ("\\pm", "\\mp", "\\}",
-                                              "\\|"))):
-                v = v * self.power()  # implicit product: 2\sqrt3, 3xy
+                                      (tok.startswith("\\") and
+                                       tok not in ("\\pm", "\\mp", "\\}", "\\|"))):
+                v = v * power()          # implicit product: 2\sqrt3, 3xy
             else:
                 return v
 
-    def unary(self):
-        if self.peek() in ("-", "+"):
-            return -self.unary() if self.take() == "-" else self.unary()
-        return self.power()
+    def unary():
+        if peek() in ("-", "+"):
+            return -unary() if take() == "-" else unary()
+        return power()
 
-    def power(self):
-        v = self.postfix()
-        if self.peek() == "^":
-            self.take()
-            v = _power(v, self.exponent())
+    def power():
+        v = postfix()
+        if peek() == "^":
+            take()
+            v = _power(v, exponent())
         return v
 
-    def exponent(self):
-        if self.peek() in ("-", "+"):
-            return -self.exponent() if self.take() == "-" else self.exponent()
-        return self.arg()
+    def exponent():
+        if peek() in ("-", "+"):
+            return -exponent() if take() == "-" else exponent()
+        return arg()
 
-    def postfix(self):
-        v = self.atom()
-        while self.peek() == "!":
-            self.take()
+    def postfix():
+        v = atom()
+        while peek() == "!":
+            take()
             v = Fraction(math.factorial(_whole(v, 0, 300)))
         return v
 
-    def single(self):
+    def single():
         """One TeX argument without braces: `\\frac12` reads 1 then 2, `x^23` is
         x^2 * 3."""
-        tok = self.peek()
+        tok = peek()
         if tok is not None and tok[0].isdigit() and len(tok) > 1:
-            self.t[self.i] = tok[1:]
+            todo[-1] = tok[1:]
             return Fraction(int(tok[0]))
-        return self.atom()
+        return atom()
 
-    def arg(self):
-        return self.atom() if self.peek() == "{" else self.single()
+    def arg():
+        return atom() if peek() == "{" else single()
 
-    def atom(self):
-        tok = self.take()
+    def atom():
+        tok = take()
         if tok[0].isdigit() or tok[0] == ".":
             return Fraction(tok)
         if tok in ("(", "[", "{"):
-            v = self.expr()
-            self.take({"(": ")", "[": "]", "{": "}"}[tok])
+            v = expr()
+            take({"(": ")", "[": "]", "{": "}"}[tok])
             return v
         if tok == "\\frac":
-            return self.arg() / self.arg()     # left to right: numerator, denominator
+            return arg() / arg()        # left to right: numerator, denominator
         if tok == "\\sqrt":
             n = 2
-            if self.peek() == "[":
-                self.take()
-                n = _whole(self.expr(), 2, 64)
-                self.take("]")
-            return _root(self.arg(), n)
+            if peek() == "[":
+                take()
+                n = _whole(expr(), 2, 64)
+                take("]")
+            return _root(arg(), n)
         if tok == "\\binom":
-            n = _whole(self.arg(), 0, 1000)
-            return Fraction(math.comb(n, _whole(self.arg(), 0, 1000)))
+            n = _whole(arg(), 0, 1000)
+            return Fraction(math.comb(n, _whole(arg(), 0, 1000)))
         if tok.startswith("\\") and tok[1:] in _FUNCS:
             exp = None
-            if self.peek() == "^":
-                self.take()
-                exp = self.exponent()
-            v = _FUNCS[tok[1:]](float(self.power()))
+            if peek() == "^":
+                take()
+                exp = exponent()
+            v = _FUNCS[tok[1:]](float(power()))
             return _power(v, exp) if exp is not None else v
-        if tok in self.env:
-            return self.env[tok]
+        if tok in env:
+            return env[tok]
         raise ValueError(f"unknown token {tok}")
 
-
-def _evaluate(tokens, env):
-    parser = _Parser(list(tokens), env)
-    value = parser.expr()
-    if parser.peek() is not None:
-        raise ValueError(f"trailing {parser.peek()}")
+    value = expr()
+    if todo:
+        raise ValueError(f"trailing {todo[-1]}")
     return value
 
 
