@@ -378,9 +378,8 @@ def _close(a, b):
     # exact vs inexact: only a simple rational can be an irrational's truth
     if exact and exact[0].denominator > 1000:
         return False
-    a = float(a)                       # OverflowError: caught by the caller
-    b = float(b)
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)     # an infinity: only itself
+    # float(): OverflowError, caught by the caller; an infinity is close to itself alone
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
 
 
 def _points(names):
