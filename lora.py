@@ -129,7 +129,9 @@ def load_lora(model, directory):
     cfg = adapter_config(directory)
     weights_path = os.path.join(directory, "adapter_model.safetensors")
     # PEFT's in-memory names (lora_A.default.weight), as some trainers save them
-    tensors = {k.replace(".default.", "."): v for k, v in load_file(weights_path).items()}
+    tensors = {k.replace(".lora_A.default.", ".lora_A.")
+                .replace(".lora_B.default.", ".lora_B."): v
+               for k, v in load_file(weights_path).items()}
     # wrap exactly the modules the file has (covers regex target_modules too)
     if not lora_modules(model):
         paths = {k[len(PREFIX):].rsplit(".lora_", 1)[0]
