@@ -1,13 +1,14 @@
 """Draft pool and the five training variants: which draft sits in which prompt.
 
   python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl
-  torchrun --nproc-per-node 8 drafts.py generate ...                # the same pool, on 8 GPUs
-  python drafts.py import --src drafts_qwen25_math_1.5b.json        # the author's released pool
-  python drafts.py stats --drafts pool.jsonl [--model M]            # the referee's table
+  torchrun --nproc-per-node 8 drafts.py generate ...       # the same pool, on 8 GPUs
+  python drafts.py import --src drafts_qwen25_math_1.5b.json    # the released pool
+  python drafts.py stats --drafts pool.jsonl [--model M]   # the referee's table
 
-A pool line: the problem's fields + "drafts": [{text, pred, correct_strict, correct_quasi, length}].
-build_variant() picks ONE draft per problem by the recipe's priority chains (shared by matched and
-mismatched), and the mismatched variants move exactly those drafts along one seeded derangement.
+A pool line: the problem's fields + "drafts": [{text, pred, correct_strict,
+correct_quasi, length}]. build_variant() picks ONE draft per problem by the
+recipe's priority chains (shared by matched and mismatched), and the mismatched
+variants move exactly those drafts along one seeded derangement.
 """
 import argparse
 import json
@@ -21,7 +22,8 @@ from reward import lenient_answer, reward
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 VARIANTS = ("no-draft", "matched-wrong", "mismatched-wrong", "matched-correct",
             "mismatched-correct")
-TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\nThe thinking section may contain errors. "
+TEMPLATE = ("Problem: {problem}\n\nThinking: {draft}\n\n"
+            "The thinking section may contain errors. "
             "Solve the math problem step by step. Write your own correct solution. "
             "Put your final answer within \\boxed{{}}.\n\nCorrect Solution:")
 DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. "
@@ -29,10 +31,10 @@ DRAFT_MODEL_TEMPLATE = ("Solve the following math problem step by step. "
                         "Problem:\n{problem}\n\nSolution:")
 
 
-# ---------------------------------------------------------------------- files: one line per mistake
+# ------------------------------------------------------ files: one line per mistake
 def read_text(path, read):
-    """read(the file open as UTF-8 text): list gives its lines. A missing file, a folder or bytes
-    that are not UTF-8 are errors naming the file."""
+    """read(the file open as UTF-8 text): list gives its lines. A missing file,
+    a folder or bytes that are not UTF-8 are errors naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such file")
     try:
@@ -42,9 +44,10 @@ def read_text(path, read):
         raise ValueError(f"{path}: not UTF-8 text (byte {e.start})") from None
 
 
-def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "answer")):
-    """Rows of a JSONL file (blank lines skipped); a line that is not a JSON object, lacks a
-    `required` field or holds a non-string in a `text` field is an error naming file and line."""
+def load_jsonl(path, required=("id", "problem", "answer")):
+    """Rows of a JSONL file (blank lines skipped), each with its line number
+    (`_line`); a line that is not a JSON object, lacks a `required` field or
+    holds a problem or answer that is not text is an error naming file and line."""
     rows = []
     for lineno, line in enumerate(read_text(path, list), 1):
         if not line.strip():
@@ -56,18 +59,19 @@ def load_jsonl(path, required=("id", "problem", "answer"), text=("problem", "ans
         missing = ["(not an object)"]
         if isinstance(row, dict):
             missing = [k for k in required if k not in row]
-        wrong = [k for k in text if k in required and not missing and not isinstance(row[k], str)]
-        if missing or wrong:
-            why = f"missing field(s) {missing}" if missing else f"field(s) {wrong} must be text"
-            raise ValueError(f"{path}:{lineno}: {why}")
-        row["_line"] = lineno
-        rows.append(row)
+        if missing:
+            raise ValueError(f"{path}:{lineno}: missing field(s) {missing}")
+        wrong = [k for k in ("problem", "answer")
+                 if k in required and not isinstance(row[k], str)]
+        if wrong:
+            raise ValueError(f"{path}:{lineno}: field(s) {wrong} must be text")
+        rows.append({**row, "_line": lineno})
     return rows
 
 
 def load_json(path):
-    """A whole-file JSON document, parsed from the file (its text is not held twice); a bad one is
-    an error naming the file and line."""
+    """A whole-file JSON document, parsed from the file (its text is not held
+    twice); a bad one is an error naming the file and line."""
     try:
         return read_text(path, json.load)
     except json.JSONDecodeError as e:
@@ -75,11 +79,12 @@ def load_json(path):
 
 
 def read_resumable(path):
-    """Records of a JSONL file that is appended to as work is done. A torn last line (a crash
-    mid-write) is removed from the file, so rerunning the same command continues where it stopped; a
-    bad line before the last is damage, not a crash, and an error naming the line (nothing after it
-    is thrown away)."""
-    records, text = [], read_text(path, list) if os.path.exists(path) else []
+    """Records of a JSONL file that is appended to as work is done. A torn last
+    line (a crash mid-write) is removed from the file, so rerunning the same
+    command continues where it stopped; a bad line before the last is damage,
+    not a crash, and an error naming the line (nothing after it is thrown away)."""
+    records = []
+    text = read_text(path, list) if os.path.exists(path) else []
     for lineno, line in enumerate(text, 1):
         try:
             records.append(json.loads(line))
@@ -93,28 +98,29 @@ def read_resumable(path):
 
 
 def output_path(path, flag):
-    """Refuse an output file whose name is a folder, or whose folder is a file, before any work is
-    done."""
+    """Refuse an output file whose name is a folder, or whose folder is a file,
+    before any work is done."""
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: a folder, not a file")
     folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(folder):
+    while not os.path.exists(folder):         # the nearest one that exists
         folder = os.path.dirname(folder)
-    if os.path.isdir(path) or not os.path.isdir(folder):
-        raise ValueError(f"{flag} {path}: " + ("a folder, not a file" if os.path.isdir(path) else
-                                               f"{folder} is a file, not a folder"))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder")
 
 
 def training_problems(rows, levels=(3, 4, 5)):
-    """The recipe's universe, as the author selects it: levels 3-5, not `split` math500, in row
-    order (8,888 of MATH; the two with an empty gold answer stay, rewarded 0 whatever the model
-    writes). Rows without a `level` field (your own data) are all kept; `level: null` rows are
-    not."""
+    """The recipe's universe, as the author selects it: levels 3-5, not `split`
+    math500, in row order (8,888 of MATH; the two with an empty gold answer
+    stay, rewarded 0 whatever the model writes). Rows without a `level` field
+    (your own data) are all kept; `level: null` rows are not."""
     return [r for r in rows if ("level" not in r or r["level"] in levels)
             and r.get("split") != "math500"]
 
 
 def load_pool(path):
-    """A draft pool: load_jsonl's rows, each with a non-empty list of drafts {text, correct_strict,
-    correct_quasi}."""
+    """A draft pool: load_jsonl's rows, each with a non-empty list of drafts
+    {text, correct_strict, correct_quasi}."""
     rows = load_jsonl(path, required=("id", "problem", "answer", "drafts"))
     for r in rows:
         drafts = r["drafts"] if isinstance(r["drafts"], list) else []
@@ -127,57 +133,60 @@ def load_pool(path):
             elif not isinstance(d["text"], str):
                 bad.append(f"draft {k}'s text is not text")
         if bad:
-            raise ValueError(f"{path}:{r['_line']}: problem {r['id']} {', '.join(bad[:3])}")
+            raise ValueError(f"{path}:{r['_line']}: problem {r['id']} "
+                             f"{', '.join(bad[:3])}")
     return rows
 
 
 # ----------------------------------------------------------------------------- prompts
 def encode_prompt(tokenizer, text):
-    """Token ids of a prompt: BOS (when the tokenizer has one, even if it is not set to add it),
-    then the text."""
-    ids, bos = tokenizer(text)["input_ids"], getattr(tokenizer, "bos_token_id", None)
+    """Token ids of a prompt: BOS (when the tokenizer has one, even if it is not
+    set to add it), then the text."""
+    ids = tokenizer(text)["input_ids"]
+    bos = getattr(tokenizer, "bos_token_id", None)
     return ids if bos is None or ids[:1] == [bos] else [bos] + ids
 
 
 def build_prompt(problem, draft, tokenizer=None, max_prompt_tokens=3072):
-    """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only the draft (keep its
-    beginning) to fit max_prompt_tokens; if problem + instruction alone do not fit, the draft
-    becomes 'N/A'."""
+    """The training/test prompt. draft None -> 'N/A'. With a tokenizer, cut only
+    the draft (keep its beginning) to fit max_prompt_tokens; if problem +
+    instruction alone do not fit, the draft becomes 'N/A'."""
+    fill = lambda text: TEMPLATE.format(problem=problem, draft=text)
     draft = "N/A" if draft is None else draft.strip()
-    prompt = TEMPLATE.format(problem=problem, draft=draft)
-    if tokenizer is None or len(encode_prompt(tokenizer, prompt)) <= max_prompt_tokens:
-        return prompt
-    frame = len(encode_prompt(tokenizer, TEMPLATE.format(problem=problem, draft="")))
-    budget = max_prompt_tokens - frame
-    if budget <= 0:
-        return TEMPLATE.format(problem=problem, draft="N/A")
+    # the tokens a prompt has beyond max_prompt_tokens
+    over = lambda prompt: len(encode_prompt(tokenizer, prompt)) - max_prompt_tokens
+    if tokenizer is None or over(fill(draft)) <= 0:
+        return fill(draft)
+    budget = -over(fill(""))           # the draft's tokens that problem + frame leave
     ids = tokenizer(draft, add_special_tokens=False)["input_ids"]
-    while budget > 0:  # tokens can merge across the cut: shrink until the whole prompt fits
-        prompt = TEMPLATE.format(problem=problem, draft=tokenizer.decode(ids[:budget]).strip())
-        over = len(encode_prompt(tokenizer, prompt)) - max_prompt_tokens
-        if over <= 0:
+    # tokens can merge across the cut: shrink until the whole prompt fits
+    while budget > 0:
+        prompt = fill(tokenizer.decode(ids[:budget]).strip())
+        excess = over(prompt)
+        if excess <= 0:
             return prompt
-        budget -= over
-    return TEMPLATE.format(problem=problem, draft="N/A")
+        budget -= excess
+    return fill("N/A")
 
 
 # ----------------------------------------------------------------------------- variants
 def select_draft(drafts, want_correct, rng):
-    """(index, tier) by the recipe's priority chain; tier 1 is the preferred kind, tier 3 is 'any
-    draft'."""
-    strict = [d["correct_strict"] for d in drafts]
-    quasi = [d["correct_quasi"] for d in drafts]
-    first = strict if want_correct else [not q for q in quasi]     # (1) strict True / quasi False
-    between = [q and not s for s, q in zip(strict, quasi)]   # (2) the right answer, but not boxed
-    tiers = [[i for i, ok in enumerate(kind) if ok] for kind in (first, between)]
-    tiers.append(list(range(len(drafts))))
-    tier = next(t for t in range(3) if tiers[t])
-    return rng.choice(tiers[tier]), tier + 1
+    """(index, tier) by the recipe's priority chain; tier 1 is the preferred
+    kind, tier 3 is 'any draft'."""
+    # (1) strict True (correct) / quasi False (wrong); (2) the right answer,
+    # but not boxed; (3) any draft
+    first = lambda d: d["correct_strict"] if want_correct else not d["correct_quasi"]
+    between = lambda d: d["correct_quasi"] and not d["correct_strict"]
+    for tier, kind in enumerate((first, between, lambda d: True), 1):
+        picks = [i for i, d in enumerate(drafts) if kind(d)]
+        if picks:
+            return rng.choice(picks), tier
 
 
 def derangement(n, rng):
-    """A seeded shuffle of range(n) repaired as the author's: each of its fixed points i (listed
-    before any repair, in order) swaps with the first j != i with perm[j] != i and perm[i] != j."""
+    """A seeded shuffle of range(n) repaired as the author's: each of its fixed
+    points i (listed before any repair, in order) swaps with the first j != i
+    with perm[j] != i and perm[i] != j."""
     if n < 2:
         raise ValueError(f"a derangement needs at least 2 problems, got {n}")
     perm = list(range(n))
@@ -189,45 +198,56 @@ def derangement(n, rng):
 
 
 def build_variant(pool, variant, seed=0):
-    """One row per pool problem: id, problem, answer, draft (None for no-draft), draft_source and
-    the shown draft's labels, tier and answer (draft_pred: the whole draft's, before any cut).
-    Mismatched-X shows, for problem i, the draft matched-X selected for perm[i]. The referee's
-    length-matched control: extras/pool.py's length_matched."""
+    """One row per pool problem: id, problem, answer, draft (None for no-draft),
+    draft_source and the shown draft's labels, tier and answer (draft_pred: the
+    whole draft's, before any cut). Mismatched-X shows, for problem i, the draft
+    matched-X selected for perm[i]. The referee's length-matched control:
+    extras/pool.py's length_matched."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
-    rows = [{"id": p["id"], "problem": p["problem"], "answer": p["answer"], "level": p.get("level"),
-             "subject": p.get("subject"), "draft": None, "draft_source": None} for p in pool]
+        raise ValueError(f"unknown variant {variant!r}; "
+                         f"choose one of {', '.join(VARIANTS)}")
+    rows = [{"id": p["id"],
+             "problem": p["problem"],
+             "answer": p["answer"],
+             "level": p.get("level"),
+             "subject": p.get("subject"),
+             "draft": None,
+             "draft_source": None} for p in pool]
     if variant == "no-draft":
         return rows
     empty = [p["id"] for p in pool if not p.get("drafts")]
     if empty:
         raise ValueError(f"{len(empty)} problem(s) without drafts, e.g. {empty[:3]}")
     rng = random.Random(seed)
-    want_correct = variant.endswith("-correct")
-    picks = [select_draft(p["drafts"], want_correct, rng) for p in pool]
-    mismatched = variant.startswith("mismatched")
-    source = derangement(len(pool), random.Random(seed)) if mismatched else range(len(pool))
+    picks = [select_draft(p["drafts"], variant.endswith("-correct"), rng) for p in pool]
+    source = range(len(pool))                 # matched: each problem's own draft
+    if variant.startswith("mismatched"):
+        source = derangement(len(pool), random.Random(seed))
     for row, s in zip(rows, source):
         k, tier = picks[s]
         d = pool[s]["drafts"][k]
+        pred = d["pred"] if d.get("pred") is not None else lenient_answer(d["text"])
         row.update(draft=d["text"].strip(), draft_source=pool[s]["id"], draft_index=k,
                    draft_tier=tier, draft_correct_strict=d["correct_strict"],
-                   draft_correct_quasi=d["correct_quasi"],
-                   draft_pred=d["pred"] if d.get("pred") is not None else lenient_answer(d["text"]))
+                   draft_correct_quasi=d["correct_quasi"], draft_pred=pred)
     return rows
 
 
 # ----------------------------------------------------------------------------- commands
-def grade_draft(text, gold, length):
-    """A draft as the pool keeps it: its text, answer, grades by both graders, and length."""
-    return {"text": text, "pred": lenient_answer(text),
+def grade_draft(tokenizer, tokens, gold):
+    """A draft as the pool keeps it: its text, answer, grades by both graders,
+    and length."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    return {"text": text,
+            "pred": lenient_answer(text),
             "correct_strict": reward(text, gold, strict=True) == 1.0,
-            "correct_quasi": reward(text, gold, strict=False) == 1.0, "length": length}
+            "correct_quasi": reward(text, gold, strict=False) == 1.0,
+            "length": len(tokens)}
 
 
 def cmd_generate(args):
-    """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over torchrun's
-    processes, the same pool."""
+    """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over
+    torchrun's processes, the same pool."""
     from generation import cuda_graphs, generate, load_model
     from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
@@ -238,7 +258,8 @@ def cmd_generate(args):
     done = None
     if rank == 0:
         done = {r["id"] for r in read_resumable(args.out)}
-        print(f"{len(problems)} problems, {len(done)} already in {args.out}, {world} process(es)")
+        print(f"{len(problems)} problems, {len(done)} already in {args.out}, "
+              f"{world} process(es)")
     done = gather(done)[0]
     todo = [(i, r) for i, r in enumerate(problems) if r["id"] not in done]
     size = max(1, args.batch_size // args.num_drafts)
@@ -249,26 +270,34 @@ def cmd_generate(args):
     def draft(chunk):
         prompts = [DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]) for _, r in chunk]
         ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
-        samples = generate(model, ids, n=args.num_drafts, max_new_tokens=args.max_new_tokens,
+        samples = generate(model, ids, n=args.num_drafts,
+                           max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p,
-                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                           eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id,
                            seed=args.seed, prompt_numbers=[i for i, _ in chunk],
                            batch_size=args.batch_size, graphs=graphs)
-        grade = lambda r, o: grade_draft(tokenizer.decode(o, skip_special_tokens=True),
-                                         r["answer"], len(o))
-        return [{**{k: v for k, v in r.items() if k != "_line"},
-                 "drafts": [grade(r, o) for o in outs]} for (_, r), outs in zip(chunk, samples)]
-    rounds(chunks, draft, args.out, f"drafts, {size} problem(s) x {world} process(es) a round")
+        rows = []
+        for (_, r), outs in zip(chunk, samples):
+            row = {k: v for k, v in r.items() if k != "_line"}
+            row["drafts"] = [grade_draft(tokenizer, o, r["answer"]) for o in outs]
+            rows.append(row)
+        return rows
+    rounds(chunks, draft, args.out,
+           f"drafts, {size} problem(s) x {world} process(es) a round")
 
 
 def main(argv=None):
-    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = Parser(description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("generate",
-                   help="sample and grade K drafts per problem with the draft model").flags(
+    parser = sub.add_parser(
+        "generate", help="sample and grade K drafts per problem with the draft model")
+    parser.flags(
         ("--model", "Qwen/Qwen2.5-Math-1.5B", "draft model: hub id, local dir or 'tiny'"),
         ("--data", os.path.join(DATA, "math_train.jsonl"), "problems JSONL (MATH train)"),
-        ("--out", "pool.jsonl", "pool JSONL; appended to, and problems in it are skipped"),
+        ("--out", "pool.jsonl",
+         "pool JSONL; appended to, and problems in it are skipped"),
         ("--num-drafts", 32, "drafts per problem K (recipe: 32)", COUNT),
         ("--max-new-tokens", 2560, "draft length cap (recipe: 2560)", COUNT),
         ("--temperature", 0.8, "sampling temperature (recipe: 0.8)", NONNEGATIVE),
@@ -276,7 +305,8 @@ def main(argv=None):
         ("--levels", [3, 4, 5], "MATH levels kept (recipe: 3 4 5)", [int]),
         ("--limit", None, "only the first N problems (smoke tests)", COUNT),
         ("--batch-size", 64, "sequences decoded together", COUNT),
-        ("--no-cuda-graphs", False, "decode eagerly on CUDA (default: CUDA graphs, checked)"),
+        ("--no-cuda-graphs", False,
+         "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--seed", 0, "sampling seed", SEED))
     import extras.pool  # the pool's import and statistics: tools beside the method
     commands = {"generate": cmd_generate, **extras.pool.add_commands(sub)}

@@ -1,14 +1,14 @@
-"""Answer extraction and grading: the only signal GRPO learns from, and the judge of every
-evaluation.
+"""Answer extraction and grading: the only signal GRPO learns from, and the
+judge of every evaluation.
 
 reward(completion, gold, strict=False) -> 1.0 / 0.0
   strict=False  training reward: lenient_answer, the author's chain (boxed, else "answer is X" /
                 "answer: X", else the math expression that ends last)
   strict=True   evaluation: extract_boxed, the author's strict extraction; no box = wrong.
-Both extractions are the author's, rule for rule. Equivalence is ours (the author's math-verify
-is not): string normalisation plus a small exact evaluator (LaTeX arithmetic over
-fractions.Fraction, expressions with variables compared at random rational points). No sympy, no
-eval; never raises.
+Both extractions are the author's, rule for rule. Equivalence is ours (the
+author's math-verify is not): string normalisation plus a small exact evaluator
+(LaTeX arithmetic over fractions.Fraction, expressions with variables compared
+at random rational points). No sympy, no eval; never raises.
 """
 import math
 import random
@@ -29,9 +29,10 @@ _BARE = re.compile(r"[ \t]+([^ \t.,$\n)]*)")    # `\boxed 5`: one token
 
 
 def extract_boxed(text):
-    """The strict extraction: scan `\\boxed` left to right; `\\boxed{` takes its brace-balanced
-    content (stripped, "" for `\\boxed{}`), `\\boxed` + spaces/tabs the next token, anything
-    else is skipped (`\\boxed5`, `\\fbox{5}`). The last box wins; None if none."""
+    """The strict extraction: scan `\\boxed` left to right; `\\boxed{` takes its
+    brace-balanced content (stripped, "" for `\\boxed{}`), `\\boxed` +
+    spaces/tabs the next token, anything else is skipped (`\\boxed5`,
+    `\\fbox{5}`). The last box wins; None if none."""
     found, at = None, 0
     while isinstance(text, str) and (at := text.find("\\boxed", at)) >= 0:
         at += 6
@@ -43,7 +44,8 @@ def extract_boxed(text):
                 if depth == 0:
                     break
             else:
-                # unclosed (a completion cut inside its box): the scan ends, the box before wins
+                # unclosed (a completion cut inside its box):
+                # the scan ends, the box before wins
                 return found
             found, at = text[at + 1:m.start()].strip(), m.end()
         elif bare:
@@ -56,17 +58,20 @@ def extract_boxed(text):
 # X stops at the first `.`: "The answer is 0.6." gives 0 (what the paper trained on)
 _ANSWER_IS = re.compile(r"answer\s+is[:\s]+\$?([^\n.$]+?)\$?(?=[.\n]|$)", re.I)
 _ANSWER_EQ = re.compile(r"\banswer\s*[=:]\s*\$?([^\n.$]+?)\$?(?=[.\n]|$)", re.I)
-# math candidates: (pattern, keep the value after the last `=`), in the author's order
-_MATH = [(re.compile(r"\$([^$]*=[^$]+)\$"), True), (re.compile(r"\\\(([^)]*=[^)]+)\\\)"), True),
-         (re.compile(r"\$([^$\n]+)\$"), False), (re.compile(r"\\\(([^)]+)\\\)"), False),
+# math candidates: (pattern, keep the value after the last `=`), in the author's
+# order
+_MATH = [(re.compile(r"\$([^$]*=[^$]+)\$"), True),                    # $x = 5$
+         (re.compile(r"\\\(([^)]*=[^)]+)\\\)"), True),                # \(x = 5\)
+         (re.compile(r"\$([^$\n]+)\$"), False),                        # $5$
+         (re.compile(r"\\\(([^)]+)\\\)"), False),                     # \(5\)
          (re.compile(r"^[-\s]*[a-zA-Z]\s*=\s*(.+?)\s*$", re.M), False)]   # a line `v = X`
 
 
 def lenient_answer(text):
-    """The training reward's extraction (the author's chain): closed code fences deleted; then
-    the strict extraction; else the LAST "answer is X" (only if none, the last "answer: X" /
-    "answer = X"), a leading `v =` stripped; else the math candidate that ENDS last (a tie: the
-    later kind above); else None."""
+    """The training reward's extraction (the author's chain): closed code fences
+    deleted; then the strict extraction; else the LAST "answer is X" (only if
+    none, the last "answer: X" / "answer = X"), a leading `v =` stripped; else
+    the math candidate that ENDS last (a tie: the later kind above); else None."""
     if not isinstance(text, str):
         return None
     text = re.sub(r"```.*?```", "", text, flags=re.S)
@@ -83,20 +88,44 @@ def lenient_answer(text):
 
 
 # ----------------------------------------------------------------------------- normalisation
-_UNICODE = {"−": "-", "–": "-", "√": "\\sqrt", "π": "\\pi", "∞": "\\infty",
-            "°": "^\\circ", "×": "\\times", "·": "\\cdot", "÷": "\\div", "±": "\\pm",
-            "≤": "\\le", "≥": "\\ge", "∪": "\\cup", "\u00a0": " ", "{,}": "",
-            "∅": "\\emptyset", "\\varnothing": "\\emptyset"}
+_UNICODE = {"−": "-",
+            "–": "-",
+            "√": "\\sqrt",
+            "π": "\\pi",
+            "∞": "\\infty",
+            "°": "^\\circ",
+            "×": "\\times",
+            "·": "\\cdot",
+            "÷": "\\div",
+            "±": "\\pm",
+            "≤": "\\le",
+            "≥": "\\ge",
+            "∪": "\\cup",
+            "\u00a0": " ",
+            "{,}": "",              # 1{,}000
+            "∅": "\\emptyset",
+            "\\varnothing": "\\emptyset"}
 _UNITS = (r"(?:square\s+|sq\.?\s+|cubic\s+)?(?:units?|cm|mm|km|inches|inch|feet|foot|ft|yards?|"
           r"meters?|centimeters?|degrees?|dollars?|cents?|hours?|hrs?|minutes?|mins?|seconds?|"
           r"days?|weeks?|years?|miles?|mph|pounds?|lbs?|ounces?|oz|grams?|kg|liters?|people|"
           r"students|ways)")
+# LaTeX that says nothing about the value, rewritten in this order
+_REWRITES = [(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", ""),          # \left( -> (
+             # spacing: \, \quad ~
+             (r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )|~", " "),
+             (r"\\[dtc](frac|binom)", r"\\\1"),                   # \dfrac -> \frac
+             (r"\{[bB]?matrix\}", "{pmatrix}"),
+             (r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", ""),      # degrees
+             (r"\\?%|\\\$|\$", ""),                                 # % and $
+             # 3, 5, and 7 -> 3,5,7
+             (r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",")]
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mbox|mathrm|mathbf|mathit|operatorname)"
                        r"\s*\{([^{}]*)\}(\^\s*\{?[23]\}?)?")
 
 
 def normalize(answer):
-    """Canonical string form of an answer (LaTeX spacing, fractions, units, degrees, separators)."""
+    """Canonical string form of an answer (LaTeX spacing, fractions, units,
+    degrees, separators)."""
     if not isinstance(answer, str):
         return ""
     s = answer.strip()
@@ -105,23 +134,16 @@ def normalize(answer):
     inner = extract_boxed(s)
     if inner is not None:
         s = inner
-    s = re.sub(r"\\(?:left|right|big|Big|bigg|Bigg)(?![a-zA-Z])", "", s)
-    s = re.sub(r"(?<!\\)\\(?:displaystyle|textstyle|quad|qquad|!|,|;|:| )", " ", s).replace("~",
-            " ")
-    s = re.sub(r"\\[dtc](frac|binom)", r"\\\1", s)
-    s = re.sub(r"\{[bB]?matrix\}", "{pmatrix}", s)
-    s = re.sub(r"\^\s*\{?\s*\\circ\s*\}?|\\circ|\\degree", "", s)
-    s = re.sub(r"\\?%|\\\$|\$", "", s)
-    # 3, 5, and 7
-    s = re.sub(r",?\s*\\(?:text|mbox)\{\s*(?:and|or)\s*\}\s*|,?\s+(?:and|or)\s+", ",", s)
-    # words in \text{} next to a number are units ("5.4 \text{ cents}", "864 \mbox{ inches}^2");
-    # alone, an answer
+    for pattern, replacement in _REWRITES:
+        s = re.sub(pattern, replacement, s)
+    # words in \text{} next to a number are units: "5.4 \text{ cents}",
+    # "864 \mbox{ inches}^2"; alone, an answer
     has_number = bool(re.search(r"\d", _TEXT_CMD.sub("", s)))
-    s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m.group(1))
-                      else m.group(1) + (m.group(2) or ""), s)
+    s = _TEXT_CMD.sub(lambda m: "" if has_number and re.fullmatch(r"[a-zA-Z\s.]*", m[1])
+                      else m[1] + (m[2] or ""), s)
     s = re.sub(r"(?<=[\d}])\s*" + _UNITS + r"\s*(?:\^\s*\{?[23]\}?)?\s*$", "", s)
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+",
-               lambda m: m.group(1) + " " if m.group(1) else "", s)  # \cos x
+               lambda m: m[1] + " " if m[1] else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
     if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
         s = s.replace(",", "")
@@ -139,7 +161,8 @@ def normalize(answer):
 
 
 def _interval(s):
-    """Inequalities as intervals: x\\le3 -> (-\\infty,3], x>2 -> (2,\\infty), 1<x\\le3 -> (1,3]."""
+    """Inequalities as intervals: x\\le3 -> (-\\infty,3], x>2 -> (2,\\infty),
+    1<x\\le3 -> (1,3]."""
     m = re.fullmatch(r"(?:([^<>]+?)(<|\\leq?))? ?[a-zA-Z](<|>|\\leq?|\\geq?)([^<>]+)", s)
     greater = bool(m) and m[3] in (">", "\\ge", "\\geq")
     if not m or (m[1] and (greater or m[3][0] not in "<\\l")):      # a < x > b is no interval
@@ -151,34 +174,36 @@ def _interval(s):
 
 
 # -------------------------------------------------------------------------- a small exact evaluator
-class _Unevaluable(Exception):
-    pass
-
-
+# what it cannot evaluate raises ValueError (as math's own functions do),
+# ZeroDivisionError or OverflowError: _values_equal passes over that point
 _TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]"
                     r"|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
-_FUNCS = {"sin": math.sin, "cos": math.cos, "tan": math.tan, "cot": lambda x: 1 / math.tan(x),
-          "sec": lambda x: 1 / math.cos(x), "csc": lambda x: 1 / math.sin(x), "ln": math.log,
-          "log": math.log, "exp": math.exp, "arcsin": math.asin, "arccos": math.acos,
+_FUNCS = {"sin": math.sin,
+          "cos": math.cos,
+          "tan": math.tan,
+          "cot": lambda x: 1 / math.tan(x),
+          "sec": lambda x: 1 / math.cos(x),
+          "csc": lambda x: 1 / math.sin(x),
+          "ln": math.log,
+          "log": math.log,
+          "exp": math.exp,
+          "arcsin": math.asin,
+          "arccos": math.acos,
           "arctan": math.atan}
-_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp", "binom"}
+# the commands that are no variables
+_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp",
+                        "binom"}
 
 
 def _tokens(s):
-    out, pos, end = [], 0, len(s.rstrip())
-    while pos < end:
-        m = _TOKEN.match(s, pos)
-        if not m:
-            return None
-        out.append(m.group(1))
-        pos = m.end()
-    return out
+    """s's tokens, or None if a character is none of them (findall skipped it)."""
+    out = _TOKEN.findall(s)
+    return out if "".join(out) == re.sub(r"\s", "", s) else None
 
 
 def _variables(tokens):
     """Single letters and unknown commands (\\theta) are variables."""
-    return {t for t in tokens if (len(t) == 1 and t.isalpha()) or (t[0] == "\\" and t[1:].isalpha()
-            and t[1:] not in _KNOWN)}
+    return {t for t in tokens if re.fullmatch(r"\\?[a-zA-Z]+", t) and t.lstrip("\\") not in _KNOWN}
 
 
 def _iroot(k, n):
@@ -188,16 +213,26 @@ def _iroot(k, n):
 
 
 def _root(x, n):
-    """n-th root: an exact Fraction when there is one (\\sqrt{4} = 2), else a float (\\sqrt{12})."""
+    """n-th root: an exact Fraction when there is one (\\sqrt{4} = 2), else a
+    float (\\sqrt{12})."""
     if x < 0:
         if n % 2 == 0:
-            raise _Unevaluable("even root of a negative")
+            raise ValueError("even root of a negative")
         return -_root(-x, n)
     if isinstance(x, Fraction):
-        num, den = _iroot(x.numerator, n), _iroot(x.denominator, n)
-        if num is not None and den is not None:
+        num = _iroot(x.numerator, n)
+        den = _iroot(x.denominator, n)
+        if None not in (num, den):
             return Fraction(num, den)
     return float(x) ** (1.0 / n)
+
+
+def _whole(x, low, high):
+    """x as an int, if it is a whole number in [low, high] (a factorial's, a
+    root's index)."""
+    if not (isinstance(x, Fraction) and x.denominator == 1 and low <= x <= high):
+        raise ValueError(f"not a whole number in [{low}, {high}]")
+    return int(x)
 
 
 def _power(a, b):
@@ -206,7 +241,7 @@ def _power(a, b):
             bits = max(a.numerator.bit_length(), a.denominator.bit_length())
             if a not in (0, 1, -1) and bits * abs(b.numerator) > MAX_POW_BITS:
                 # a guard, not a computation of 2^{99999999999}
-                raise _Unevaluable("power too large")
+                raise ValueError("power too large")
             return a ** b.numerator
         if b.denominator <= 12:
             r = _root(a, b.denominator)
@@ -214,147 +249,125 @@ def _power(a, b):
                 return _power(r, Fraction(b.numerator))
     r = float(a) ** float(b)
     if isinstance(r, complex) or math.isnan(r):
-        raise _Unevaluable("complex power")
+        raise ValueError("complex power")
     return r
 
 
-class _Parser:
-    """Recursive descent over LaTeX arithmetic: + - * / ^ ! \\frac \\sqrt \\pi, implicit products,
-    functions."""
+def _evaluate(tokens, env):
+    """The value of LaTeX arithmetic at the point `env` ({variable: value}), by
+    recursive descent: + - * / ^ ! \\frac \\sqrt \\binom, implicit products,
+    functions. Each rule of the grammar is a function below, reading `todo`."""
+    todo = tokens[::-1]                 # the tokens not read yet, the next one last
+    env = {"\\pi": math.pi, "\\infty": math.inf, **env}     # the constants, the point
+    depth = 0                           # expressions open
 
-    def __init__(self, tokens, env):
-        self.t, self.i, self.env, self.depth = tokens, 0, env, 0
+    def peek():
+        return todo[-1] if todo else None
 
-    def peek(self):
-        return self.t[self.i] if self.i < len(self.t) else None
-
-    def take(self, want=None):
-        tok = self.peek()
+    def take(want=None):
+        tok = peek()
         if tok is None or (want is not None and tok != want):
-            raise _Unevaluable(f"expected {want}, got {tok}")
-        self.i += 1
-        return tok
+            raise ValueError(f"expected {want}, got {tok}")
+        return todo.pop()
 
-    def expr(self):
-        self.depth += 1
-        if self.depth > 60:
-            raise _Unevaluable("too deep")
-        v = self.term()
-        while self.peek() in ("+", "-"):
-            v = v + self.term() if self.take() == "+" else v - self.term()
-        self.depth -= 1
+    def expr():
+        nonlocal depth
+        depth += 1
+        if depth > 60:
+            raise ValueError("too deep")
+        v = term()
+        while peek() in ("+", "-"):
+            v = v + term() if take() == "+" else v - term()
+        depth -= 1
         return v
 
-    def term(self):
-        v = self.unary()
+    def term():
+        v = unary()
         while True:
-            tok = self.peek()
+            tok = peek()
             if tok in ("*", "\\cdot", "\\times"):
-                self.take()
-                v = v * self.unary()
+                take()
+                v = v * unary()
             elif tok in ("/", "\\div"):
-                self.take()
-                d = self.unary()
-                if d == 0:
-                    raise _Unevaluable("division by zero")
-                v = v / d
-            elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{", ".") or
-                                      (tok.startswith("\\") and tok not in ("\\pm", "\\mp", "\\}",
-                                              "\\|"))):
-                v = v * self.power()  # implicit product: 2\sqrt3, 3xy
+                take()
+                v = v / unary()          # by zero: ZeroDivisionError, caught too
+            elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{") or
+                                      (tok.startswith("\\") and
+                                       tok not in ("\\pm", "\\mp", "\\}", "\\|"))):
+                v = v * power()          # implicit product: 2\sqrt3, 3xy
             else:
                 return v
 
-    def unary(self):
-        if self.peek() in ("-", "+"):
-            return -self.unary() if self.take() == "-" else self.unary()
-        return self.power()
+    def unary():
+        if peek() in ("-", "+"):
+            return -unary() if take() == "-" else unary()
+        return power()
 
-    def power(self):
-        v = self.postfix()
-        if self.peek() == "^":
-            self.take()
-            v = _power(v, self.exponent())
+    def power():
+        v = postfix()
+        if peek() == "^":
+            take()
+            v = _power(v, exponent())
         return v
 
-    def exponent(self):
-        if self.peek() == "{":
-            return self.atom()
-        if self.peek() in ("-", "+"):
-            return -self.exponent() if self.take() == "-" else self.exponent()
-        return self.single()
+    def exponent():
+        if peek() in ("-", "+"):
+            return -exponent() if take() == "-" else exponent()
+        return arg()
 
-    def postfix(self):
-        v = self.atom()
-        while self.peek() == "!":
-            self.take()
-            if not (isinstance(v, Fraction) and v.denominator == 1 and 0 <= v <= 300):
-                raise _Unevaluable("factorial")
-            v = Fraction(math.factorial(int(v)))
+    def postfix():
+        v = atom()
+        while peek() == "!":
+            take()
+            v = Fraction(math.factorial(_whole(v, 0, 300)))
         return v
 
-    def single(self):
-        """One TeX argument without braces: `\\frac12` reads 1 then 2, `x^23` is x^2 * 3."""
-        tok = self.peek()
+    def single():
+        """One TeX argument without braces: `\\frac12` reads 1 then 2, `x^23` is
+        x^2 * 3."""
+        tok = peek()
         if tok is not None and tok[0].isdigit() and len(tok) > 1:
-            self.t[self.i] = tok[1:]
+            todo[-1] = tok[1:]
             return Fraction(int(tok[0]))
-        return self.atom()
+        return atom()
 
-    def arg(self):
-        return self.atom() if self.peek() == "{" else self.single()
+    def arg():
+        return atom() if peek() == "{" else single()
 
-    def atom(self):
-        tok = self.take()
+    def atom():
+        tok = take()
         if tok[0].isdigit() or tok[0] == ".":
             return Fraction(tok)
         if tok in ("(", "[", "{"):
-            v = self.expr()
-            self.take({"(": ")", "[": "]", "{": "}"}[tok])
+            v = expr()
+            take({"(": ")", "[": "]", "{": "}"}[tok])
             return v
         if tok == "\\frac":
-            num, den = self.arg(), self.arg()
-            if den == 0:
-                raise _Unevaluable("division by zero")
-            return num / den
+            return arg() / arg()        # left to right: numerator, denominator
         if tok == "\\sqrt":
             n = 2
-            if self.peek() == "[":
-                self.take()
-                n = self.expr()
-                self.take("]")
-                if not (isinstance(n, Fraction) and n.denominator == 1 and 2 <= n <= 64):
-                    raise _Unevaluable("root index")
-                n = int(n)
-            return _root(self.arg(), n)
+            if peek() == "[":
+                take()
+                n = _whole(expr(), 2, 64)
+                take("]")
+            return _root(arg(), n)
         if tok == "\\binom":
-            n, k = self.arg(), self.arg()
-            whole = lambda x: isinstance(x, Fraction) and x.denominator == 1 and 0 <= x <= 1000
-            if not (whole(n) and whole(k)):
-                raise _Unevaluable("binomial")
-            return Fraction(math.comb(int(n), int(k)))
-        if tok == "\\pi":
-            return math.pi
-        if tok == "\\infty":
-            return math.inf
+            n = _whole(arg(), 0, 1000)
+            return Fraction(math.comb(n, _whole(arg(), 0, 1000)))
         if tok.startswith("\\") and tok[1:] in _FUNCS:
             exp = None
-            if self.peek() == "^":
-                self.take()
-                exp = self.exponent()
-            x = self.power()
-            v = _FUNCS[tok[1:]](float(x))
+            if peek() == "^":
+                take()
+                exp = exponent()
+            v = _FUNCS[tok[1:]](float(power()))
             return _power(v, exp) if exp is not None else v
-        if tok in self.env:
-            return self.env[tok]
-        raise _Unevaluable(f"unknown token {tok}")
+        if tok in env:
+            return env[tok]
+        raise ValueError(f"unknown token {tok}")
 
-
-def _evaluate(tokens, env):
-    parser = _Parser(list(tokens), env)
-    value = parser.expr()
-    if parser.peek() is not None:
-        raise _Unevaluable(f"trailing {parser.peek()}")
+    value = expr()
+    if todo:
+        raise ValueError(f"trailing {todo[-1]}")
     return value
 
 
@@ -365,33 +378,37 @@ def _close(a, b):
     # exact vs inexact: only a simple rational can be an irrational's truth
     if exact and exact[0].denominator > 1000:
         return False
-    a, b = float(a), float(b)                 # OverflowError: caught by the caller
-    if math.isinf(a) or math.isinf(b):
-        return a == b
-    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+    # float(): OverflowError, caught by the caller; an infinity is close to itself alone
+    return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
 
 
-def _points(names, count=4):
+def _points(names):
+    """Four points for `names`, the same four for the same names: each variable a
+    random rational (2..60 over 1..7) plus 1/(113 + k), so no two points agree."""
     rng = random.Random(" ".join(sorted(names)))
     return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1, 113 + k)
-             for v in names} for k in range(count)]
+             for v in names} for k in range(4)]
 
 
 def _values_equal(a, b, ratio=False):
-    """Same value (or with ratio=True, the same up to a non-zero factor: equations `lhs-rhs`)."""
-    ta, tb = _tokens(a), _tokens(b)
+    """Same value (or with ratio=True, the same up to a non-zero factor:
+    equations `lhs-rhs`)."""
+    ta = _tokens(a)
+    tb = _tokens(b)
     if ta is None or tb is None:
         return False
     if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", a + " " + b)):
         return False                                          # words, not algebra
     names = _variables(ta) | _variables(tb)
-    # constant equations: equal, not proportional
-    agree, factor, ratio = 0, None, ratio and bool(names)
+    agree = 0                          # points where the two agree
+    factor = None                      # ratio: (va, vb) at the first non-zero point
+    ratio = ratio and bool(names)      # constant equations: equal, not proportional
     for env in (_points(names) if names else [{}]):
         try:
-            va, vb = _evaluate(ta, env), _evaluate(tb, env)
+            va = _evaluate(ta, env)
+            vb = _evaluate(tb, env)
             close = _close(va, vb)
-        except (_Unevaluable, ZeroDivisionError, ValueError, OverflowError, TypeError):
+        except (ZeroDivisionError, ValueError, OverflowError, TypeError):
             continue
         if ratio:  # equations: the two lhs-rhs proportional at every point
             if _close(va, 0) or _close(vb, 0):
@@ -406,12 +423,14 @@ def _values_equal(a, b, ratio=False):
 
 
 # -------------------------------------------------------- structure: lists, sets, tuples, intervals
-def _split_top(s, seps=(",",)):
-    """Split at separators outside any bracket, brace, \\{ \\} or \\begin..\\end."""
-    parts, depth, start, i = [], 0, 0, 0
+def _split_top(s, sep=","):
+    """Split at `sep` outside any bracket, brace, \\{ \\} or \\begin..\\end."""
+    parts = []
+    depth = 0
+    start = 0                          # where the current part starts
+    i = 0
     while i < len(s):
-        sep = next((x for x in seps if s.startswith(x, i)), None) if depth == 0 else None
-        if sep:
+        if depth == 0 and s.startswith(sep, i):
             parts.append(s[start:i])
             i = start = i + len(sep)
             continue
@@ -425,35 +444,42 @@ def _split_top(s, seps=(",",)):
 
 
 def _wrapper(s):
-    """('(', ']', inner) when s is one bracketed group like (3,4] or \\{1,2\\}; else None."""
+    """('(', ']', inner) when s is one bracketed group like (3,4] or \\{1,2\\};
+    else None."""
     if s.startswith("\\{") and s.endswith("\\}"):
         return "{", "}", s[2:-2]
     if len(s) >= 2 and s[0] in "([" and s[-1] in ")]":
         depth = 0
-        for i, c in enumerate(s):
+        for c in s[:-1]:
             depth += c in "([{"
             depth -= c in ")]}"
-            if depth == 0 and i < len(s) - 1:
+            if depth == 0:            # closed before the end: (1,2)\cup(3,4)
                 return None
         return s[0], s[-1], s[1:-1]
     return None
 
 
 def _expand_pm(items):
-    """1 \\pm \\sqrt2 -> 1+\\sqrt2, 1-\\sqrt2; more than 4 signs (2^k expansions) are left alone."""
+    """1 \\pm \\sqrt2 -> 1+\\sqrt2, 1-\\sqrt2; more than 4 signs (2^k
+    expansions) are left alone."""
     if sum(x.count("\\pm") + x.count("\\mp") for x in items) > 4:
         return items
-    while any("\\pm" in x or "\\mp" in x for x in items):
-        plus = lambda x: x.replace("\\pm", "+", 1).replace("\\mp", "-", 1)
-        minus = lambda x: x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)
-        items = [y for x in items
-                 for y in ((plus(x), minus(x)) if "\\pm" in x or "\\mp" in x else (x,))]
-    return items
+    return [y for x in items for y in _signs(x)]
+
+
+def _signs(x):
+    """x with its first \\pm as + then as - (the first \\mp the other way), each
+    expanded on."""
+    if "\\pm" not in x and "\\mp" not in x:
+        return [x]
+    plus = x.replace("\\pm", "+", 1).replace("\\mp", "-", 1)
+    minus = x.replace("\\pm", "-", 1).replace("\\mp", "+", 1)
+    return _signs(plus) + _signs(minus)
 
 
 def _strip_var(x):
     m = re.fullmatch(r"(?:[a-zA-Z]|\\[a-zA-Z]+)(?:_\w|\(\w\))?=([^=]+)", x)     # x=5, x_1=5, f(x)=5
-    return m.group(1) if m else x
+    return m[1] if m else x
 
 
 def _match_unordered(xs, ys, eq):
@@ -471,39 +497,42 @@ def _equiv(p, g, depth=0):
         return True
     if depth > 4:
         return False
+    eq = lambda a, b: _equiv(a, b, depth + 1)               # parts compared one level down
     choice = re.fullmatch(r"\(?([A-Ea-e])\)?", g)
     if choice:
         pc = re.fullmatch(r"\(?([A-Ea-e])\)?|\(([A-Ea-e])\).*", p)
-        return bool(pc) and (pc.group(1) or pc.group(2)).upper() == choice.group(1).upper()
+        return bool(pc) and (pc[1] or pc[2]).upper() == choice[1].upper()
     words = [not re.search(r"[\d\\^_=+*/(){}\[\],-]", x) for x in (p, g)]
     if any(words):  # a word answer (Evelyn, even, east) equals only a word answer
         return all(words) and re.sub(r"\W", "", p).lower() == re.sub(r"\W", "", g).lower()
+    wp = _wrapper(p)
+    wg = _wrapper(g)
     mats = [re.fullmatch(r"\\begin\{pmatrix\}(.*)\\end\{pmatrix\}", x) for x in (p, g)]
     if any(mats):  # matrices entry by entry; a column vector may be written as a tuple
         rows = [[r.split("&") for r in m[1].split("\\\\") if r] if m else None for m in mats]
-        flat = [[c for r in rs for c in r] if rs else _split_top(_wrapper(x)[2]) if _wrapper(x)
-                else None for rs, x in zip(rows, (p, g))]
-        return None not in flat and len(flat[0]) == len(flat[1]) and (None in rows or [len(r)
-                for r in rows[0]] == [
-            len(r) for r in rows[1]]) and all(_equiv(a, b, depth + 1) for a, b in zip(*flat))
-    up, ug = _split_top(p, ("\\cup",)), _split_top(g, ("\\cup",))
+        if None not in rows and list(map(len, rows[0])) != list(map(len, rows[1])):
+            return False                                    # two matrices of other shapes
+        flat = [[c for row in r for c in row] if r else _split_top(w[2]) if w else None
+                for r, w in zip(rows, (wp, wg))]           # entries, row by row
+        return None not in flat and len(flat[0]) == len(flat[1]) and all(map(eq, *flat))
+    up = _split_top(p, "\\cup")
+    ug = _split_top(g, "\\cup")
     if len(ug) > 1 or len(up) > 1:
-        return _match_unordered(up, ug, lambda a, b: _equiv(a, b, depth + 1))
-    wp, wg = _wrapper(p), _wrapper(g)
-    ip = _split_top(wp[2]) if wp else _split_top(p)
-    ig = _split_top(wg[2]) if wg else _split_top(g)
+        return _match_unordered(up, ug, eq)
+    ip = _split_top(wp[2] if wp else p)
+    ig = _split_top(wg[2] if wg else g)
     if len(ig) > 1 or len(ip) > 1:
-        ip, ig = _expand_pm([_strip_var(x) for x in ip]), _expand_pm([_strip_var(x) for x in ig])
-        ordered = bool(wg) and wg[0] in "(["  # tuples and intervals keep order
-        if ordered and (wp[:2] if wp else ("(", ")")) != wg[:2]:
-            return False  # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
-        eq = lambda a, b: _equiv(a, b, depth + 1)
-        if ordered:
-            return len(ip) == len(ig) and all(eq(a, b) for a, b in zip(ip, ig))
+        ip = _expand_pm(list(map(_strip_var, ip)))
+        ig = _expand_pm(list(map(_strip_var, ig)))
+        if wg and wg[0] in "([":  # tuples and intervals keep order
+            # (1,2] is not [1,2] nor 1,2; the point (2,3) may be 2,3
+            brackets = wp[:2] if wp else ("(", ")")
+            return brackets == wg[:2] and len(ip) == len(ig) and all(map(eq, ip, ig))
         return _match_unordered(ip, ig, eq)
     if "\\pm" in g or "\\pm" in p:
-        return _equiv(",".join(_expand_pm([p])), ",".join(_expand_pm([g])), depth + 1)
-    p, g = _strip_var(p), _strip_var(g)
+        return eq(",".join(_expand_pm([p])), ",".join(_expand_pm([g])))
+    p = _strip_var(p)
+    g = _strip_var(g)
     if p == g:
         return True
     if p.count("=") == 1 and g.count("=") == 1:  # equations: lhs - rhs up to a factor
@@ -511,34 +540,37 @@ def _equiv(p, g, depth=0):
         return _values_equal(f"({pl})-({pr})", f"({gl})-({gr})", ratio=True)
     if "=" in p or "=" in g:
         return False
-    base_p, base_g = re.fullmatch(r"(\w+)_\w+", p), re.fullmatch(r"(\w+)_\w+", g)
+    base_p = re.fullmatch(r"(\w+)_\w+", p)
+    base_g = re.fullmatch(r"(\w+)_\w+", g)
     if base_p and base_g:
         return False  # 52_8 vs 52_9: different numbers
     if base_p or base_g:  # 52 for 52_8: the digits are the answer
-        return (base_p.group(1) if base_p else p) == (base_g.group(1) if base_g else g)
+        return (base_p[1] if base_p else p) == (base_g[1] if base_g else g)
     return _values_equal(p, g)
 
 
 def is_equiv(pred, gold):
-    """True when the predicted answer string means the same as the gold answer string."""
+    """True when the predicted answer string means the same as the gold answer
+    string."""
     try:
         if pred is None or gold is None:
             return False
-        if len(pred) > MAX_ANSWER_CHARS or len(gold) > MAX_ANSWER_CHARS:
+        if max(len(pred), len(gold)) > MAX_ANSWER_CHARS:
             return pred.strip() == gold.strip()  # no real answer is this long: don't normalise it
-        p, g = normalize(pred), normalize(gold)
-        if not p or not g or p == g:
-            return bool(p) and p == g
-        return max(len(p), len(g)) <= MAX_PARSE_CHARS and _equiv(p, g)
+        p = normalize(pred)
+        g = normalize(gold)
+        if not (p and g):
+            return False                   # nothing left to compare (blank, or units alone)
+        return p == g or max(len(p), len(g)) <= MAX_PARSE_CHARS and _equiv(p, g)
     except Exception:  # a grader that raises would kill a 2,000-step run; wrong is the safe answer
         return False
 
 
 def reward(completion, gold, strict=False):
-    """1.0 if the completion's answer equals gold, else 0.0. strict: last \\boxed{} only
-    (evaluation)."""
+    """1.0 if the completion's answer equals gold, else 0.0. strict: last
+    \\boxed{} only (evaluation)."""
     try:
         pred = extract_boxed(completion) if strict else lenient_answer(completion)
-        return 1.0 if is_equiv(pred, gold) else 0.0
+        return float(is_equiv(pred, gold))
     except Exception:
         return 0.0

@@ -87,7 +87,7 @@ def problem_order(records, path):
         if isinstance(r, dict):
             at[r.get("problem")] = -1 if r.get("problem") in at else k          # -1: held twice
     order = {}
-    for row in load_jsonl(path, required=("problem",), text=("problem",)):
+    for row in load_jsonl(path, required=("problem",)):
         k = at.get(row["problem"], -1)
         if k < 0 or k in order:
             raise ValueError(f"{path}:{row['_line']}: a problem the pool lacks or holds twice, "

@@ -52,12 +52,25 @@ def tracker(kind, folder, name, config, start=0):
     return Tracker(log, run.finish)
 
 
+# the tracker's names for our metrics: TRL's, where TRL has one
+TRL_NAMES = {"completion_length": "completions/mean_length",
+             "lr": "learning_rate",
+             "clipped_ratio": "completions/clipped_ratio",
+             "logp_diff_mean": "sampling/sampling_logp_difference/mean",
+             "logp_diff_max": "sampling/sampling_logp_difference/max",
+             "ratio_min": "sampling/importance_sampling_ratio/min",
+             "ratio_mean": "sampling/importance_sampling_ratio/mean",
+             "ratio_max": "sampling/importance_sampling_ratio/max"}
+
+
 def numbers(record, prefix=""):
-    """A record's numbers, nested dicts flattened: {"strict": {"pass@1": x}} -> "strict/pass@1"."""
+    """A record's numbers under the tracker's names (TRL's, where TRL has one), nested dicts
+    flattened: {"strict": {"pass@1": x}} -> "strict/pass@1"."""
     flat = {}
     for key, value in record.items():
+        name = prefix + TRL_NAMES.get(key, key)
         if isinstance(value, dict):
-            flat.update(numbers(value, f"{prefix}{key}/"))
+            flat.update(numbers(value, name + "/"))
         elif isinstance(value, (int, float)):
-            flat[prefix + key] = float(value)
+            flat[name] = float(value)
     return flat
