@@ -2,8 +2,8 @@
 
   python drafts.py generate --model Qwen/Qwen2.5-Math-1.5B --data data/math_train.jsonl
   torchrun --nproc-per-node 8 drafts.py generate ...       # the same pool, on 8 GPUs
-  python drafts.py import --src drafts_qwen25_math_1.5b.json    # the released pool
-  python drafts.py stats --drafts pool.jsonl [--model M]   # the referee's table
+  python -m extras.pool import --src drafts_qwen25_math_1.5b.json    # the released pool
+  python -m extras.pool stats --drafts pool.jsonl [--model M]   # the referee's table
 
 A pool line: the problem's fields + "drafts": [{text, pred, correct_strict,
 correct_quasi, length}]. build_variant() picks ONE draft per problem by the
@@ -248,7 +248,8 @@ def grade_draft(tokenizer, tokens, gold):
 def cmd_generate(args):
     """Problem i's drafts are samples (seed, i, 0..K-1): resumed, or split over
     torchrun's processes, the same pool."""
-    from generation import cuda_graphs, generate, load_model
+    from extras.graphs import cuda_graphs
+    from generation import generate, load_model
     from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))
     output_path(args.out, "--out")
@@ -308,10 +309,8 @@ def main(argv=None):
         ("--no-cuda-graphs", False,
          "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--seed", 0, "sampling seed", SEED))
-    import extras.pool  # the pool's import and statistics: tools beside the method
-    commands = {"generate": cmd_generate, **extras.pool.add_commands(sub)}
-    args = ap.parse_args(argv)
-    return commands[args.cmd](args)
+    args = ap.parse_args(argv)  # the pool's import and statistics: python -m extras.pool
+    return cmd_generate(args)
 
 
 if __name__ == "__main__":

@@ -152,8 +152,9 @@ def summarize(rows, records, ks, vote="exact"):
 
 # ----------------------------------------------------------------------------- commands
 def run(args):
+    from extras.graphs import cuda_graphs
     from extras.trackers import tracker
-    from generation import cuda_graphs, generate, load_model  # torch: only here
+    from generation import generate, load_model  # torch: only here
     from lora import adapter_config, load_lora, merge_lora
     from processes import distributed, gather, rounds
     rank, world = distributed(vars(args))

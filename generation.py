@@ -636,15 +636,6 @@ def compact(cache, rows, going, written, new=zeros):
     return compacted, Rows(**moved, job=jobs)
 
 
-def cuda_graphs(enabled=True):
-    """A run's CUDA graphs (extras/graphs.py: decode_one_token replayed, imported only on
-    CUDA); None: decode eagerly, as on the CPU."""
-    if not (enabled and torch.cuda.is_available()):
-        return None
-    from extras.graphs import Graphs
-    return Graphs()
-
-
 # ----------------------------------------------------------------------------- generate
 @torch.no_grad()
 def generate(model, prompt_ids, n=1, max_new_tokens=4096,
@@ -657,7 +648,7 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096,
     (0, 1, ... by default): the same tokens whichever rows share its batch or process, up
     to float rounding of the logits. Stops at EOS, max_new_tokens, or where stop(job,
     tail, first) says (look_from_host). Decodes B prompts x G rows <= batch_size at a
-    time; with graphs (cuda_graphs()), each step replays a CUDA graph. logprobs: each
+    time; with graphs (extras.graphs.cuda_graphs()), each step replays a CUDA graph. logprobs: each
     completion is a Drawn (tokens, their log-probabilities under the distribution each was
     drawn from, its entropies). Returns None if interrupt() says so at one of the host's
     looks (a stop signal)."""

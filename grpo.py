@@ -39,7 +39,6 @@ from generation import (
     cache_bytes,
     causal_attention,
     completion_states,
-    cuda_graphs,
     generate,
     load_model,
     passing_attention,
@@ -397,6 +396,7 @@ def train(args, problems, model, tokenizer, reward_fn=None):
     for p in params:
         p.grad = torch.zeros_like(p)  # each step steps the optimizer, even if advantages are 0
     enable_checkpointing(model)  # recompute layer activations in backward: memory for time
+    from extras.graphs import cuda_graphs  # an optional speed layer over decode_one_token
     graphs = cuda_graphs(not args.no_cuda_graphs)  # on CUDA: decode steps replayed, checked
     start = start_or_resume(args, model, optimizer)
     log = RunLog(args, start)  # metrics.jsonl, completions.jsonl, a tracker; process 0

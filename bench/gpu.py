@@ -66,8 +66,9 @@ import processes
 from bench.common import HERE, MATHSTRAL_SHAPE, TINY_SHAPE, coin, policy_update, save, timed
 from bench.rollout import left_pad
 from drafts import load_jsonl
+from extras.graphs import cuda_graphs
 from extras.tiny import tokenizer as tiny_tokenizer
-from generation import cache_bytes, cuda_graphs, generate
+from generation import cache_bytes, generate
 from lora import apply_lora, lora_modules, merged
 
 QUICK_BUDGET = 285   # seconds from bench_gpu's start; the imports before it take ~15 s

@@ -9,7 +9,8 @@ from bench.common import policy_update, save, timed
 from bench.gpu import peak_memory
 from bench.rollout import copied_generate
 from bench.sampling import bench_sampler
-from generation import cache_bytes, cuda_graphs, generate
+from extras.graphs import cuda_graphs
+from generation import cache_bytes, generate
 from lora import merged
 
 

@@ -1,5 +1,6 @@
 """CUDA graphs of generation.py's decode steps: a speed layer, on by default on CUDA
-(imported only there; --no-cuda-graphs: eager). A decode step has fixed shapes and asks
+(--no-cuda-graphs: eager); the scripts import it when they decode, and it imports the core,
+never the other way round. A decode step has fixed shapes and asks
 nothing of the host (generation.decode_one_token), so its kernels can be captured once per
 shape and replayed: one launch a step instead of thousands. Graphs is called as
 decode_one_token is (gpt-fast rebinds decode_one_token to a compiled one; generate passes
@@ -154,3 +155,11 @@ class Graphs:
         self.ok = True
         print(f"CUDA graphs: {steps} decode steps replayed as eager ones ran them (the same "
               f"tokens, log-probs within {diff:.1e}); one graph per key, at most {MAX_GRAPHS}")
+
+
+def cuda_graphs(enabled=True):
+    """A run's CUDA graphs (a Graphs, to pass to generation.generate); None: decode eagerly, as
+    on the CPU."""
+    if not (enabled and torch.cuda.is_available()):
+        return None
+    return Graphs()

@@ -1,5 +1,10 @@
-"""The draft pool's tools beside the method (`python drafts.py import|stats`): the author's released
-pool converted into ours, and the referee's table of what each variant shows."""
+"""The draft pool's tools beside the method: the author's released pool converted into ours, and
+the referee's table of what each variant shows.
+
+  python -m extras.pool import --src drafts_qwen25_math_1.5b.json [--order ORDER.jsonl]
+  python -m extras.pool stats --drafts pool.jsonl [--model M]
+"""
+import argparse
 import json
 import os
 import statistics
@@ -14,12 +19,14 @@ from drafts import (
     load_pool,
     output_path,
 )
-from extras.cli import COUNT, SEED
+from extras.cli import COUNT, SEED, Parser
 from reward import is_equiv
 
 
-def add_commands(sub):
-    """drafts.py's `import` and `stats` subcommands: their flags, and the functions running them."""
+def main(argv=None):
+    """`import` or `stats`, by the first argument."""
+    ap = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("import",
                    help="convert the author's released pool JSON into our pool JSONL").flags(
         ("--src", "drafts_qwen25_math_1.5b.json", "the author's pool, as released"),
@@ -33,7 +40,8 @@ def add_commands(sub):
         ("--seed", 0, "variant seed", SEED),
         ("--max-prompt-tokens", 3072, "prompt budget (recipe: 3072)", COUNT),
         ("--length-matched", False, "the length-matched control (see build_variant)"))
-    return {"import": cmd_import, "stats": cmd_stats}
+    args = ap.parse_args(argv)
+    return {"import": cmd_import, "stats": cmd_stats}[args.cmd](args)
 
 
 def cmd_import(args):
@@ -139,3 +147,8 @@ def length_matched(pool, variant, seed=0):
             target -= 1  # build_prompt strips drafts: cut where no variant ends in space
         row.update(draft=row["draft"][:target], draft_chars_full=len(row["draft"]))
     return rows
+
+
+if __name__ == "__main__":
+    from processes import run_main
+    run_main(main)

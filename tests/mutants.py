@@ -341,7 +341,7 @@ MUTANTS = [
            ("test_drafts.py",)),
     Mutant("import-order-ignored", "extras/pool.py",
            "order = problem_order(records, args.order) if args.order else range(len(records))",
-           "order = range(len(records))", "drafts.py import --order keeps the records' order",
+           "order = range(len(records))", "extras.pool import --order keeps the records' order",
            ("test_drafts.py",)),
     # -- the first command's table (extras/demo.py)
     Mutant("demo-halves", "extras/demo.py", "n = max(1, len(values) // 3)",

@@ -15,6 +15,7 @@ from safetensors.torch import load_file, save_file
 
 import drafts
 import evaluate
+import extras.pool
 import grpo
 import processes
 
@@ -284,6 +285,7 @@ DRAFTS_FLAGS = [("generate", "--num-drafts", "0"), ("generate", "--max-new-token
                 ("generate", "--limit", "0"), ("generate", "--batch-size", "0"),
                 ("generate", "--seed", "-3"), ("generate", "--levels", "x"),
                 ("stats", "--seed", "-1"), ("stats", "--max-prompt-tokens", "0")]
+POOL_COMMANDS = ("stats", "import")         # python -m extras.pool
 
 
 @pytest.mark.parametrize("flag,value", EVALUATE_FLAGS)
@@ -297,7 +299,8 @@ def test_evaluate_refuses_impossible_flags(tmp_path, flag, value):
 def test_drafts_refuses_impossible_flags(tmp_path, command, flag, value):
     out = tmp_path / "new" / "pool.jsonl"
     extra = ["--drafts", "pool.jsonl"] if command == "stats" else ["--out", out]
-    assert flag in error(drafts, command, *extra, flag, value)
+    script = extras.pool if command in POOL_COMMANDS else drafts
+    assert flag in error(script, command, *extra, flag, value)
     assert not (tmp_path / "new").exists()
 
 
@@ -397,7 +400,7 @@ def test_bad_pools_name_the_line(tmp_path, kind):
     pool.write_text(json.dumps(row) + "\n")
     for module, argv in ((grpo, ["--model", "tiny", "--drafts", pool, "--exclude", "",
                                  "--output-dir", tmp_path / "out"]),
-                         (drafts, ["stats", "--drafts", pool])):
+                         (extras.pool, ["stats", "--drafts", pool])):
         assert f"{pool}:1: problem a" in error(module, *argv)
     assert not (tmp_path / "out").exists()
 
@@ -472,7 +475,7 @@ GOOD_RECORD = ('{"unique_id": "a", "problem": "p", "answer": "1", "level": "Leve
 def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
     (tmp_path / "src.json").write_bytes(src)
     (tmp_path / "pool.jsonl").write_text("kept\n")
-    assert says in error(drafts, "import", "--src", tmp_path / "src.json",
+    assert says in error(extras.pool, "import", "--src", tmp_path / "src.json",
                          "--out", tmp_path / "pool.jsonl")
     assert (tmp_path / "pool.jsonl").read_text() == "kept\n"
 

@@ -4,6 +4,7 @@ import random
 import pytest
 
 import drafts
+import extras.pool
 import grpo
 from drafts import build_prompt, build_variant, derangement, load_pool, select_draft
 from extras.pool import length_matched
@@ -209,7 +210,7 @@ def test_the_authors_pool_as_released_gives_the_authors_variants(tmp_path, order
     default --exclude data/math500.jsonl."""
     pool = tmp_path / "pool.jsonl"
     flags = ["--order", "tests/data/author_order.jsonl"] if order == "order" else []
-    drafts.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool), *flags])
+    extras.pool.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool), *flags])
     records = json.load(open("tests/data/author_pool.json"))["records"]
     rows = load_pool(str(pool))
     if order == "records":
@@ -231,7 +232,7 @@ def test_the_authors_pool_as_released_gives_the_authors_variants(tmp_path, order
     bad = tmp_path / "order.jsonl"
     bad.write_text('{"problem": "Problem 1: what is 11?"}\n{"problem": "not in the pool"}\n')
     with pytest.raises(ValueError, match="order.jsonl:2: a problem the pool lacks"):
-        drafts.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool),
+        extras.pool.main(["import", "--src", "tests/data/author_pool.json", "--out", str(pool),
                      "--order", str(bad)])
 
 
@@ -289,7 +290,7 @@ def test_rows_carry_the_shown_drafts_answer_and_stats_prove_wrong_drafts_are_wro
     assert "draft_pred" not in build_variant(pool, "no-draft")[0]
     path = tmp_path / "pool.jsonl"
     path.write_text("".join(json.dumps(p) + "\n" for p in pool))
-    drafts.main(["stats", "--drafts", str(path)])
+    extras.pool.main(["stats", "--drafts", str(path)])
     table = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()[2:]}
     gold = {v: row[3] for v, row in table.items()}      # the "shown = gold" column
     assert gold == {"no-draft": "-", "matched-wrong": "0.0%", "mismatched-wrong": "0.0%",
