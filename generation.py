@@ -153,7 +153,8 @@ def sample(logits, noise, temperature=1.0, top_p=1.0):
     probs = probs / probs.sum(dim=-1, keepdim=True)  # what the race drew from: the nucleus
     chosen = probs.gather(-1, token[:, None])  # [R, 1]
     entropy = torch.special.entr(probs).sum(dim=-1)  # [R]
-    return Draw(token, chosen[:, 0].log(), entropy)
+    logprob = chosen[:, 0].log()  # [R]
+    return Draw(token, logprob, entropy)
 
 
 # ----------------------------------------------------------------- attention, one per pass
@@ -500,8 +501,10 @@ def prefill(model, prompts, noise, max_new_tokens, new=zeros):
         cache.length[b] = n
         group = slice(b * G, b * G + G)
         rows.logits[group] = head(hidden[0, -1])
-        g, k = torch.arange(G, device=device), len(roots)
-        rows.noise[group] = roots[g.clamp(max=k - 1)]  # fillers: the last row's
+        k = len(roots)  # samples; the rest of the group: fillers
+        g = torch.arange(G, device=device)
+        filled = g.clamp(max=k - 1)  # a filler repeats the last row
+        rows.noise[group] = roots[filled]
         rows.done[group] = g >= k
         rows.job += [(b, g) for g in range(k)]
         rows.job += [None] * (G - k)
@@ -600,7 +603,8 @@ def compact(cache, rows, going, written, new=zeros):
     counts = [sum(going[r] for r in group) for group in groups]  # rows going a prompt
     keep = [b for b in range(B) if counts[b]]
     most = max(counts)
-    G2 = min(G, 2 ** math.ceil(math.log2(most)))  # rows a prompt from now on
+    G2 = 2 ** math.ceil(math.log2(most))  # rows a prompt from now on
+    G2 = min(G, G2)
     if len(keep) * G2 > COMPACT_AT * B * G:
         return cache, rows
     first = lambda r: not going[r]  # going rows first, in their order
@@ -677,7 +681,8 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096,
         decode = use or decode_one_token  # a CUDA graph's replay, or the step itself
         new = use.buffer if use else zeros  # with graphs, buffers kept for the run
         for batch in batches:
-            keys = [[(numbers[p], s) for s in group] for p, group in batch]
+            keys = [[(numbers[p], s) for s in group]
+                    for p, group in batch]
             noise = [noise_roots(seed, k, model.device) for k in keys]
             prompts = [prompt_ids[p] for p, _ in batch]
             cache, rows = prefill(model, prompts, noise, max_new_tokens, new)
@@ -695,5 +700,7 @@ def generate(model, prompt_ids, n=1, max_new_tokens=4096,
 def cut_at_eos(drawn, eos):
     """A row's draws up to its first EOS, kept."""
     tokens = drawn.tokens
-    end = tokens.index(eos) + 1 if eos in tokens else len(tokens)
+    end = len(tokens)
+    if eos in tokens:
+        end = tokens.index(eos) + 1
     return Drawn(*(x[:end] for x in drawn))

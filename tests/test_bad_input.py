@@ -471,7 +471,8 @@ GOOD_RECORD = ('{"unique_id": "a", "problem": "p", "answer": "1", "level": "Leve
      "record #1 lacks unique_id"),
     (GOOD_RECORD.join(('{"records": [', ']}')).replace('"text": "x", ', "").encode(),
      "record #0 lacks samples[0].text"),
-])
+], ids=["a list", "records not a list", "a record not an object", "a record lacks its id",
+        "a sample lacks its text"])
 def test_import_checks_the_whole_pool_before_writing(tmp_path, src, says):
     (tmp_path / "src.json").write_bytes(src)
     (tmp_path / "pool.jsonl").write_text("kept\n")
