@@ -269,8 +269,8 @@ def cmd_generate(args):
     graphs = cuda_graphs(not args.no_cuda_graphs)
 
     def draft(chunk):
-        prompts = [DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]) for _, r in chunk]
-        ids = [encode_prompt(tokenizer, prompt) for prompt in prompts]
+        ids = [encode_prompt(tokenizer, DRAFT_MODEL_TEMPLATE.format(problem=r["problem"]))
+               for _, r in chunk]
         samples = generate(model, ids, n=args.num_drafts,
                            max_new_tokens=args.max_new_tokens,
                            temperature=args.temperature, top_p=args.top_p,
@@ -278,11 +278,9 @@ def cmd_generate(args):
                            pad_token_id=tokenizer.pad_token_id,
                            seed=args.seed, prompt_numbers=[i for i, _ in chunk],
                            batch_size=args.batch_size, graphs=graphs)
-        rows = []
-        for (_, r), outs in zip(chunk, samples):
-            row = {k: v for k, v in r.items() if k != "_line"}
-            row["drafts"] = [grade_draft(tokenizer, o, r["answer"]) for o in outs]
-            rows.append(row)
+        rows = [{k: v for k, v in r.items() if k != "_line"} for _, r in chunk]
+        for row, outs in zip(rows, samples):
+            row["drafts"] = [grade_draft(tokenizer, o, row["answer"]) for o in outs]
         return rows
     rounds(chunks, draft, args.out,
            f"drafts, {size} problem(s) x {world} process(es) a round")
@@ -292,9 +290,8 @@ def main(argv=None):
     ap = Parser(description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    parser = sub.add_parser(
-        "generate", help="sample and grade K drafts per problem with the draft model")
-    parser.flags(
+    sub.add_parser(
+        "generate", help="sample and grade K drafts per problem with the draft model").flags(
         ("--model", "Qwen/Qwen2.5-Math-1.5B", "draft model: hub id, local dir or 'tiny'"),
         ("--data", os.path.join(DATA, "math_train.jsonl"), "problems JSONL (MATH train)"),
         ("--out", "pool.jsonl",
@@ -309,8 +306,8 @@ def main(argv=None):
         ("--no-cuda-graphs", False,
          "decode eagerly on CUDA (default: CUDA graphs, checked)"),
         ("--seed", 0, "sampling seed", SEED))
-    args = ap.parse_args(argv)  # the pool's import and statistics: python -m extras.pool
-    return cmd_generate(args)
+    # the pool's import and statistics: python -m extras.pool
+    return cmd_generate(ap.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ class Parser(argparse.ArgumentParser):
         string."""
         for flag, default, help, *kind in rows:
             kind = kind[0] if kind else str
-            how = {"default": default, "type": kind}
-            if default is False:
+            how = {"type": kind}
+            if default is False:                   # store_true's default: False
                 how = {"action": "store_true"}
             elif isinstance(kind, tuple):
-                how = {"default": default, "choices": kind}
+                how = {"choices": kind}
             elif isinstance(kind, list):
-                how = {"default": default, "type": kind[0], "nargs": "+"}
-            self.add_argument(flag, help=help, **how)
+                how = {"type": kind[0], "nargs": "+"}
+            self.add_argument(flag, default=default, help=help, **how)
         return self
 
 
