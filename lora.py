@@ -166,13 +166,13 @@ def merge_lora(model, spare=0):
     weights = [m.base_layer.weight for m in layers]
     with torch.no_grad():
         if spare is not None and layers and layers[0].base_copy is None:
-            free = total = 0
+            room = False                # on the CPU the copy stays beside the weights
             if weights[0].is_cuda:
                 free, total = torch.cuda.mem_get_info(weights[0].device)
-            room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
+                room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
             for m, w in zip(layers, weights):
                 if room or not w.is_cuda:
-                    m.base_copy = w.detach().clone()
+                    m.base_copy = w.clone()     # no_grad: a plain tensor
                 else:   # page-locked: copied back at full bus speed
                     pinned = torch.empty_like(w, device="cpu", pin_memory=True)
                     m.base_copy = pinned.copy_(w)
