@@ -61,18 +61,18 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
     (model.layers.0.self_attn.q_proj) is in `targets`, freeze everything else,
     return the model."""
     model.requires_grad_(False)
-    wrapped = []
+    wrapped = set()                 # the attribute names wrapped
     for name, module in list(model.named_modules()):
         for attr, child in list(module.named_children()):
             path = f"{name}.{attr}" if name else attr
             if (attr in targets or path in targets) and isinstance(child, nn.Linear):
                 setattr(module, attr, LoRALinear(child, r, alpha, dropout))
-                wrapped.append(attr)
+                wrapped.add(attr)
     if not wrapped:
         raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in "
                          f"{type(model).__name__}")
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-                         "target_modules": sorted(set(wrapped))}
+                         "target_modules": sorted(wrapped)}
     return model
 
 
