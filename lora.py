@@ -61,18 +61,18 @@ def apply_lora(model, r=16, alpha=32, dropout=0.0, targets=DEFAULT_TARGETS):
     (model.layers.0.self_attn.q_proj) is in `targets`, freeze everything else,
     return the model."""
     model.requires_grad_(False)
-    wrapped = []
+    wrapped = set()                 # the attribute names wrapped
     for name, module in list(model.named_modules()):
         for attr, child in list(module.named_children()):
             path = f"{name}.{attr}" if name else attr
             if (attr in targets or path in targets) and isinstance(child, nn.Linear):
                 setattr(module, attr, LoRALinear(child, r, alpha, dropout))
-                wrapped.append(attr)
+                wrapped.add(attr)
     if not wrapped:
         raise ValueError(f"apply_lora: no nn.Linear named any of {list(targets)} in "
                          f"{type(model).__name__}")
     model.lora_config = {"r": r, "lora_alpha": alpha, "lora_dropout": dropout,
-                         "target_modules": sorted(set(wrapped))}
+                         "target_modules": sorted(wrapped)}
     return model
 
 
@@ -166,13 +166,13 @@ def merge_lora(model, spare=0):
     weights = [m.base_layer.weight for m in layers]
     with torch.no_grad():
         if spare is not None and layers and layers[0].base_copy is None:
-            free = total = 0
+            room = False                # on the CPU the copy stays beside the weights
             if weights[0].is_cuda:
                 free, total = torch.cuda.mem_get_info(weights[0].device)
-            room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
+                room = total - free + sum(w.nbytes for w in weights) + spare <= 0.7 * total
             for m, w in zip(layers, weights):
                 if room or not w.is_cuda:
-                    m.base_copy = w.detach().clone()
+                    m.base_copy = w.clone()     # no_grad: a plain tensor
                 else:   # page-locked: copied back at full bus speed
                     pinned = torch.empty_like(w, device="cpu", pin_memory=True)
                     m.base_copy = pinned.copy_(w)

@@ -27,8 +27,8 @@ def distributed(flags=None):
         if cuda:
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
         minutes = float(os.environ.get(TIMEOUT, 180))
-        timeout = datetime.timedelta(minutes=minutes)
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=timeout)
+        dist.init_process_group("nccl" if cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=minutes))
     ranks = gather(flags) if flags is not None else [{}]
     bad = [f"process {r}: --{k.replace('_', '-')}"
            for r, f in enumerate(ranks) for k in f if f[k] != ranks[0].get(k)]

@@ -61,15 +61,15 @@ def save_checkpoint(args, step, model, optimizer):
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in _checkpoints(args.output_dir)[:-KEEP_OPTIMIZER]:
-        path = os.path.join(args.output_dir, f"step-{old}", "optimizer.safetensors")
         with contextlib.suppress(FileNotFoundError):       # removed by an earlier save
-            os.remove(path)
+            os.remove(os.path.join(args.output_dir, f"step-{old}", "optimizer.safetensors"))
 
 
 def _checkpoints(output_dir):
-    complete = lambda d: os.path.exists(os.path.join(output_dir, d, "trainer_state.json"))
+    # step-N folders whose trainer_state.json is written: the complete ones
     return sorted(int(m.group(1)) for d in os.listdir(output_dir)
-                  if (m := re.fullmatch(r"step-(\d+)", d)) and complete(d))
+                  if (m := re.fullmatch(r"step-(\d+)", d))
+                  and os.path.exists(os.path.join(output_dir, d, "trainer_state.json")))
 
 
 def check_run_folder(args):
@@ -84,11 +84,13 @@ def check_run_folder(args):
         if os.path.exists(folder):
             raise ValueError(f"--output-dir {folder}: a file, not a folder")
         return
-    run = _checkpoints(folder) or os.path.exists(os.path.join(folder, "metrics.jsonl"))
-    if run and not args.resume:
-        raise ValueError(f"{folder} already holds a run: pass --resume, "
-                         "or another --output-dir")
-    for step in reversed(_checkpoints(folder) if args.resume else []):
+    steps = _checkpoints(folder)
+    if not args.resume:
+        if steps or os.path.exists(os.path.join(folder, "metrics.jsonl")):
+            raise ValueError(f"{folder} already holds a run: pass --resume, "
+                             "or another --output-dir")
+        return
+    for step in reversed(steps):
         path = os.path.join(folder, f"step-{step}")
         try:                            # one that does not read back: the one before it
             saved = load_json(os.path.join(path, "trainer_state.json"))["args"]
@@ -159,8 +161,8 @@ def stop_signals():
     (drop_step), else ends it; either way a checkpoint is on disk and the run
     exits with 128 + the signal's number (stopped)."""
     got = []
-    names = (signal.SIGTERM, signal.SIGUSR1)
-    old = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in names}
+    old = {s: signal.signal(s, lambda signum, frame: got.append(signum))
+           for s in (signal.SIGTERM, signal.SIGUSR1)}
     try:
         yield got
     finally:
@@ -196,9 +198,8 @@ def stopped(args, signals, step):
     1 whatever its processes exit with."""
     number = (signals or [signal.SIGTERM])[0]
     message = f"signal {number}: stopped after step {step}, checkpointed; rerun with --resume"
-    marker = os.path.join(args.output_dir, STOPPED)
     if distributed()[0] == 0:
-        with writing(args.output_dir), open(marker, "w") as f:
+        with writing(args.output_dir), open(os.path.join(args.output_dir, STOPPED), "w") as f:
             f.write(message + "\n")
     gather(None)
     print(message)
@@ -219,7 +220,7 @@ def keep_upto(path, step):
 
 
 def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times,
-                args, epoch, graphs=None):
+                args, epoch, graphs):
     """A step's line in metrics.jsonl: its rollouts (grpo.Rollouts), its update
     (grpo.Update), its times (start, update's start, end) and whether decoding
     replays CUDA graphs."""
@@ -230,8 +231,8 @@ def step_record(step, batch, prompt_ids, rollouts, update, grad_norm, skipped, t
     rate = lambda key: sum(is_equiv(a, p[key])
                            for group, p in zip(rollouts.answers, batch)
                            for a in group) / (B * G) if drafts else None
-    lengths = torch.tensor([len(c) for group in rollouts.completions for c in group],
-                           dtype=torch.float32)                  # [B*G]
+    lengths = torch.tensor([len(c) for group in rollouts.completions
+                            for c in group]).float()              # [B*G]
     # [B] groups without a learning signal
     zero_std = (rewards.std(dim=1).nan_to_num() == 0).float()
     entropies = torch.tensor([e for group in rollouts.entropies
@@ -317,14 +318,14 @@ class RunLog:
                         total=args.max_steps, disable=not self.writes)
 
     def step(self, step, batch, prompt_ids, rollouts, update, grad_norm, skipped, times,
-             epoch, graphs=None):
+             epoch, graphs):
         """A step's line in metrics.jsonl (step_record), its rollouts in
         completions.jsonl every --log-completions steps, the tracker, the
         progress bar."""
         record = step_record(step, batch, prompt_ids, rollouts, update, grad_norm,
                              skipped, times, self.args, epoch, graphs)
         lines = completion_lines(step, batch, rollouts, self.args)
-        self.skipped += record["skipped"]
+        self.skipped += skipped
         record["skipped_steps"] = self.skipped
         for path, written in zip(self.paths, ([record], lines)):
             if self.writes and written:
@@ -332,12 +333,12 @@ class RunLog:
                     f.writelines(json.dumps(line, ensure_ascii=False) + "\n"
                                  for line in written)
         if self.tracker:
-            self.tracker.log(record, record["step"], lines)
+            self.tracker.log(record, step, lines)
         self.bar.set_postfix(reward=f"{record['reward']:.3f}",
                              len=f"{record['completion_length']:.0f}", refresh=False)
         self.bar.update()
-        if self.writes and record.get("graphs") and not self.graphs_said:
-            print(f"\nafter step {record['step']}: {record['graphs']} CUDA graphs kept "
+        if self.writes and record["graphs"] and not self.graphs_said:
+            print(f"\nafter step {step}: {record['graphs']} CUDA graphs kept "
                   f"({record['graph_captures']} captured), {record['graph_mb']:.0f} MB")
             self.graphs_said = True
 
