@@ -145,10 +145,9 @@ def normalize(answer):
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+",
                lambda m: m[1] + " " if m[1] else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
-        s = s.replace(",", "")
-    # \frac{1}{5,525}
-    s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)
+    # thousands separators: the whole answer (-1,000.5) or in braces (\frac{1}{5,525})
+    s = re.sub(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$|(?<=\{)\d{1,3}(?:,\d{3})+(?=\})",
+               lambda m: m[0].replace(",", ""), s)
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
     s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d{1,12})\}|(\d))(?:\{(\d{1,12})\}|(\d))",
@@ -283,37 +282,33 @@ def _evaluate(tokens, env):
         return v
 
     def term():
-        v = unary()
+        v = signed(power)
         while True:
             tok = peek()
             if tok in ("*", "\\cdot", "\\times"):
                 take()
-                v = v * unary()
+                v = v * signed(power)
             elif tok in ("/", "\\div"):
                 take()
-                v = v / unary()          # by zero: ZeroDivisionError, caught too
+                v = v / signed(power)    # by zero: ZeroDivisionError, caught too
             elif (tok is not None and (tok[0].isalnum() or tok[0] in "([{\\") and
                   tok not in ("\\pm", "\\mp", "\\}", "\\|")):
                 v = v * power()          # implicit product: 2\sqrt3, 3xy
             else:
                 return v
 
-    def unary():
+    def signed(read):
+        """read() after any signs: -x, --x, +x."""
         if peek() in ("-", "+"):
-            return -unary() if take() == "-" else unary()
-        return power()
+            return -signed(read) if take() == "-" else signed(read)
+        return read()
 
     def power():
         v = postfix()
         if peek() == "^":
             take()
-            v = _power(v, exponent())
+            v = _power(v, signed(arg))
         return v
-
-    def exponent():
-        if peek() in ("-", "+"):
-            return -exponent() if take() == "-" else exponent()
-        return arg()
 
     def postfix():
         v = atom()
@@ -355,7 +350,7 @@ def _evaluate(tokens, env):
             exp = None
             if peek() == "^":
                 take()
-                exp = exponent()
+                exp = signed(arg)
             v = _FUNCS[tok](float(power()))
             return _power(v, exp) if exp is not None else v
         if tok in env:
