@@ -389,7 +389,7 @@ def _values_equal(a, b, ratio=False):
     tb = _tokens(b)
     if ta is None or tb is None:
         return False
-    if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", a + " " + b)):
+    if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", f"{a} {b}")):
         return False                                          # words, not algebra
     names = _variables(ta) | _variables(tb)
     agree = 0                          # points where the two agree
