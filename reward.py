@@ -304,17 +304,14 @@ def _evaluate(tokens, env):
         return read()
 
     def power():
-        v = postfix()
-        if peek() == "^":
-            take()
-            v = _power(v, signed(arg))
-        return v
-
-    def postfix():
+        """An atom, its factorials (3!!), then its exponent if any."""
         v = atom()
         while peek() == "!":
             take()
             v = Fraction(math.factorial(_whole(v, 0, 300)))
+        if peek() == "^":
+            take()
+            v = _power(v, signed(arg))
         return v
 
     def arg():
