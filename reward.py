@@ -145,10 +145,9 @@ def normalize(answer):
     s = re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])|\s+",
                lambda m: m[1] + " " if m[1] else "", s)  # \cos x
     s = re.sub(r"^(?:[a-zA-Z]|\\[a-zA-Z]+)\\in", "", s)                 # "x \in [-2,7]"
-    if re.fullmatch(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?", s):               # thousands separators
-        s = s.replace(",", "")
-    # \frac{1}{5,525}
-    s = re.sub(r"(?<=\{)\d{1,3}(?:,\d{3})+(?=\})", lambda m: m[0].replace(",", ""), s)
+    # thousands separators: the whole answer (-1,000.5) or in braces (\frac{1}{5,525})
+    s = re.sub(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$|(?<=\{)\d{1,3}(?:,\d{3})+(?=\})",
+               lambda m: m[0].replace(",", ""), s)
     s = s.rstrip(".")
     s = re.sub(r"_\{(\w+)\}", r"_\1", s)                                 # 52_{8} -> 52_8
     s = re.sub(r"(?<![\d.^_{])(\d+)\\frac(?:\{(\d{1,12})\}|(\d))(?:\{(\d{1,12})\}|(\d))",
@@ -164,10 +163,11 @@ def _interval(s):
     """Inequalities as intervals: x\\le3 -> (-\\infty,3], x>2 -> (2,\\infty),
     1<x\\le3 -> (1,3]."""
     m = re.fullmatch(r"(?:([^<>]+?)(<|\\leq?))? ?[a-zA-Z](<|>|\\leq?|\\geq?)([^<>]+)", s)
-    greater = bool(m) and m[3] in (">", "\\ge", "\\geq")
-    if not m or (m[1] and (greater or m[3][0] not in "<\\l")):      # a < x > b is no interval
+    if not m:
         return s
-    if greater:
+    if m[3] in (">", "\\ge", "\\geq"):
+        if m[1]:                   # a < x > b is no interval
+            return s
         return ("(" if m[3] == ">" else "[") + m[4] + ",\\infty)"
     low = (("(" if m[2] == "<" else "[") + m[1]) if m[1] else "(-\\infty"
     return low + "," + m[4] + (")" if m[3] == "<" else "]")
@@ -178,21 +178,21 @@ def _interval(s):
 # ZeroDivisionError or OverflowError: _values_equal passes over that point
 _TOKEN = re.compile(r"\s*(\d+(?:\.\d*)?(?:[eE][-+]?\d+(?![\d.]))?|\.\d+|\\[a-zA-Z]+|\\[{}|]"
                     r"|[a-zA-Z]|[-+*/^(){}\[\]!_=,|'])")
-_FUNCS = {"sin": math.sin,
-          "cos": math.cos,
-          "tan": math.tan,
-          "cot": lambda x: 1 / math.tan(x),
-          "sec": lambda x: 1 / math.cos(x),
-          "csc": lambda x: 1 / math.sin(x),
-          "ln": math.log,
-          "log": math.log,
-          "exp": math.exp,
-          "arcsin": math.asin,
-          "arccos": math.acos,
-          "arctan": math.atan}
+_FUNCS = {"\\sin": math.sin,
+          "\\cos": math.cos,
+          "\\tan": math.tan,
+          "\\cot": lambda x: 1 / math.tan(x),
+          "\\sec": lambda x: 1 / math.cos(x),
+          "\\csc": lambda x: 1 / math.sin(x),
+          "\\ln": math.log,
+          "\\log": math.log,
+          "\\exp": math.exp,
+          "\\arcsin": math.asin,
+          "\\arccos": math.acos,
+          "\\arctan": math.atan}
 # the commands that are no variables
-_KNOWN = set(_FUNCS) | {"frac", "sqrt", "pi", "infty", "cdot", "times", "div", "pm", "mp",
-                        "binom"}
+_KNOWN = set(_FUNCS) | {"\\frac", "\\sqrt", "\\pi", "\\infty", "\\cdot", "\\times", "\\div",
+                        "\\pm", "\\mp", "\\binom"}
 
 
 def _tokens(s):
@@ -203,7 +203,7 @@ def _tokens(s):
 
 def _variables(tokens):
     """Single letters and unknown commands (\\theta) are variables."""
-    return {t for t in tokens if re.fullmatch(r"\\?[a-zA-Z]+", t) and t.lstrip("\\") not in _KNOWN}
+    return {t for t in tokens if re.fullmatch(r"\\?[a-zA-Z]+", t) and t not in _KNOWN}
 
 
 def _iroot(k, n):
@@ -282,57 +282,46 @@ def _evaluate(tokens, env):
         return v
 
     def term():
-        v = unary()
+        v = signed(power)
         while True:
             tok = peek()
             if tok in ("*", "\\cdot", "\\times"):
                 take()
-                v = v * unary()
+                v = v * signed(power)
             elif tok in ("/", "\\div"):
                 take()
-                v = v / unary()          # by zero: ZeroDivisionError, caught too
-            elif tok is not None and (tok[0].isalnum() or tok in ("(", "[", "{") or
-                                      (tok.startswith("\\") and
-                                       tok not in ("\\pm", "\\mp", "\\}", "\\|"))):
+                v = v / signed(power)    # by zero: ZeroDivisionError, caught too
+            elif (tok is not None and (tok[0].isalnum() or tok[0] in "([{\\") and
+                  tok not in ("\\pm", "\\mp", "\\}", "\\|")):
                 v = v * power()          # implicit product: 2\sqrt3, 3xy
             else:
                 return v
 
-    def unary():
+    def signed(read):
+        """read() after any signs: -x, --x, +x."""
         if peek() in ("-", "+"):
-            return -unary() if take() == "-" else unary()
-        return power()
+            return -signed(read) if take() == "-" else signed(read)
+        return read()
 
     def power():
-        v = postfix()
-        if peek() == "^":
-            take()
-            v = _power(v, exponent())
-        return v
-
-    def exponent():
-        if peek() in ("-", "+"):
-            return -exponent() if take() == "-" else exponent()
-        return arg()
-
-    def postfix():
+        """An atom, its factorials (3!!), then its exponent if any."""
         v = atom()
         while peek() == "!":
             take()
             v = Fraction(math.factorial(_whole(v, 0, 300)))
+        if peek() == "^":
+            take()
+            v = _power(v, signed(arg))
         return v
 
-    def single():
-        """One TeX argument without braces: `\\frac12` reads 1 then 2, `x^23` is
-        x^2 * 3."""
+    def arg():
+        """One TeX argument: a {group} or one token, of a number its first digit
+        alone: `\\frac12` reads 1 then 2, `x^23` is x^2 * 3."""
         tok = peek()
         if tok is not None and tok[0].isdigit() and len(tok) > 1:
             todo[-1] = tok[1:]
             return Fraction(int(tok[0]))
         return atom()
-
-    def arg():
-        return atom() if peek() == "{" else single()
 
     def atom():
         tok = take()
@@ -354,12 +343,12 @@ def _evaluate(tokens, env):
         if tok == "\\binom":
             n = _whole(arg(), 0, 1000)
             return Fraction(math.comb(n, _whole(arg(), 0, 1000)))
-        if tok.startswith("\\") and tok[1:] in _FUNCS:
+        if tok in _FUNCS:
             exp = None
             if peek() == "^":
                 take()
-                exp = exponent()
-            v = _FUNCS[tok[1:]](float(power()))
+                exp = signed(arg)
+            v = _FUNCS[tok](float(power()))
             return _power(v, exp) if exp is not None else v
         if tok in env:
             return env[tok]
@@ -397,7 +386,7 @@ def _values_equal(a, b, ratio=False):
     tb = _tokens(b)
     if ta is None or tb is None:
         return False
-    if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", a + " " + b)):
+    if re.search(r"[a-zA-Z]{3,}", re.sub(r"\\[a-zA-Z]+", " ", f"{a} {b}")):
         return False                                          # words, not algebra
     names = _variables(ta) | _variables(tb)
     agree = 0                          # points where the two agree
@@ -425,21 +414,17 @@ def _values_equal(a, b, ratio=False):
 # -------------------------------------------------------- structure: lists, sets, tuples, intervals
 def _split_top(s, sep=","):
     """Split at `sep` outside any bracket, brace, \\{ \\} or \\begin..\\end."""
-    parts = []
+    parts = [""]
     depth = 0
-    start = 0                          # where the current part starts
-    i = 0
-    while i < len(s):
-        if depth == 0 and s.startswith(sep, i):
-            parts.append(s[start:i])
-            i = start = i + len(sep)
+    for tok in re.findall(r"\\[{}]|\\begin|\\end|" + re.escape(sep) + "|.", s, re.S):
+        if depth == 0 and tok == sep:
+            parts.append("")
             continue
-        if s.startswith(("\\{", "\\begin"), i) or s[i] in "([{":
+        if tok in ("\\{", "\\begin", "(", "[", "{"):
             depth += 1
-        elif s.startswith(("\\}", "\\end"), i) or s[i] in ")]}":
+        elif tok in ("\\}", "\\end", ")", "]", "}"):
             depth -= 1
-        i += 2 if s.startswith(("\\{", "\\}"), i) else 1
-    parts.append(s[start:])
+        parts[-1] += tok
     return parts
 
 
