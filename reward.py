@@ -376,7 +376,7 @@ def _points(names):
     random rational (2..60 over 1..7) plus 1/(113 + k), so no two points agree."""
     rng = random.Random(" ".join(sorted(names)))
     return [{v: Fraction(rng.randint(2, 60), rng.randint(1, 7)) + Fraction(1, 113 + k)
-             for v in names} for k in range(4)]
+             for v in sorted(names)} for k in range(4)]
 
 
 def _values_equal(a, b, ratio=False):

@@ -364,6 +364,10 @@ MUTANTS = [
            r'parts = [x for x in s.split("\\approx") if x]',
            "normalize raises on answers that normalise to nothing (is_equiv's catch-all hides it; "
            "maj@k's vote calls normalize unguarded)", ("test_properties.py",)),
+    Mutant("points-in-hash-order", "reward.py", "for v in sorted(names)} for k in range(4)]",
+           "for v in names} for k in range(4)]",
+           "algebraic answers compared at points that depend on the process's string hashing",
+           ("test_reward.py",)),
     # -- bench.py cost's arithmetic and bench.py gpu's guards
     Mutant("cost-kernel-time-dropped", "bench/cost.py",
            "gpu_s += aten.kernels * a.kernel_us * 1e-6", "gpu_s += 0.0",

@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -95,3 +98,14 @@ def test_adversarial_inputs_are_graded_without_raising(text):
             p, g = normalize(answer), normalize(gold)
             if p and g and max(len(p), len(g)) <= MAX_PARSE_CHARS:
                 assert checker._equiv(p, g) in (True, False)
+
+
+def test_the_checker_picks_the_same_points_in_every_process():
+    """Algebraic answers are compared at random points: each process (a torchrun rank, a resumed
+    run) must give each variable the same values, whatever Python's string hashing is."""
+    code = "import reward; print(reward._points({'a', 'b', 'c', 'x', 'y', 'z'}))"
+    seen = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           check=True, cwd=os.path.dirname(checker.__file__),
+                           env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout
+            for seed in range(4)}
+    assert len(seen) == 1
