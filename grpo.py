@@ -263,8 +263,7 @@ def pack(lengths, budget):
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current = [], []
     for i in order:
-        longest = current and lengths[current[0]]
-        if current and (len(current) + 1) * longest > budget:
+        if current and (len(current) + 1) * lengths[current[0]] > budget:  # [0]: the longest
             batches.append(current)
             current = []
         current.append(i)
