@@ -116,12 +116,10 @@ def mix(x):
 def noise_roots(seed, jobs, device):
     """[R] int64: the root of each (prompt number, sample) job's noise under `seed`; at
     step t a row's noise is mix(root ^ t)."""
-    seed = seed & 0xFFFFFFFF
-    job = [[seed, p, s] for p, s in jobs]
-    job = torch.tensor(job, device=device)  # [R, 3]
-    root = mix(job[:, 0])
-    root = mix(root ^ job[:, 1])  # the prompt
-    return mix(root ^ job[:, 2])  # the sample
+    job = torch.tensor(jobs, device=device)  # [R, 2]
+    root = mix(torch.tensor(seed & 0xFFFFFFFF, device=device))  # the seed
+    root = mix(root ^ job[:, 0])  # the prompt
+    return mix(root ^ job[:, 1])  # the sample
 
 
 def sample(logits, noise, temperature=1.0, top_p=1.0):
@@ -163,7 +161,7 @@ def sample(logits, noise, temperature=1.0, top_p=1.0):
 # every extra keyword of a forward call to the attention function). A checkpointed layer
 # that runs its forward again in backward gets the same keywords, so the same attention.
 def passed_attention(module, query, key, value, mask,
-                     attention=None, **kw):
+                     attention, **kw):
     """transformers' hook: the attention the forward call passed. transformers builds no
     mask for it: each of ours makes its own."""
     return attention(module, query, key, value, **kw)
@@ -178,9 +176,8 @@ UNSUPPORTED = ("attn_logit_softcapping", "final_logit_softcapping", "logit_scale
 def passing_attention(model):
     """Within the block the model runs the attention each forward call passes. Models
     whose attention or head ours do not reproduce stop here, before any forward."""
-    value = lambda a: getattr(model.config, a, None)
     odd = [a for a in UNSUPPORTED
-           if value(a) not in (None, 1.0)]
+           if getattr(model.config, a, None) not in (None, 1.0)]
     if odd:
         raise ValueError(f"--model: {model.config.model_type} uses {', '.join(odd)}, which "
                          "generation.py's attention and the update's LM head do not apply")
@@ -192,7 +189,7 @@ def passing_attention(model):
         model.set_attn_implementation(own)
 
 
-def visible(key_pos, query_pos, window=None):
+def visible(key_pos, query_pos, window):
     """key_pos [..., K], query_pos [..., T] -> [..., T, K] bool: a query sees the keys at
     or before its position, within the sliding window if its layer has one."""
     k = key_pos[..., None, :]
@@ -248,14 +245,14 @@ class PromptKV:
 
 
 def prompt_attention(module, query, key, value,
-                     prompt_kv=None, **kw):
+                     prompt_kv, **kw):
     """The prompt pass: one prompt [1, P], causal; its K/V into the prompt's cache."""
     prompt_kv.update(module.layer_idx, key, value)
     return causal_attention(module, query, key, value, **kw)
 
 
-def update_attention(module, query, key, value,
-                     scaling=None, sliding_window=None, prompt=None, **_):
+def update_attention(module, query, key, value, prompt,
+                     scaling=None, sliding_window=None, **_):
     """The update: n completions of one prompt, each over [the prompt's one K/V copy; its
     own tokens], causal. Plainly: the model's own attention over [prompt; completion],
     each row whole. query [n, H, T, d]; key, value [n, Hkv, T, d]. Lower-right causal,
@@ -279,8 +276,8 @@ def update_attention(module, query, key, value,
 
 
 def decode_attention(module, query, key, value,
-                     scaling=None, sliding_window=None,
-                     rollout=None, width=None, unseen=None, **_):
+                     rollout, width, unseen,
+                     scaling=None, sliding_window=None, **_):
     """A decode step: each row's one query over its prompt's K/V, held once for the
     prompt's G rows, and over its own tokens' K/V so far (this step's written first), one
     softmax over both. Plainly, for row r of prompt b: softmax(q [K_b; K_r]^T * scaling,
@@ -343,8 +340,7 @@ def prompt_once(model, ids):
     passing_attention)."""
     hidden, kv = prompt_pass(model, ids)
     states = (hidden[:, -1:], kv)
-    cut = lambda s: s.detach().requires_grad_(s.requires_grad)
-    leaves = [cut(s) for s in states]
+    leaves = [s.detach().requires_grad_(s.requires_grad) for s in states]  # cut from the pass
     return Prompt(*leaves, states)
 
 
@@ -417,8 +413,7 @@ class RolloutCache:
         new = new.transpose(2, 3)  # [2, B, Hkv, G, 1, d]
         own = self.own[:, layer]  # [2, B, Hkv, G, L, d]
         own.index_copy_(4, self.slot, new)
-        k, v = own[..., :width, :]  # [B, Hkv, G, W, d] each
-        return k, v
+        return own[..., :width, :]  # K and V: [B, Hkv, G, W, d] each
 
     def visible(self, width, window=None):
         """[B, 1, 1, 1, P + width]: the prompt and own keys that this step's queries see."""
@@ -445,12 +440,6 @@ class Rows:
     logprobs: torch.Tensor  # [R, L] their log-probs where drawn
     entropies: torch.Tensor  # [R, L] that distribution's entropy
     job: list  # [R] on the host: (prompt in the batch, sample), None: a filler
-
-    def write(self, slot, draw, token):
-        """A step's draws into column `slot` of the tables."""
-        self.tokens.index_copy_(1, slot, token[:, None])
-        self.logprobs.index_copy_(1, slot, draw.logprob[:, None])
-        self.entropies.index_copy_(1, slot, draw.entropy[:, None])
 
 
 TENSORS = ["noise", "done", "logits", "tokens", "logprobs", "entropies"]  # Rows' on the device
@@ -479,16 +468,16 @@ def prefill(model, prompts, noise, max_new_tokens, new=zeros):
     P = bucket(max(map(len, prompts)))
     V = model.config.vocab_size
     kv = (2, layers, B, Hkv)  # K and V, by layer and prompt
-    cache = RolloutCache(prompt=empty("prompt", kv + (P, d)),
-                         own=empty("own", kv + (G, L, d)),
-                         length=empty("length", (B,), long),
-                         slot=empty("slot", (1,), long).zero_())
-    rows = Rows(noise=empty("noise", (R,), long),
-                done=empty("done", (R,), torch.bool),
-                logits=empty("logits", (R, V)),
-                tokens=empty("tokens", (R, L), long),
-                logprobs=empty("logprobs", (R, L), fp32),
-                entropies=empty("entropies", (R, L), fp32),
+    cache = RolloutCache(empty("prompt", kv + (P, d)),  # each buffer named as its field
+                         empty("own", kv + (G, L, d)),
+                         empty("length", (B,), long),
+                         empty("slot", (1,), long).zero_())
+    rows = Rows(empty("noise", (R,), long),
+                empty("done", (R,), torch.bool),
+                empty("logits", (R, V)),
+                empty("tokens", (R, L), long),
+                empty("logprobs", (R, L), fp32),
+                empty("entropies", (R, L), fp32),
                 job=[])
     head = model.get_output_embeddings()
     for b, ids in enumerate(prompts):
@@ -516,10 +505,11 @@ def decode_one_token(model, cache, rows, width, sampling):
     same shapes at every step of a width and nothing asked of the host, so a CUDA graph
     can replay it. A finished row draws on, masked: its tokens are padding."""
     noise = mix(rows.noise ^ cache.slot)  # [R]
-    T, top_p = sampling.temperature, sampling.top_p
-    draw = sample(rows.logits, noise, T, top_p)
+    draw = sample(rows.logits, noise, sampling.temperature, sampling.top_p)
     token = draw.token.masked_fill(rows.done, sampling.pad_token_id)  # [R]
-    rows.write(cache.slot, draw, token)
+    rows.tokens.index_copy_(1, cache.slot, token[:, None])  # into column `slot`
+    rows.logprobs.index_copy_(1, cache.slot, draw.logprob[:, None])
+    rows.entropies.index_copy_(1, cache.slot, draw.entropy[:, None])
     rows.done |= token == sampling.eos_token_id
     G = len(token) // len(cache.length)
     position = cache.length.repeat_interleave(G) + cache.slot  # [R]
@@ -536,20 +526,19 @@ def decode_one_token(model, cache, rows, width, sampling):
 
 
 def decode_n_tokens(model, cache, rows, max_new_tokens, sampling,
-                    decode=decode_one_token, stop=None, interrupt=None, new=zeros):
+                    decode, stop, interrupt, new):
     """Up to max_new_tokens steps of `decode` (decode_one_token, or a CUDA graph's replay
     of it); every CHECK_EVERY steps, and at the end, the host looks (look_from_host) and
     the rows still going may move to smaller buffers (compact). -> {job: Drawn} for every
     row but the fillers, or None as soon as interrupt() says so at a look (a stop signal)."""
     drawn = {}
-    for t in range(max_new_tokens):
-        width = min(max_new_tokens, bucket(t + 1))
+    for written in range(1, max_new_tokens + 1):  # steps so far, this one's included
+        width = min(max_new_tokens, bucket(written))
         decode(model, cache, rows, width, sampling)
-        if (t + 1) % CHECK_EVERY and t + 1 < max_new_tokens:
+        if written % CHECK_EVERY and written < max_new_tokens:
             continue
         if interrupt and interrupt():
             return None
-        written = t + 1
         going = look_from_host(rows, written, stop, drawn)
         if not any(going):
             break
@@ -585,11 +574,8 @@ def look_from_host(rows, written, stop, drawn):
 
 
 def read_out(rows, r, end):
-    """Row r's draws up to `end`, to the host."""
-    tokens = rows.tokens[r, :end].tolist()
-    logprobs = rows.logprobs[r, :end].tolist()
-    entropies = rows.entropies[r, :end].tolist()
-    return Drawn(tokens, logprobs, entropies)
+    """Row r's draws up to `end`, to the host: Rows' tables named as Drawn's fields."""
+    return Drawn(*(getattr(rows, name)[r, :end].tolist() for name in Drawn._fields))
 
 
 def compact(cache, rows, going, written, new=zeros):
@@ -608,19 +594,18 @@ def compact(cache, rows, going, written, new=zeros):
     if len(keep) * G2 > COMPACT_AT * B * G:
         return cache, rows
     first = lambda r: not going[r]  # going rows first, in their order
-    picked = [sorted(groups[b], key=first) for b in keep]
-    picked = [group[:G2] for group in picked]
+    picked = [sorted(groups[b], key=first)[:G2] for b in keep]
     device = rows.done.device
     pick = torch.tensor(picked, device=device)  # [B', G']
     kept = torch.tensor(keep, device=device)  # [B']
-    B2, P = len(keep), cache.prompt.shape[4]
+    P = cache.prompt.shape[4]
     def like(name, x, shape):
         return new(name, shape, x.dtype, device)
-    kv = (2, layers, B2, Hkv)
+    def buffered(name, x):  # x, a copy read out first, into the buffer `name`
+        return like(name, x, x.shape).copy_(x)
+    kv = (2, layers, len(keep), Hkv)
     prompt = like("prompt", cache.prompt, kv + (P, d))
     own = like("own", cache.own, kv + (G2, L, d))
-    length = like("length", cache.length, (B2,))
-    length.copy_(cache.length[kept])
     # With graphs a new buffer is the front of its old one: layer by layer in storage
     # order, each old layer is read before a smaller new one is written over it
     parts_and_layers = itertools.product(range(2), range(layers))
@@ -630,14 +615,11 @@ def compact(cache, rows, going, written, new=zeros):
         moved = old[pick // G, :, pick % G, :written]  # [B', G', Hkv, n, d]
         moved = moved.transpose(1, 2)  # [B', Hkv, G', n, d]
         own[part, layer, ..., :written, :] = moved
+    length = buffered("length", cache.length[kept])
     order = pick.view(-1)  # [R']
-    kept_rows = {name: getattr(rows, name)[order] for name in TENSORS}
-    moved = {}
-    for name, x in kept_rows.items():
-        moved[name] = like(name, x, x.shape).copy_(x)
+    tables = {name: buffered(name, getattr(rows, name)[order]) for name in TENSORS}
     jobs = [rows.job[r] for r in order.tolist()]
-    compacted = RolloutCache(prompt, own, length, cache.slot)
-    return compacted, Rows(**moved, job=jobs)
+    return RolloutCache(prompt, own, length, cache.slot), Rows(**tables, job=jobs)
 
 
 # ----------------------------------------------------------------------------- generate

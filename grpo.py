@@ -191,8 +191,7 @@ def policy_update(model, groups, normaliser, temperature=1.0,
     loss_sum, gaps = 0.0, []
     with passing_attention(model):  # in backward too: checkpointed layers rerun their forward
         for group in groups:
-            prompt = torch.tensor([group.prompt])  # [1, P]
-            prompt = prompt.to(model.device)
+            prompt = torch.tensor([group.prompt], device=model.device)  # [1, P]
             once = prompt_once(model, prompt) if PROMPT_ONCE else None
             for mb in micro_batches(group, micro_batch_tokens, model.device):
                 if interrupt and interrupt():
@@ -244,9 +243,7 @@ def micro_batches(group, budget, device):
     for rows in pack(whole, budget):
         completions = [group.completions[i] for i in rows]
         ids = pad(completions, device)  # [n, T]
-        lengths = torch.tensor([len(c) for c in completions], device=device)
-        positions = torch.arange(ids.shape[1], device=device)
-        mask = positions < lengths[:, None]  # [n, T]
+        mask = pad([[True] * len(c) for c in completions], device)  # [n, T]
         advantages = group.advantages[rows].to(device)  # [n]
         sampled = None
         if group.sampled:
@@ -255,7 +252,7 @@ def micro_batches(group, budget, device):
 
 
 def pad(rows, device):
-    """Lists of numbers -> [n, longest] tensor, padded with 0 at the end."""
+    """Lists of numbers -> [n, longest] tensor, padded with 0 (False) at the end."""
     rows = [torch.tensor(row) for row in rows]
     return pad_sequence(rows, batch_first=True).to(device)
 
@@ -266,8 +263,7 @@ def pack(lengths, budget):
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     batches, current = [], []
     for i in order:
-        longest = current and lengths[current[0]]
-        if current and (len(current) + 1) * longest > budget:
+        if current and (len(current) + 1) * lengths[current[0]] > budget:  # [0]: the longest
             batches.append(current)
             current = []
         current.append(i)
@@ -325,8 +321,8 @@ class Rollouts(NamedTuple):
 
 
 def sample_rollouts(model, tokenizer, prompt_ids, golds, owned, seed,
-                    max_new_tokens, temperature=1.0, top_p=1.0, batch_size=64,
-                    reward_fn=reward, graphs=None, interrupt=None):
+                    max_new_tokens, temperature, top_p, batch_size,
+                    reward_fn, graphs, interrupt):
     """The step's rollouts, graded: this process's samples of each prompt, owned[b] (all
     of them on one process), drawn with the LoRA merged into the base weights (base-model
     speed; the exact base weights come back after), then every process's gathered. Sample
