@@ -660,3 +660,18 @@ def test_the_sampler_gives_each_tokens_log_prob_and_the_entropy_it_was_drawn_wit
         assert logprob[r].item() == pytest.approx(math.log(q[token[r].item()]), abs=1e-5)
         assert entropy[r].item() == pytest.approx(-sum(x * math.log(x) for x in q.values()),
                                                   abs=1e-5)
+
+
+def test_a_stop_string_begun_before_a_look_ends_its_row_where_it_ends(tiny, monkeypatch):
+    """A stop string whose first tokens were drawn before the host's last look and whose last
+    token after it still ends the row just after that token."""
+    monkeypatch.setattr(generation, "CHECK_EVERY", 5)
+    model, tok = tiny
+    ids = [tok("Problem: x")["input_ids"]]
+    kw = dict(n=1, max_new_tokens=20, temperature=1.0, seed=2, eos_token_id=-1)
+    free = generate(model, ids, **kw)[0][0]
+    stop = tok.decode(free[4:6])  # tokens 5 and 6: across the look after 5 tokens
+    holds = [stop in tok.decode(free[:u]) for u in range(len(free) + 1)]
+    assert holds.index(True) == 6  # nowhere sooner
+    out = generate(model, ids, stop=stop_finder(tok, (stop,)), **kw)[0][0]
+    assert out == free[:6]
